@@ -1,0 +1,3 @@
+"""hf_kd: knowledge distillation for the Hugging Face stack."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,35 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+
+setup(
+    name="hf_kd",
+    version="0.1.0",
+    description="Knowledge distillation for the Hugging Face stack: a Trainer, losses and reference models.",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["hf_kd", "hf_kd.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4,<3",
+        "transformers>=5.0,<6",
+        "datasets>=4.0,<6",
+        "accelerate>=1.4,<2",
+        "evaluate>=0.4.3,<0.5",
+        "safetensors>=0.4.3",
+        "huggingface_hub>=1.0,<3",
+        "pillow>=10",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "plot": ["matplotlib>=3.7"],
+        "test": ["pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
