@@ -1,0 +1,175 @@
+"""Distillation losses: small pure functions of tensors.
+
+Every function takes logits of shape `(..., C)` (any number of leading dimensions, so the same code serves
+sequence classification `(N, C)` and token classification `(N, L, C)`), works in float32 whatever the input dtype
+(bf16/fp16 logits lose too much precision in a softmax over a temperature), and averages over the *valid examples*:
+the positions whose label is not `-100`, or all positions when no mask is given.
+
+The soft-target term follows Hinton et al. (2015), "Distilling the Knowledge in a Neural Network": both
+distributions are softened by a temperature `T`, and the divergence is multiplied by `T**2` so that its gradient
+keeps the same magnitude as the hard-label term's when `T` changes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+SOFT_LOSS_TYPES = ("kl", "reverse_kl", "mse")
+
+
+def _flatten_valid(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`(..., C)` logits -> `(M, C)` float32 rows, keeping only the rows where `mask` is True."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    if mask is None:
+        return flat
+    return flat[mask.reshape(-1)]
+
+
+def _check_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student_logits and teacher_logits must have the same shape, got {tuple(student_logits.shape)} "
+            f"and {tuple(teacher_logits.shape)}."
+        )
+
+
+def soft_target_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Hinton et al.'s soft-target term.
+
+    `T**2 * KL(softmax(t / T) || softmax(s / T))`, summed over classes and averaged over the valid positions
+    (`reduction="batchmean"` over the rows selected by `mask`).
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(..., C)`): the student's logits.
+        teacher_logits (`torch.Tensor` of shape `(..., C)`): the teacher's logits (no gradient flows into them).
+        temperature (`float`): the softening temperature `T > 0`.
+        mask (`torch.BoolTensor` of shape `(...)`, *optional*): True where a position counts.
+
+    Returns:
+        A float32 scalar. Zero when there is no valid position.
+    """
+    _check_pair(student_logits, teacher_logits)
+    s = _flatten_valid(student_logits, mask) / temperature
+    t = _flatten_valid(teacher_logits, mask).detach() / temperature
+    if s.shape[0] == 0:
+        return student_logits.float().sum() * 0.0
+    # log_softmax subtracts the row max, so logits of magnitude 1e4 stay finite.
+    kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction="sum", log_target=True)
+    return kl / s.shape[0] * temperature**2
+
+
+def reverse_kl_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mode-seeking variant: `T**2 * KL(softmax(s / T) || softmax(t / T))`, averaged over valid positions.
+
+    Shapes and arguments as in [`soft_target_loss`].
+    """
+    _check_pair(student_logits, teacher_logits)
+    s = _flatten_valid(student_logits, mask) / temperature
+    t = _flatten_valid(teacher_logits, mask).detach() / temperature
+    if s.shape[0] == 0:
+        return student_logits.float().sum() * 0.0
+    kl = F.kl_div(F.log_softmax(t, dim=-1), F.log_softmax(s, dim=-1), reduction="sum", log_target=True)
+    return kl / s.shape[0] * temperature**2
+
+
+def logit_mse_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logit matching (Ba & Caruana, 2014): `sum_c (s_c - t_c)**2 / C`, averaged over valid positions.
+
+    `temperature` is accepted so that every soft loss has the same signature, and ignored: matching raw logits is the
+    high-temperature limit of the KL term.
+    """
+    _check_pair(student_logits, teacher_logits)
+    s = _flatten_valid(student_logits, mask)
+    t = _flatten_valid(teacher_logits, mask).detach()
+    if s.shape[0] == 0:
+        return student_logits.float().sum() * 0.0
+    return F.mse_loss(s, t, reduction="mean")
+
+
+def soft_loss(
+    loss_type: str,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The soft term named by `loss_type`: `"kl"` ([`soft_target_loss`]), `"reverse_kl"` or `"mse"`."""
+    if loss_type == "kl":
+        return soft_target_loss(student_logits, teacher_logits, temperature, mask)
+    if loss_type == "reverse_kl":
+        return reverse_kl_loss(student_logits, teacher_logits, temperature, mask)
+    if loss_type == "mse":
+        return logit_mse_loss(student_logits, teacher_logits, temperature, mask)
+    raise ValueError(f"loss_type must be one of {SOFT_LOSS_TYPES}, got {loss_type!r}.")
+
+
+def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Cross-entropy against the ground-truth labels, in float32, averaged over labels that are not `ignore_index`.
+
+    Args:
+        logits (`torch.Tensor` of shape `(..., C)`).
+        labels (`torch.LongTensor` of shape `(...)`).
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"labels must have the shape of the logits without their last dimension, got logits "
+            f"{tuple(logits.shape)} and labels {tuple(labels.shape)}."
+        )
+    flat_labels = labels.reshape(-1)
+    if not bool((flat_labels != ignore_index).any()):
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), flat_labels.long(), ignore_index=ignore_index
+    )
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+    loss_type: str = "kl",
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The full objective: `(1 - alpha) * CE(s, labels) + alpha * soft(s, t)`.
+
+    `alpha` is the weight of the teacher's term. Positions labelled `ignore_index` are left out of both terms.
+    With `labels=None` the objective must be pure distillation (`alpha == 1`); the soft term then covers every
+    position.
+
+    Returns:
+        `(loss, hard, soft)`: the weighted total and the unweighted parts (`hard` is `None` without labels).
+    """
+    if labels is None:
+        if alpha != 1.0:
+            raise ValueError(f"labels are required when alpha < 1 (alpha={alpha}): the hard-label term needs them.")
+        soft = soft_loss(loss_type, student_logits, teacher_logits, temperature)
+        return soft, None, soft
+    mask = labels != ignore_index
+    soft = soft_loss(loss_type, student_logits, teacher_logits, temperature, mask=mask)
+    hard = hard_label_loss(student_logits, labels, ignore_index)
+    # Exact endpoints: alpha=0 is plain CE and alpha=1 plain distillation, bit for bit.
+    if alpha == 0.0:
+        return hard, hard, soft
+    if alpha == 1.0:
+        return soft, hard, soft
+    return (1.0 - alpha) * hard + alpha * soft, hard, soft
