@@ -1,0 +1,66 @@
+"""Reference models of hf_kd: the MNIST MLPs and CIFAR-10 CNNs as `transformers` models.
+
+Importing this package registers them with the Auto classes:
+
+- `AutoConfig`: model types `"hf_kd_mlp"` and `"hf_kd_cnn"`;
+- `AutoModelForImageClassification`: [`MLPForImageClassification`], [`CNNForImageClassification`];
+- `AutoImageProcessor`: [`HfKdImageProcessor`] for both.
+
+It also calls `register_for_auto_class` on each, so `save_pretrained` copies the configuration, modeling and image
+processing files next to the weights and records them in `auto_map`: a saved (or pushed) model then loads with
+`trust_remote_code=True` where hf_kd is not installed.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+from .cnn import CNNConfig, CNNForImageClassification, CNNPreTrainedModel
+from .image_processing_hf_kd import HfKdImageProcessor
+from .mlp import MLPConfig, MLPForImageClassification, MLPPreTrainedModel
+from .presets import (
+    CIFAR10_LABELS,
+    CIFAR10_PROCESSOR_KWARGS,
+    MNIST_LABELS,
+    MNIST_PROCESSOR_KWARGS,
+    PRESET_NAMES,
+    config_from_preset,
+    image_processor_for_preset,
+    model_from_preset,
+    preset_config_kwargs,
+)
+
+
+# `exist_ok`: a module reload (or a second copy of the package) must not fail on the existing registration.
+for _config_class, _model_class in ((MLPConfig, MLPForImageClassification), (CNNConfig, CNNForImageClassification)):
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    AutoModelForImageClassification.register(_config_class, _model_class, exist_ok=True)
+    # Under both backend names: the processor needs only PIL and NumPy, and where torchvision is installed,
+    # `AutoImageProcessor` asks for the "torchvision" backend first and would warn about falling back to "pil".
+    AutoImageProcessor.register(
+        _config_class,
+        image_processor_classes={"pil": HfKdImageProcessor, "torchvision": HfKdImageProcessor},
+        exist_ok=True,
+    )
+    _config_class.register_for_auto_class("AutoConfig")
+    _model_class.register_for_auto_class("AutoModelForImageClassification")
+HfKdImageProcessor.register_for_auto_class("AutoImageProcessor")
+del _config_class, _model_class
+
+
+__all__ = [
+    "CIFAR10_LABELS",
+    "CIFAR10_PROCESSOR_KWARGS",
+    "CNNConfig",
+    "CNNForImageClassification",
+    "CNNPreTrainedModel",
+    "HfKdImageProcessor",
+    "MLPConfig",
+    "MLPForImageClassification",
+    "MLPPreTrainedModel",
+    "MNIST_LABELS",
+    "MNIST_PROCESSOR_KWARGS",
+    "PRESET_NAMES",
+    "config_from_preset",
+    "image_processor_for_preset",
+    "model_from_preset",
+    "preset_config_kwargs",
+]

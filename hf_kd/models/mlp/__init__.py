@@ -1,0 +1,7 @@
+"""MLP image classifiers (the MNIST reference teacher and student)."""
+
+from .configuration_mlp import MLPConfig
+from .modeling_mlp import MLPForImageClassification, MLPPreTrainedModel
+
+
+__all__ = ["MLPConfig", "MLPForImageClassification", "MLPPreTrainedModel"]
