@@ -11,12 +11,13 @@ from .losses import (
     soft_loss,
     soft_target_loss,
 )
-from .teacher import freeze, load_teacher, prepare_teacher
+from .teacher import add_teacher_logits, freeze, load_teacher, prepare_teacher, teacher_fingerprint
 from .trainer import DistillationTrainer
 
 __all__ = [
     "DistillationConfig",
     "DistillationTrainer",
+    "add_teacher_logits",
     "distillation_loss",
     "freeze",
     "hard_label_loss",
@@ -26,4 +27,5 @@ __all__ = [
     "reverse_kl_loss",
     "soft_loss",
     "soft_target_loss",
+    "teacher_fingerprint",
 ]

@@ -8,6 +8,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .losses import SOFT_LOSS_TYPES
+from .teacher import TEACHER_LOGITS_DTYPES
 
 
 @dataclass
@@ -32,6 +33,14 @@ class DistillationConfig(TrainingArguments):
         teacher_model_init_kwargs (`dict[str, Any]` or `str`, *optional*):
             Keyword arguments for the teacher's `from_pretrained` (a JSON string on the command line), e.g.
             `'{"revision": "main", "dtype": "bfloat16"}'`.
+        precompute_teacher_logits (`bool`, *optional*, defaults to `False`):
+            Run the teacher once over the train dataset before training and cache its logits (a `teacher_logits`
+            column, see [`add_teacher_logits`]) instead of running it on every batch. Only valid without on-the-fly
+            augmentation.
+        teacher_logits_dtype (`str`, *optional*, defaults to `"float32"`):
+            Storage precision of precomputed teacher logits: `"float32"` or `"float16"`.
+        teacher_batch_size (`int`, *optional*, defaults to `512`):
+            Batch size of the teacher's inference pass when precomputing its logits.
     """
 
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["teacher_model_init_kwargs"]
@@ -73,6 +82,22 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    precompute_teacher_logits: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the teacher once over the train dataset and cache its logits instead of running it on every "
+            "batch (no on-the-fly augmentation allowed)."
+        },
+    )
+    teacher_logits_dtype: str = field(
+        default="float32",
+        metadata={"help": "Storage precision of precomputed teacher logits.", "choices": list(TEACHER_LOGITS_DTYPES)},
+    )
+    teacher_batch_size: int = field(
+        default=512,
+        metadata={"help": "Batch size of the teacher's inference pass when precomputing its logits."},
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
@@ -81,6 +106,12 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"alpha must be a number in [0, 1] (the weight of the teacher's term), got {self.alpha!r}.")
         if self.loss_type not in SOFT_LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {list(SOFT_LOSS_TYPES)}, got {self.loss_type!r}.")
+        if self.teacher_logits_dtype not in TEACHER_LOGITS_DTYPES:
+            raise ValueError(
+                f"teacher_logits_dtype must be one of {list(TEACHER_LOGITS_DTYPES)}, got {self.teacher_logits_dtype!r}."
+            )
+        if not isinstance(self.teacher_batch_size, int) or self.teacher_batch_size < 1:
+            raise ValueError(f"teacher_batch_size must be an integer >= 1, got {self.teacher_batch_size!r}.")
         if self.teacher_model_init_kwargs is not None and not isinstance(self.teacher_model_init_kwargs, dict):
             raise ValueError(
                 "teacher_model_init_kwargs must be a dict (or a JSON object string on the command line), got "

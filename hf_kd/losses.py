@@ -20,12 +20,21 @@ IGNORE_INDEX = -100
 SOFT_LOSS_TYPES = ("kl", "reverse_kl", "mse")
 
 
-def _flatten_valid(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """`(..., C)` logits -> `(M, C)` float32 rows, keeping only the rows where `mask` is True."""
-    flat = logits.reshape(-1, logits.shape[-1]).float()
+def _rows(logits: torch.Tensor) -> torch.Tensor:
+    """`(..., C)` logits -> `(M, C)` float32 rows."""
+    return logits.reshape(-1, logits.shape[-1]).float()
+
+
+def _mean_over_valid(per_row: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of a per-row value over the rows where `mask` is True (0 when there is none).
+
+    Masking by `where` instead of boolean indexing keeps the shapes static: no host-device sync per step, and a
+    NaN at a masked position cannot leak into the result."""
     if mask is None:
-        return flat
-    return flat[mask.reshape(-1)]
+        return per_row.mean()
+    mask = mask.reshape(-1)
+    total = torch.where(mask, per_row, torch.zeros((), dtype=per_row.dtype, device=per_row.device)).sum()
+    return total / mask.sum().clamp(min=1)
 
 
 def _check_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
@@ -34,6 +43,14 @@ def _check_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> N
             f"student_logits and teacher_logits must have the same shape, got {tuple(student_logits.shape)} "
             f"and {tuple(teacher_logits.shape)}."
         )
+
+
+def _kl_rows(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`KL(softmax(p / T) || softmax(q / T))` per row. log_softmax subtracts the row max, so logits of magnitude 1e4
+    stay finite."""
+    log_p = F.log_softmax(_rows(p_logits) / temperature, dim=-1)
+    log_q = F.log_softmax(_rows(q_logits) / temperature, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 def soft_target_loss(
@@ -57,13 +74,7 @@ def soft_target_loss(
         A float32 scalar. Zero when there is no valid position.
     """
     _check_pair(student_logits, teacher_logits)
-    s = _flatten_valid(student_logits, mask) / temperature
-    t = _flatten_valid(teacher_logits, mask).detach() / temperature
-    if s.shape[0] == 0:
-        return student_logits.float().sum() * 0.0
-    # log_softmax subtracts the row max, so logits of magnitude 1e4 stay finite.
-    kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction="sum", log_target=True)
-    return kl / s.shape[0] * temperature**2
+    return _mean_over_valid(_kl_rows(teacher_logits.detach(), student_logits, temperature), mask) * temperature**2
 
 
 def reverse_kl_loss(
@@ -77,12 +88,7 @@ def reverse_kl_loss(
     Shapes and arguments as in [`soft_target_loss`].
     """
     _check_pair(student_logits, teacher_logits)
-    s = _flatten_valid(student_logits, mask) / temperature
-    t = _flatten_valid(teacher_logits, mask).detach() / temperature
-    if s.shape[0] == 0:
-        return student_logits.float().sum() * 0.0
-    kl = F.kl_div(F.log_softmax(t, dim=-1), F.log_softmax(s, dim=-1), reduction="sum", log_target=True)
-    return kl / s.shape[0] * temperature**2
+    return _mean_over_valid(_kl_rows(student_logits, teacher_logits.detach(), temperature), mask) * temperature**2
 
 
 def logit_mse_loss(
@@ -97,11 +103,8 @@ def logit_mse_loss(
     high-temperature limit of the KL term.
     """
     _check_pair(student_logits, teacher_logits)
-    s = _flatten_valid(student_logits, mask)
-    t = _flatten_valid(teacher_logits, mask).detach()
-    if s.shape[0] == 0:
-        return student_logits.float().sum() * 0.0
-    return F.mse_loss(s, t, reduction="mean")
+    per_row = (_rows(student_logits) - _rows(teacher_logits.detach())).pow(2).mean(-1)
+    return _mean_over_valid(per_row, mask)
 
 
 def soft_loss(
@@ -122,7 +125,8 @@ def soft_loss(
 
 
 def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Cross-entropy against the ground-truth labels, in float32, averaged over labels that are not `ignore_index`.
+    """Cross-entropy against the ground-truth labels, in float32, averaged over labels that are not `ignore_index`
+    (0 when there is none, where torch's mean would give NaN).
 
     Args:
         logits (`torch.Tensor` of shape `(..., C)`).
@@ -133,12 +137,9 @@ def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: in
             f"labels must have the shape of the logits without their last dimension, got logits "
             f"{tuple(logits.shape)} and labels {tuple(labels.shape)}."
         )
-    flat_labels = labels.reshape(-1)
-    if not bool((flat_labels != ignore_index).any()):
-        return logits.float().sum() * 0.0
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), flat_labels.long(), ignore_index=ignore_index
-    )
+    flat_labels = labels.reshape(-1).long()
+    total = F.cross_entropy(_rows(logits), flat_labels, ignore_index=ignore_index, reduction="sum")
+    return total / (flat_labels != ignore_index).sum().clamp(min=1)
 
 
 def distillation_loss(

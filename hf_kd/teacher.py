@@ -99,3 +99,168 @@ def prepare_teacher(model: nn.Module, accelerator: Accelerator) -> nn.Module:
     if accelerator.distributed_type == DistributedType.FSDP:
         model.to(accelerator.device)
     return freeze(model)
+
+
+TEACHER_LOGITS_COLUMN = "teacher_logits"
+# Batch keys that belong to the teacher: its own tokenization (`teacher_input_ids`, ...) when the two models do not
+# share a tokenizer. They are fed to the teacher with the prefix removed, never to the student.
+TEACHER_INPUT_PREFIX = "teacher_"
+TEACHER_LOGITS_DTYPES = ("float32", "float16")
+
+
+def has_transform(dataset) -> bool:
+    """True when `dataset` changes its rows on the fly (`set_transform` / `with_transform`): what the teacher sees
+    once up front would then differ from what the student trains on."""
+    return getattr(dataset, "format", {}).get("type") == "custom"
+
+
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """A hash of everything that decides the teacher's outputs: its class, config and every weight and buffer.
+
+    Part of the cache key of precomputed logits, so that another teacher (or the same one after more training)
+    never reuses stale logits."""
+    import xxhash
+
+    model = getattr(teacher, "module", teacher)  # a DDP / DeepSpeed wrapper hashes like the model it wraps
+    digest = xxhash.xxh64()
+    digest.update(type(model).__qualname__.encode())
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        digest.update(config.to_json_string(use_diff=False).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def teacher_input_columns(dataset, teacher: nn.Module) -> list[str]:
+    """The dataset columns the teacher reads: its own `teacher_*` columns when there are any, otherwise the columns
+    its `forward` accepts (labels excluded: the teacher's loss is never needed)."""
+    import inspect
+
+    columns = list(dataset.column_names)
+    own = [c for c in columns if c.startswith(TEACHER_INPUT_PREFIX) and c != TEACHER_LOGITS_COLUMN]
+    if own:
+        return own
+    model = getattr(teacher, "module", teacher)
+    accepted = set(inspect.signature(model.forward).parameters) - {"labels", "label", "return_dict"}
+    found = [c for c in columns if c in accepted]
+    if not found:
+        raise ValueError(
+            f"None of the dataset's columns {columns} is an input of the teacher ({type(model).__name__}.forward "
+            f"takes {sorted(accepted)}): prepare the dataset (decode / tokenize) before computing teacher logits."
+        )
+    return found
+
+
+def add_teacher_logits(
+    dataset,
+    teacher: nn.Module,
+    batch_size: int = 512,
+    dtype: str = "float32",
+    data_collator=None,
+    device: torch.device | str | None = None,
+):
+    """Run the frozen teacher once over `dataset` and return it with a `teacher_logits` column.
+
+    The teacher runs in batched inference mode (`eval()`, no grad, bf16 autocast on a GPU that supports it). The
+    result is cached by `datasets`' fingerprinting: the cache key combines the dataset's fingerprint with
+    [`teacher_fingerprint`], so a second run with the same teacher and data reuses the cached column, and a teacher
+    with other weights never does. [`DistillationTrainer`] then reads the logits from the batch and never runs the
+    teacher during training.
+
+    Args:
+        dataset (`datasets.Dataset`): model-ready inputs (decoded pixels, token ids), no on-the-fly transform.
+        teacher (`nn.Module`): the teacher; its `teacher_*` columns are used when present (prefix stripped).
+        batch_size (`int`): inference batch size (no gradients are kept, so it can be large).
+        dtype (`str`): storage precision of the column, `"float32"` or `"float16"` (half the disk and memory; the
+            losses upcast to float32).
+        data_collator (*optional*): builds a batch from a list of rows, e.g. `DataCollatorWithPadding` for text.
+            By default rows are stacked as they are.
+        device (*optional*): where to run the teacher; defaults to the device of its parameters.
+    """
+    from datasets.fingerprint import Hasher
+    from transformers import default_data_collator
+
+    if has_transform(dataset):
+        raise ValueError(
+            "Cannot precompute teacher logits: the dataset has an on-the-fly transform (set_transform / "
+            "with_transform). Logits computed once would not match the inputs the student sees when the transform "
+            "is random (augmentation). Apply deterministic preprocessing with Dataset.map instead, or keep the "
+            "teacher live (precompute_teacher_logits=False)."
+        )
+    if dtype not in TEACHER_LOGITS_DTYPES:
+        raise ValueError(f"dtype must be one of {TEACHER_LOGITS_DTYPES}, got {dtype!r}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    freeze(teacher)
+    columns = teacher_input_columns(dataset, teacher)
+    prefix = TEACHER_INPUT_PREFIX if columns[0].startswith(TEACHER_INPUT_PREFIX) else ""
+    if device is None:
+        device = next(iter(teacher.parameters())).device
+    device = torch.device(device)
+    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    collate = data_collator or default_data_collator
+    out_dtype = getattr(torch, dtype)
+
+    def compute(*values):
+        names = [name[len(prefix) :] for name in columns]
+        if data_collator is None and all(torch.is_tensor(v) for v in values):
+            batch = dict(zip(names, values))  # already stacked by the torch format: no per-row round trip
+        else:
+            batch = collate([dict(zip(names, row)) for row in zip(*values)])
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            outputs = teacher(**batch)
+        logits = (outputs["logits"] if isinstance(outputs, dict) else outputs[0]).float()
+        if logits.dim() > 2 and "attention_mask" in batch:
+            # Token-level logits: keep each row's own length, not the batch's padding.
+            lengths = batch["attention_mask"].sum(-1).tolist()
+            return {TEACHER_LOGITS_COLUMN: [row[:n].to(out_dtype).cpu().numpy() for row, n in zip(logits, lengths)]}
+        return {TEACHER_LOGITS_COLUMN: logits.to(out_dtype).cpu().numpy()}
+
+    original_format = dict(dataset.format)
+    fingerprint = Hasher.hash([dataset._fingerprint, teacher_fingerprint(teacher), dtype, columns, batch_size])
+    result = dataset.with_format("torch").map(
+        compute,
+        batched=True,
+        batch_size=batch_size,
+        input_columns=columns,
+        new_fingerprint=fingerprint,
+        desc="Teacher logits",
+    )
+    format_columns = original_format.get("columns")
+    if format_columns is not None and TEACHER_LOGITS_COLUMN not in format_columns:
+        format_columns = [*format_columns, TEACHER_LOGITS_COLUMN]
+    result.set_format(
+        type=original_format.get("type"),
+        columns=format_columns,
+        output_all_columns=original_format.get("output_all_columns", False),
+        **original_format.get("format_kwargs", {}),
+    )
+    return result
+
+
+def check_teacher_logits_column(dataset, num_labels: int | None) -> None:
+    """Refuse a `teacher_logits` column that cannot be soft targets for the student: the wrong number of classes
+    (checked on the first row), or NaN / inf anywhere."""
+    import numpy as np
+
+    column = dataset.with_format("numpy")[TEACHER_LOGITS_COLUMN]
+    first = np.asarray(column[0])
+    if num_labels is not None and first.shape[-1] != num_labels:
+        raise ValueError(
+            f"The dataset's teacher_logits have {first.shape[-1]} columns per example but the student has "
+            f"num_labels={num_labels}: the teacher logits must hold one value per class of the student."
+        )
+    values = column[:]
+    if values.dtype == object:  # token-level logits: one (length, classes) array per row
+        finite = all(np.isfinite(np.asarray(row)).all() for row in values)
+    else:
+        finite = bool(np.isfinite(values).all())
+    if not finite:
+        raise ValueError(
+            "The dataset's teacher_logits column contains NaN or inf: the teacher's logits must be finite "
+            "(check the model or API that produced them, and the storage dtype: float16 overflows above 65504)."
+        )

@@ -14,14 +14,17 @@ from transformers.utils import logging
 
 from .configuration_distillation import DistillationConfig
 from .losses import distillation_loss
-from .teacher import load_teacher, prepare_teacher
+from .teacher import (
+    TEACHER_INPUT_PREFIX,
+    TEACHER_LOGITS_COLUMN,
+    add_teacher_logits,
+    check_teacher_logits_column,
+    has_transform,
+    load_teacher,
+    prepare_teacher,
+)
 
 logger = logging.get_logger(__name__)
-
-TEACHER_LOGITS_COLUMN = "teacher_logits"
-# Batch keys that belong to the teacher: its own tokenization (`teacher_input_ids`, ...) when the two models do not
-# share a tokenizer. They are fed to the teacher with the prefix removed, never to the student.
-TEACHER_INPUT_PREFIX = "teacher_"
 
 
 def _generic_labels(id2label: dict | None) -> bool:
@@ -139,8 +142,44 @@ class DistillationTrainer(Trainer):
         # skips the Trainer's per-step label counting for `num_items_in_batch`.
         self.model_accepts_loss_kwargs = False
         self.teacher_model = prepare_teacher(teacher_model, self.accelerator) if teacher_model is not None else None
+        self.train_dataset = self._with_teacher_logits(self.train_dataset)
         # Unweighted loss parts, accumulated per step and averaged over each logging window (see `log`).
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def _with_teacher_logits(self, dataset):
+        """Validate the train dataset's `teacher_logits`, computing them first when `precompute_teacher_logits`."""
+        args: DistillationConfig = self.args
+        columns = getattr(dataset, "column_names", None)
+        if columns is None:  # a torch Dataset: its batches are checked step by step in `compute_loss`
+            if args.precompute_teacher_logits:
+                raise ValueError(
+                    "precompute_teacher_logits needs the train dataset as a datasets.Dataset (it is cached by "
+                    f"fingerprint), got {type(dataset).__name__}: add the logits with hf_kd.add_teacher_logits."
+                )
+            return dataset
+        if TEACHER_LOGITS_COLUMN not in columns and args.precompute_teacher_logits:
+            if self.teacher_model is None:
+                raise ValueError("precompute_teacher_logits=True needs a teacher_model to compute them with.")
+            if has_transform(dataset):
+                raise ValueError(
+                    "precompute_teacher_logits=True, but the train dataset has an on-the-fly transform "
+                    "(set_transform / with_transform, e.g. random augmentation): logits computed once would not "
+                    "match the inputs the student trains on. Turn the augmentation off, or set "
+                    "precompute_teacher_logits=False to run the teacher on every batch."
+                )
+            # Rank 0 computes and caches; the other processes then load the cache instead of recomputing.
+            with args.main_process_first(desc="teacher logits"):
+                dataset = add_teacher_logits(
+                    dataset, self.teacher_model, batch_size=args.teacher_batch_size, dtype=args.teacher_logits_dtype
+                )
+        if TEACHER_LOGITS_COLUMN in dataset.column_names:
+            check_teacher_logits_column(dataset, getattr(getattr(self.model, "config", None), "num_labels", None))
+        elif self.teacher_model is None:
+            raise ValueError(
+                "DistillationTrainer needs a teacher: pass teacher_model (or args.teacher_model_name_or_path), or a "
+                "train dataset with a teacher_logits column."
+            )
+        return dataset
 
     def _set_signature_columns_if_needed(self):
         # Keep the teacher's columns when `remove_unused_columns` drops what the student's forward does not take.
@@ -190,12 +229,11 @@ class DistillationTrainer(Trainer):
         student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         if teacher_logits is None:
             teacher_logits = self._teacher_logits(student_inputs, teacher_inputs)
-        if not torch.isfinite(teacher_logits).all():
-            raise ValueError(
-                f"The teacher's logits contain NaN or inf at step {self.state.global_step} "
-                f"({'precomputed teacher_logits column' if TEACHER_LOGITS_COLUMN in inputs else 'live teacher'}): "
-                "check the teacher's weights and dtype (fp16 overflows above 65504)."
-            )
+            if not torch.isfinite(teacher_logits).all():
+                raise ValueError(
+                    f"The teacher's logits contain NaN or inf at step {self.state.global_step} (live teacher): "
+                    "check the teacher's weights and dtype (fp16 overflows above 65504)."
+                )
         if teacher_logits.shape != student_logits.shape:
             raise ValueError(
                 f"The batch's teacher_logits have shape {tuple(teacher_logits.shape)} but the student's logits "

@@ -1,0 +1,137 @@
+"""Teacher outputs computed once: `add_teacher_logits`, the trainer's precompute switch, black-box soft targets."""
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, load_from_disk
+
+from hf_kd import DistillationTrainer, add_teacher_logits, teacher_fingerprint
+
+from conftest import make_dataset, make_student, make_teacher
+from test_trainer import agreement, config
+
+
+class CallCounter:
+    """Counts real forward calls of a module (a hook on the real teacher, not a stand-in)."""
+
+    def __init__(self, module):
+        self.calls = 0
+        module.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.calls += 1
+
+
+def test_precomputed_logits_equal_the_live_teachers(tiny_task):
+    teacher, train, _ = tiny_task
+    with_logits = add_teacher_logits(train, teacher, batch_size=100)
+    assert with_logits.format["type"] == "torch"
+    rows = with_logits[:]
+    with torch.no_grad():
+        expected = teacher(rows["features"]).logits
+    torch.testing.assert_close(rows["teacher_logits"], expected)
+
+
+def test_live_and_precomputed_teacher_give_the_same_loss(tmp_path, tiny_task):
+    teacher, train, _ = tiny_task
+    student = make_student()
+    batch = train[:32]
+    live = DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=train)
+    cached = DistillationTrainer(model=student, args=config(tmp_path), train_dataset=add_teacher_logits(train, teacher))
+    live_loss = live.compute_loss(student, dict(batch))
+    cached_batch = cached.train_dataset[:32]
+    assert set(cached_batch) == {"features", "labels", "teacher_logits"}
+    cached_loss = cached.compute_loss(student, dict(cached_batch))
+    torch.testing.assert_close(live_loss, cached_loss)
+
+
+def test_precompute_switch_never_runs_the_teacher_while_training(tmp_path, tiny_task):
+    teacher, train, test = tiny_task
+    counter = CallCounter(teacher)
+    trainer = DistillationTrainer(
+        model=make_student(), teacher_model=teacher, args=config(tmp_path, alpha=1.0, num_train_epochs=8,
+                                                                 precompute_teacher_logits=True), train_dataset=train
+    )
+    assert "teacher_logits" in trainer.train_dataset.column_names
+    calls_after_precompute = counter.calls
+    assert calls_after_precompute == 1  # one batch of 512 rows
+    trainer.train()
+    assert counter.calls == calls_after_precompute
+    assert agreement(trainer.model, teacher, test) >= 0.95
+
+
+def test_cache_is_reused_for_the_same_teacher_and_refreshed_for_another(tmp_path, tiny_task):
+    teacher, train, _ = tiny_task
+    train.save_to_disk(tmp_path / "train")
+    on_disk = load_from_disk(str(tmp_path / "train")).with_format("torch")
+    counter = CallCounter(teacher)
+    first = add_teacher_logits(on_disk, teacher, batch_size=128)
+    assert counter.calls == 4 and first.cache_files
+    again = add_teacher_logits(load_from_disk(str(tmp_path / "train")).with_format("torch"), teacher, batch_size=128)
+    assert counter.calls == 4, "the second run with the same teacher and data must reuse the cache"
+    assert again._fingerprint == first._fingerprint
+
+    fingerprint = teacher_fingerprint(teacher)
+    with torch.no_grad():
+        teacher.net[-1].bias[0] += 1.0
+    assert teacher_fingerprint(teacher) != fingerprint
+    changed = add_teacher_logits(on_disk, teacher, batch_size=128)
+    assert counter.calls == 8, "a teacher with other weights must not reuse stale logits"
+    assert changed._fingerprint != first._fingerprint
+    assert not torch.equal(changed[:]["teacher_logits"], first[:]["teacher_logits"])
+
+
+def test_float16_storage(tiny_task):
+    teacher, train, _ = tiny_task
+    half = add_teacher_logits(train, teacher, dtype="float16")
+    full = add_teacher_logits(train, teacher)
+    assert half.features["teacher_logits"].feature.dtype == "float16"
+    torch.testing.assert_close(half[:]["teacher_logits"].float(), full[:]["teacher_logits"], rtol=1e-3, atol=1e-2)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        add_teacher_logits(train, teacher, dtype="int8")
+
+
+def test_black_box_soft_targets_need_no_teacher(tmp_path, tiny_task):
+    """Logits produced elsewhere (another framework, an API) are soft targets as they are."""
+    teacher, train, test = tiny_task
+    rows = train[:]
+    with torch.no_grad():
+        external = teacher(rows["features"]).logits.numpy()  # stands for an API's answer: plain numbers
+    black_box = Dataset.from_dict({"features": rows["features"].numpy(), "labels": rows["labels"].numpy(),
+                                   "teacher_logits": external}).with_format("torch")
+    student = make_student()
+    DistillationTrainer(model=student, args=config(tmp_path, alpha=1.0, num_train_epochs=8),
+                        train_dataset=black_box).train()
+    assert agreement(student, teacher, test) >= 0.95
+
+
+def test_on_the_fly_transform_is_refused(tmp_path, tiny_task):
+    teacher, train, _ = tiny_task
+    augmented = train.with_format(None)
+    augmented.set_transform(lambda batch: {"features": torch.tensor(batch["features"]) + torch.randn(1),
+                                           "labels": torch.tensor(batch["labels"])})
+    with pytest.raises(ValueError, match="on-the-fly transform .*would not match the inputs"):
+        add_teacher_logits(augmented, teacher)
+    with pytest.raises(ValueError, match="precompute_teacher_logits=True, but the train dataset has an on-the-fly"):
+        DistillationTrainer(model=make_student(), teacher_model=teacher,
+                            args=config(tmp_path, precompute_teacher_logits=True, remove_unused_columns=False),
+                            train_dataset=augmented)
+
+
+def test_teacher_logits_of_the_wrong_width_are_refused(tmp_path, tiny_task):
+    _, train, _ = tiny_task
+    rows = train[:]
+    wrong = Dataset.from_dict({"features": rows["features"].numpy(), "labels": rows["labels"].numpy(),
+                               "teacher_logits": np.zeros((len(train), 7), dtype=np.float32)})
+    with pytest.raises(ValueError, match="teacher_logits have 7 columns per example but the student has num_labels=4"):
+        DistillationTrainer(model=make_student(), args=config(tmp_path), train_dataset=wrong)
+    broken = wrong.remove_columns("teacher_logits").add_column(
+        "teacher_logits", [[float("nan")] * 4] + [[0.0] * 4] * (len(train) - 1))
+    with pytest.raises(ValueError, match="teacher_logits column contains NaN or inf"):
+        DistillationTrainer(model=make_student(), args=config(tmp_path), train_dataset=broken)
+
+
+def test_no_teacher_and_no_logits_is_refused(tmp_path, tiny_task):
+    _, train, _ = tiny_task
+    with pytest.raises(ValueError, match="needs a teacher"):
+        DistillationTrainer(model=make_student(), args=config(tmp_path), train_dataset=train)
