@@ -1,0 +1,337 @@
+"""Text distillation: column detection, tokenization for two tokenizers, padding, derived students, token
+classification. Tiny random BERTs and tokenizers built here from vocabularies written to tmp: no network."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, Features, Value
+from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertTokenizer
+
+from hf_kd import DistillationConfig, DistillationTrainer
+from hf_kd.losses import distillation_loss
+from hf_kd.text import (
+    DataCollatorWithTeacherPadding,
+    derive_student,
+    detect_label_column,
+    detect_text_columns,
+    label_mapping,
+    label_names,
+    same_tokenizer,
+    spread_layers,
+    tokenize_dataset,
+)
+
+POSITIVE = ["good", "great", "fine", "superb"]
+NEGATIVE = ["bad", "awful", "poor", "dull"]
+NEUTRAL = ["the", "a", "movie", "film", "plot", "was", "is", "very", "and", "actors"]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def make_tokenizer(tmp_path, name: str, tokens: list[str]) -> BertTokenizer:
+    """A real WordPiece BERT tokenizer over `tokens`, loaded from a vocab.txt as a Hub checkpoint would be."""
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    return BertTokenizer(vocab=str(folder / "vocab.txt"))
+
+
+@pytest.fixture
+def student_tokenizer(tmp_path):
+    # Some words only as word pieces: the student's sequences are longer than the teacher's.
+    words = [w for w in POSITIVE + NEGATIVE + NEUTRAL if w not in ("awful", "superb")]
+    return make_tokenizer(tmp_path, "student_tok", SPECIALS + words + ["aw", "##ful", "super", "##b"])
+
+
+@pytest.fixture
+def teacher_tokenizer(tmp_path):
+    # Another vocabulary: other ids, other size, and [PAD] is not id 0.
+    words = list(reversed(POSITIVE + NEGATIVE + NEUTRAL)) + ["extra", "words"]
+    return make_tokenizer(tmp_path, "teacher_tok", ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + ["[PAD]"])
+
+
+def sentiment_dataset(n: int, seed: int, pair: bool = False) -> Dataset:
+    """Short reviews labelled by which kind of sentiment word they have more of (an odd count: no ties)."""
+    rng = random.Random(seed)
+    rows = {"text": [], "label": []}
+    if pair:
+        rows["premise"] = []
+    for _ in range(n):
+        sentiment = [rng.choice(POSITIVE + NEGATIVE) for _ in range(rng.choice([1, 3]))]
+        words = sentiment + [rng.choice(NEUTRAL) for _ in range(rng.randint(2, 8))]
+        rng.shuffle(words)
+        rows["text"].append(" ".join(words).capitalize() + ".")
+        rows["label"].append(int(sum(w in POSITIVE for w in sentiment) > len(sentiment) / 2))
+        if pair:
+            rows["premise"].append(" ".join(rng.choice(NEUTRAL) for _ in range(3)))
+    features = {"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])}
+    if pair:
+        features["premise"] = Value("string")
+    return Dataset.from_dict(rows, features=Features(features))
+
+
+def tiny_bert(cls, tokenizer, num_layers: int, seed: int, num_labels: int = 2, **kwargs):
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=num_labels,
+        **kwargs,
+    )
+    return cls(config)
+
+
+def distill_args(tmp_path, **overrides) -> DistillationConfig:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=16,
+        learning_rate=3e-3,
+        num_train_epochs=1,
+        logging_steps=2,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        remove_unused_columns=False,
+        temperature=2.0,
+        alpha=0.5,
+        use_cpu=True,
+    )
+    defaults.update(overrides)
+    return DistillationConfig(**defaults)
+
+
+# Columns and labels
+
+
+def test_detects_single_texts_pairs_and_labels():
+    single = sentiment_dataset(4, seed=0)
+    assert detect_label_column(single) == "label"
+    assert detect_text_columns(single, label_column="label") == ("text",)
+    glue = Dataset.from_dict({"sentence1": ["a"], "sentence2": ["b"], "idx": [0], "label": [1]})
+    assert detect_text_columns(glue) == ("sentence1", "sentence2")
+    # Unknown names: the string columns other than the label, in dataset order; a lone ClassLabel is the label.
+    odd = Dataset.from_dict(
+        {"left": ["a"], "right": ["b"], "y": [0]}, features=Features({"left": Value("string"), "right": Value("string"), "y": ClassLabel(names=["n", "p"])})
+    )
+    assert detect_label_column(odd) == "y"
+    assert detect_text_columns(odd, label_column="y") == ("left", "right")
+    assert detect_text_columns(odd, "right,left") == ("right", "left")
+
+
+def test_column_errors_name_the_argument():
+    many = Dataset.from_dict({"a": ["x"], "b": ["y"], "c": ["z"], "score": [1.0]})
+    with pytest.raises(ValueError, match="text_column_names"):
+        detect_text_columns(many)
+    with pytest.raises(ValueError, match="label_column_name"):
+        detect_label_column(many)
+    with pytest.raises(ValueError, match=r"text_column_names.*\['nope'\] not found"):
+        detect_text_columns(many, ["a", "nope"])
+    with pytest.raises(ValueError, match="label_column_name='y'"):
+        detect_label_column(many, "y")
+
+
+def test_label_names_and_mapping_follow_a_fine_tuned_model():
+    dataset = sentiment_dataset(8, seed=0)
+    names = label_names(dataset, "label")
+    assert names == ["neg", "pos"]
+    assert label_mapping(names) == {"neg": 0, "pos": 1}
+    # A teacher fine-tuned with the classes the other way round: its order wins, and the data follows it.
+    config = BertConfig(id2label={0: "POS", 1: "NEG"})
+    assert label_mapping(names, config) == {"neg": 1, "pos": 0}
+    with pytest.raises(ValueError, match="names its classes"):
+        label_mapping(names, BertConfig(id2label={0: "cat", 1: "dog"}))
+    strings = Dataset.from_dict({"text": ["a", "b", "c"], "label": ["pos", "neg", "pos"]})
+    assert label_names(strings, "label") == ["neg", "pos"]
+
+
+# Tokenization and padding for two tokenizers
+
+
+def test_same_tokenizer(student_tokenizer, teacher_tokenizer, tmp_path):
+    assert same_tokenizer(student_tokenizer, student_tokenizer)
+    assert not same_tokenizer(student_tokenizer, teacher_tokenizer)
+    student_tokenizer.save_pretrained(tmp_path / "saved")
+    assert same_tokenizer(student_tokenizer, BertTokenizer.from_pretrained(tmp_path / "saved"))
+    cased = BertTokenizer(vocab=student_tokenizer.get_vocab(), do_lower_case=False)
+    assert not same_tokenizer(student_tokenizer, cased)
+
+
+def test_tokenize_once_for_both_models_and_pad_each_with_its_own_pad_id(student_tokenizer, teacher_tokenizer):
+    dataset = sentiment_dataset(16, seed=0, pair=True)
+    columns = detect_text_columns(dataset, ["premise", "text"])
+    encoded = tokenize_dataset(dataset, student_tokenizer, columns, "label", teacher_tokenizer=teacher_tokenizer)
+    assert set(encoded.column_names) == {
+        "input_ids", "token_type_ids", "attention_mask", "labels",
+        "teacher_input_ids", "teacher_token_type_ids", "teacher_attention_mask",
+    }  # fmt: skip
+    row, raw = encoded[0], dataset[0]
+    assert row["input_ids"] == student_tokenizer(raw["premise"], raw["text"])["input_ids"]
+    assert row["teacher_input_ids"] == teacher_tokenizer(raw["premise"], raw["text"])["input_ids"]
+    assert row["labels"] == raw["label"]
+    # One tokenizer for both: no teacher columns.
+    shared = tokenize_dataset(dataset, student_tokenizer, columns, "label", teacher_tokenizer=student_tokenizer)
+    assert not [c for c in shared.column_names if c.startswith("teacher_")]
+
+    collator = DataCollatorWithTeacherPadding(student_tokenizer, teacher_tokenizer)
+    features = [encoded[i] for i in range(8)]
+    batch = collator(features)
+    s_len = max(len(f["input_ids"]) for f in features)
+    t_len = max(len(f["teacher_input_ids"]) for f in features)
+    assert s_len > t_len  # "awful", "superb" are two word pieces for the student, one word for the teacher
+    assert batch["input_ids"].shape == (8, s_len) and batch["teacher_input_ids"].shape == (8, t_len)
+    assert batch["labels"].tolist() == [f["labels"] for f in features]
+    for i, f in enumerate(features):
+        n, m = len(f["input_ids"]), len(f["teacher_input_ids"])
+        assert batch["input_ids"][i, n:].eq(student_tokenizer.pad_token_id).all()
+        assert batch["teacher_input_ids"][i, :m].tolist() == f["teacher_input_ids"]
+        assert batch["teacher_input_ids"][i, m:].eq(teacher_tokenizer.pad_token_id).all()
+        assert batch["teacher_attention_mask"][i].sum() == m and batch["attention_mask"][i].sum() == n
+    assert teacher_tokenizer.pad_token_id != student_tokenizer.pad_token_id == 0
+
+
+def test_distillation_feeds_the_teacher_its_own_tokenization(tmp_path, student_tokenizer, teacher_tokenizer):
+    """End to end: the trainer runs the teacher on `teacher_*` inputs, the student on its own, and learns."""
+    train = sentiment_dataset(192, seed=1)
+    encoded = tokenize_dataset(train, student_tokenizer, ["text"], "label", teacher_tokenizer=teacher_tokenizer)
+    teacher = tiny_bert(BertForSequenceClassification, teacher_tokenizer, num_layers=2, seed=0)
+    with torch.no_grad():
+        teacher.classifier.weight.mul_(20.0)  # confident, input-dependent targets from a random teacher
+    student = tiny_bert(BertForSequenceClassification, student_tokenizer, num_layers=1, seed=1)
+    seen = []
+    teacher.bert.embeddings.word_embeddings.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+
+    collator = DataCollatorWithTeacherPadding(student_tokenizer, teacher_tokenizer)
+    args = distill_args(tmp_path, alpha=1.0, num_train_epochs=4, remove_unused_columns=True)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=encoded, data_collator=collator,
+        processing_class=student_tokenizer,
+    )  # fmt: skip
+
+    # One batch by hand: the loss is the KD loss between student(student ids) and teacher(teacher ids).
+    batch = collator([encoded[i] for i in range(16)])
+    student.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(student, dict(batch))
+        s_logits = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
+        t_logits = teacher(batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_token_type_ids"]).logits
+        wrong = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
+    expected, _, _ = distillation_loss(s_logits, t_logits, batch["labels"], temperature=2.0, alpha=1.0)
+    misfed, _, _ = distillation_loss(s_logits, wrong, batch["labels"], temperature=2.0, alpha=1.0)
+    assert torch.allclose(loss, expected, atol=1e-6), (loss, expected)
+    assert not torch.allclose(loss, misfed, atol=1e-3)
+    assert torch.equal(seen[0], batch["teacher_input_ids"])
+
+    seen.clear()
+    trainer.train()
+    # Every teacher call during training saw teacher ids (its [PAD] id appears in padded batches, the student's never).
+    assert seen and all(ids.max() < len(teacher_tokenizer) for ids in seen)
+    assert any((ids == teacher_tokenizer.pad_token_id).any() for ids in seen)
+    kd = [log["loss_kd"] for log in trainer.state.log_history if "loss_kd" in log]
+    assert kd[-1] < kd[0] / 2, kd
+
+
+# Derived students
+
+
+def test_derive_student_copies_teacher_layers(student_tokenizer):
+    teacher = tiny_bert(BertForSequenceClassification, student_tokenizer, num_layers=6, seed=0)
+    assert spread_layers(12, 6) == [0, 2, 4, 7, 9, 11]  # DistilBERT's choice
+    assert spread_layers(6, 2) == [0, 5]
+    student = derive_student(teacher, num_layers=2)
+    assert student.config.num_hidden_layers == 2 and teacher.config.num_hidden_layers == 6
+    assert len(student.bert.encoder.layer) == 2
+    s, t = student.state_dict(), teacher.state_dict()
+    for key, value in s.items():
+        source = key.replace("encoder.layer.1.", "encoder.layer.5.")
+        assert torch.equal(value, t[source]), key
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
+    # The copy is independent of the teacher.
+    with torch.no_grad():
+        student.classifier.weight.add_(1.0)
+    assert not torch.equal(student.classifier.weight, teacher.classifier.weight)
+
+    chosen = derive_student(teacher, num_layers=2, layer_indices=[1, 3])
+    assert torch.equal(chosen.bert.encoder.layer[0].output.dense.weight, teacher.bert.encoder.layer[1].output.dense.weight)
+    fresh = derive_student(teacher, num_layers=2, init_from_teacher=False)
+    assert not torch.equal(fresh.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    with pytest.raises(ValueError, match="num_layers"):
+        derive_student(teacher, num_layers=7)
+    with pytest.raises(ValueError, match="layer_indices"):
+        derive_student(teacher, num_layers=2, layer_indices=[0, 6])
+
+
+# Token classification: logits (batch, length, classes), positions labelled -100 left out
+
+
+def test_token_classification_masks_ignored_positions(tmp_path, student_tokenizer):
+    rng = random.Random(0)
+    sentences = [" ".join(rng.choice(POSITIVE + NEGATIVE + NEUTRAL) for _ in range(rng.randint(2, 9))) for _ in range(96)]
+    encoded = student_tokenizer(sentences)
+    # Tag 1 for sentiment words, 0 otherwise; [CLS] / [SEP] get -100 as in run_ner.
+    sentiment_ids = {student_tokenizer.convert_tokens_to_ids(w) for w in POSITIVE + NEGATIVE}
+    tags = [
+        [-100 if t in (student_tokenizer.cls_token_id, student_tokenizer.sep_token_id) else int(t in sentiment_ids) for t in ids]
+        for ids in encoded["input_ids"]
+    ]
+    dataset = Dataset.from_dict({**encoded, "labels": tags})
+
+    teacher = tiny_bert(BertForTokenClassification, student_tokenizer, num_layers=2, seed=0)
+    student = tiny_bert(BertForTokenClassification, student_tokenizer, num_layers=1, seed=1)
+    collator = DataCollatorWithTeacherPadding(student_tokenizer)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=distill_args(tmp_path), train_dataset=dataset, data_collator=collator
+    )
+
+    batch = collator([dataset[i] for i in range(12)])
+    labels = batch["labels"]
+    assert labels.shape == batch["input_ids"].shape
+    assert labels[batch["attention_mask"] == 0].eq(-100).all()  # padding is masked too
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    student.eval()
+    with torch.no_grad():
+        s_logits, t_logits = student(**inputs).logits, teacher(**inputs).logits
+    assert s_logits.shape == (12, labels.shape[1], 2)
+    keep = labels != -100
+    # The loss parts by hand, over the kept positions only.
+    ce = torch.nn.functional.cross_entropy(s_logits[keep], labels[keep])
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(s_logits[keep] / 2.0, -1), torch.softmax(t_logits[keep] / 2.0, -1), reduction="batchmean"
+    ) * 4.0  # fmt: skip
+    loss, hard, soft = distillation_loss(s_logits, t_logits, labels, temperature=2.0, alpha=0.5)
+    assert torch.allclose(hard, ce, atol=1e-5) and torch.allclose(soft, kl, atol=1e-5)
+    assert torch.allclose(loss, 0.5 * ce + 0.5 * kl, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(trainer.compute_loss(student, dict(batch)), loss, atol=1e-5)
+
+    # Masked positions do not matter: garbage teacher logits there change neither the loss nor its gradient.
+    def loss_and_grad(teacher_logits):
+        student.zero_grad()
+        value = trainer.compute_loss(student, {**batch, "teacher_logits": teacher_logits})
+        value.backward()
+        return value.detach(), student.classifier.weight.grad.clone()
+
+    garbage = t_logits.clone()
+    garbage[~keep] = torch.randn_like(garbage[~keep]) * 1e4
+    clean_loss, clean_grad = loss_and_grad(t_logits)
+    garbage_loss, garbage_grad = loss_and_grad(garbage)
+    assert torch.allclose(clean_loss, loss, atol=1e-5)
+    assert torch.equal(clean_loss, garbage_loss) and torch.allclose(clean_grad, garbage_grad)
+    student.zero_grad()
+
+    # And it trains: pure distillation from a confident teacher, per token.
+    with torch.no_grad():
+        teacher.classifier.weight.mul_(20.0)
+    args = distill_args(tmp_path, alpha=1.0, num_train_epochs=3)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset, data_collator=collator)
+    trainer.train()
+    kd = [log["loss_kd"] for log in trainer.state.log_history if "loss_kd" in log]
+    assert kd[-1] < kd[0] / 2, kd
