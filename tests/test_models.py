@@ -33,7 +33,6 @@ from hf_kd.models import (
     model_from_preset,
 )
 
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED_PARAMETERS = {
@@ -91,7 +90,7 @@ def test_cnn_teacher_layer_order():
         (64, 32, (3, 3), (1, 1)),
     ]
     assert model.config.pool_after == [1, 3]
-    assert [(l.in_features, l.out_features) for l in model.fc_layers] == [(2048, 512)]
+    assert [(fc.in_features, fc.out_features) for fc in model.fc_layers] == [(2048, 512)]
     assert (model.classifier.in_features, model.classifier.out_features) == (512, 10)
     assert model.dropout.p == 0.1
 
@@ -137,7 +136,7 @@ def test_mlp_forward_outputs_and_hidden_states():
     torch.testing.assert_close(hidden_states[0], pixel_values.flatten(1))
     # Pre-activations are the Linear outputs (with negative values), block outputs their ReLU.
     torch.testing.assert_close(hidden_states[1], model.hidden_layers[0](hidden_states[0]))
-    for pre_activation, block_output in zip(hidden_states[1::2], hidden_states[2::2]):
+    for pre_activation, block_output in zip(hidden_states[1::2], hidden_states[2::2], strict=True):
         assert (pre_activation < 0).any()
         torch.testing.assert_close(block_output, torch.relu(pre_activation))
     torch.testing.assert_close(output.logits, model.classifier(hidden_states[-1]))
@@ -155,9 +154,7 @@ def test_cnn_forward_outputs_and_hidden_states():
     output = model(pixel_values, labels=labels, output_hidden_states=True)
     assert isinstance(output, ImageClassifierOutputWithNoAttention)
     assert output.logits.shape == (2, 10)
-    torch.testing.assert_close(
-        output.loss, torch.nn.functional.cross_entropy(output.logits[:1], labels[:1])
-    )
+    torch.testing.assert_close(output.loss, torch.nn.functional.cross_entropy(output.logits[:1], labels[:1]))
     shapes = [tuple(h.shape[1:]) for h in output.hidden_states]
     assert shapes == [
         (3, 32, 32),
@@ -313,7 +310,7 @@ _REMOTE_CODE_SCRIPT = textwrap.dedent(
 
 
 def test_trust_remote_code_loads_without_hf_kd(tmp_path):
-    """A saved model and its processor load with `trust_remote_code=True` in a process where hf_kd cannot be imported."""
+    """A saved model and processor load with `trust_remote_code=True` in a process that cannot import hf_kd."""
     rng = np.random.default_rng(0)
     expected = {}
     for preset in ("mnist-mlp-student", "cifar10-cnn-student"):

@@ -28,7 +28,6 @@ from .presets import (
     preset_config_kwargs,
 )
 
-
 # `exist_ok`: a module reload (or a second copy of the package) must not fail on the existing registration.
 for _config_class, _model_class in ((MLPConfig, MLPForImageClassification), (CNNConfig, CNNForImageClassification)):
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)

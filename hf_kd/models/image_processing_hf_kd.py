@@ -160,9 +160,7 @@ class HfKdImageProcessor(PilBackend):
             std = np.asarray(image_std, dtype=np.float32).reshape(-1)
             for name, values in (("image_mean", mean), ("image_std", std)):
                 if values.size not in (1, num_channels):
-                    raise ValueError(
-                        f"`{name}` has {values.size} values but the images have {num_channels} channels."
-                    )
+                    raise ValueError(f"`{name}` has {values.size} values but the images have {num_channels} channels.")
             scale = (scale / std).reshape(-1, 1, 1)
             shift = (-mean / std).reshape(-1, 1, 1)
         pixel_values = np.multiply(batch, scale, dtype=np.float32)

@@ -9,7 +9,6 @@ from .image_processing_hf_kd import HfKdImageProcessor
 from .mlp.configuration_mlp import MLPConfig
 from .mlp.modeling_mlp import MLPForImageClassification
 
-
 MNIST_LABELS = [str(digit) for digit in range(10)]
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -95,6 +94,11 @@ def _get_preset(name: str) -> tuple:
         raise ValueError(f"Unknown preset {name!r}. Valid presets: {', '.join(PRESET_NAMES)}.") from None
 
 
+def _copy_values(kwargs: dict) -> dict:
+    # The presets' lists and dicts are shared: callers (and the configs built from them) must not alter them.
+    return {key: (value.copy() if isinstance(value, (list, dict)) else value) for key, value in kwargs.items()}
+
+
 def preset_config_kwargs(name: str) -> dict:
     """
     The configuration keyword arguments of a preset (a copy, safe to modify).
@@ -103,7 +107,7 @@ def preset_config_kwargs(name: str) -> dict:
         `ValueError`: if `name` is not one of [`PRESET_NAMES`].
     """
     _, config_kwargs, _ = _get_preset(name)
-    return {key: (value.copy() if isinstance(value, (list, dict)) else value) for key, value in config_kwargs.items()}
+    return _copy_values(config_kwargs)
 
 
 def config_from_preset(name: str, **overrides) -> PreTrainedConfig:
@@ -182,7 +186,6 @@ def image_processor_for_preset(name: str, **overrides) -> HfKdImageProcessor:
     ```
     """
     _, _, processor_kwargs = _get_preset(name)
-    kwargs = {key: (value.copy() if isinstance(value, (list, dict)) else value) for key, value in processor_kwargs.items()}
+    kwargs = _copy_values(processor_kwargs)
     kwargs.update(overrides)
     return HfKdImageProcessor(**kwargs)
-

@@ -3,5 +3,4 @@
 from .configuration_cnn import CNNConfig
 from .modeling_cnn import CNNForImageClassification, CNNPreTrainedModel
 
-
 __all__ = ["CNNConfig", "CNNForImageClassification", "CNNPreTrainedModel"]

@@ -97,7 +97,7 @@ class CNNConfig(PreTrainedConfig):
 
     @property
     def feature_map_size(self) -> tuple[int, int]:
-        """`tuple[int, int]`: Height and width of the last feature maps (each pool floors odd sizes, as `MaxPool2d`)."""
+        """`tuple[int, int]`: Height and width of the last feature maps (pools floor odd sizes, as `MaxPool2d`)."""
         height, width = _image_height_width(self.image_size)
         for _ in self.pool_after:
             height, width = height // 2, width // 2

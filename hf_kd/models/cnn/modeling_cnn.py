@@ -105,9 +105,9 @@ class CNNForImageClassification(CNNPreTrainedModel):
 
         Returns:
             [`~transformers.modeling_outputs.ImageClassifierOutputWithNoAttention`] with `loss` (when `labels` are
-            given), `logits` of shape `(batch_size, num_labels)` and, when `output_hidden_states=True`, `hidden_states`:
-            a tuple of `1 + 2 * (len(config.conv_channels) + len(config.classifier_hidden_sizes))` tensors, in this
-            order:
+            given), `logits` of shape `(batch_size, num_labels)` and, when `output_hidden_states=True`,
+            `hidden_states`: a tuple of `1 + 2 * (len(config.conv_channels) + len(config.classifier_hidden_sizes))`
+            tensors, in this order:
 
             - `hidden_states[0]`: `pixel_values`;
             - for each convolution `i`: its pre-activation (the `Conv2d` output before the ReLU, the features that

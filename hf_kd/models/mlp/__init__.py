@@ -3,5 +3,4 @@
 from .configuration_mlp import MLPConfig
 from .modeling_mlp import MLPForImageClassification, MLPPreTrainedModel
 
-
 __all__ = ["MLPConfig", "MLPForImageClassification", "MLPPreTrainedModel"]

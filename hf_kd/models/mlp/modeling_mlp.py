@@ -94,8 +94,9 @@ class MLPForImageClassification(MLPPreTrainedModel):
 
         Returns:
             [`~transformers.modeling_outputs.ImageClassifierOutputWithNoAttention`] with `loss` (when `labels` are
-            given), `logits` of shape `(batch_size, num_labels)` and, when `output_hidden_states=True`, `hidden_states`:
-            a tuple of `1 + 2 * len(config.hidden_sizes)` tensors of shape `(batch_size, features)`, in this order:
+            given), `logits` of shape `(batch_size, num_labels)` and, when `output_hidden_states=True`,
+            `hidden_states`: a tuple of `1 + 2 * len(config.hidden_sizes)` tensors of shape `(batch_size, features)`,
+            in this order:
 
             - `hidden_states[0]`: the flattened input, `(batch_size, config.input_size)`;
             - for each hidden layer `i`: `hidden_states[1 + 2 * i]`, its pre-activation (the `Linear` output, before
