@@ -330,6 +330,7 @@ def test_trust_remote_code_loads_without_hf_kd(tmp_path):
         "HF_MODULES_CACHE": str(tmp_path / "modules_cache"),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
     }
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
@@ -505,7 +506,29 @@ def test_processor_batch_is_fast():
     assert elapsed < 2.0, f"{elapsed:.2f} s for 2000 images"
 
 
-# --------------------------------------------------------------------------------------- real MNIST, pipeline
+# ---------------------------------------------------------------------------------------------------- pipeline
+
+
+def test_pipeline_loads_saved_model_without_prompting(tmp_path, monkeypatch):
+    """`pipeline(model=dir)` must not ask about remote code: hf_kd's classes are registered locally."""
+    prompts = []
+    monkeypatch.setattr("builtins.input", lambda *args: prompts.append(args) or "n")
+    model = _save_with_processor("cifar10-cnn-student", tmp_path)
+    images = [_random_image("RGB", (48, 40), seed) for seed in range(3)]
+
+    classifier = pipeline("image-classification", model=str(tmp_path), device="cpu")
+    predictions = classifier(images, top_k=1)
+
+    assert prompts == []
+    assert type(classifier.model) is CNNForImageClassification
+    assert type(classifier.image_processor) is HfKdImageProcessor
+    with torch.no_grad():
+        logits = model(image_processor_for_preset("cifar10-cnn-student")(images, return_tensors="pt")["pixel_values"])
+    expected = [models.CIFAR10_LABELS[index] for index in logits.logits.argmax(-1).tolist()]
+    assert [prediction[0]["label"] for prediction in predictions] == expected
+
+
+# ------------------------------------------------------------------------------------------------- real MNIST
 
 
 def _mnist_parquet(split: str) -> Path | None:
@@ -539,12 +562,18 @@ def test_pipeline_classifies_real_mnist_digits(tmp_path):
     torch.manual_seed(0)
     model = model_from_preset("mnist-mlp-student").train()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(3):
-        for batch in torch.randperm(len(train_labels)).split(64):
-            loss = model(train_pixels[batch], labels=train_labels[batch]).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    # One thread: these steps are too small to share, and on a busy machine two threads ran them 7x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(3):
+            for batch in torch.randperm(len(train_labels)).split(64):
+                loss = model(train_pixels[batch], labels=train_labels[batch]).loss
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)

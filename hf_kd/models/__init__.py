@@ -12,6 +12,7 @@ processing files next to the weights and records them in `auto_map`: a saved (or
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
 from .cnn import CNNConfig, CNNForImageClassification, CNNPreTrainedModel
 from .image_processing_hf_kd import HfKdImageProcessor
@@ -39,6 +40,12 @@ for _config_class, _model_class in ((MLPConfig, MLPForImageClassification), (CNN
         image_processor_classes={"pil": HfKdImageProcessor, "torchvision": HfKdImageProcessor},
         exist_ok=True,
     )
+    # No video processor, registered as an empty mapping on purpose. The image-classification pipeline also tries
+    # `AutoVideoProcessor`, which turns the processor's `auto_map` entry into a made-up `HfKdVideoProcessor`; with no
+    # local registration it asks "Do you wish to run the custom code? [y/N]" on the terminal (15 s timeout) before
+    # failing. Registered, it fails at once and quietly, and the pipeline carries on without one. (The module's class,
+    # not `transformers.AutoVideoProcessor`, which is a placeholder that raises where torchvision is missing.)
+    AutoVideoProcessor.register(_config_class, video_processor_classes={}, exist_ok=True)
     _config_class.register_for_auto_class("AutoConfig")
     _model_class.register_for_auto_class("AutoModelForImageClassification")
 HfKdImageProcessor.register_for_auto_class("AutoImageProcessor")
