@@ -1,0 +1,466 @@
+"""Publishing the student: the distillation model card, and `push_to_hub` against a local stand-in for the Hub.
+
+The only thing replaced is the network: a small HTTP server on 127.0.0.1 answers the Hub endpoints that
+`Trainer.push_to_hub` calls (create the repo, validate the card's YAML, preupload, commit), and keeps what it was sent.
+Everything else runs for real: training, saving, the card, huggingface_hub's upload code. Every host other than the
+loopback address is refused, so a stray request can never leave the machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import torch
+import transformers.utils.hub
+from datasets import Dataset
+from huggingface_hub import ModelCard
+from PIL import Image
+from transformers import AutoModelForImageClassification
+
+from hf_kd import DistillationConfig, DistillationTrainer
+from hf_kd.modelcard import HubPushError, push_to_hub
+from hf_kd.models import image_processor_for_preset, model_from_preset
+
+from conftest import make_dataset, make_student
+
+
+REPO_ID = "hf-kd-tests/mnist-mlp-student-kd"
+TOKEN = "hf_stand_in_token"
+# What the Hub must receive: the student and its card, nothing of the teacher, the baseline or the checkpoints.
+STUDENT_FILES = {
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "configuration_mlp.py",
+    "modeling_mlp.py",
+    "image_processing_hf_kd.py",
+    "training_args.bin",
+    "distillation_report.png",
+}
+MAX_REQUESTS = 50  # a client stuck in a retry loop ends up refused instead of spinning
+SERVER_LIFETIME_S = 120  # the stand-in stops by itself even if a test forgets it
+
+
+class HubStandIn:
+    """The Hub endpoints of an upload, on 127.0.0.1. `mode`: "ok", or an HTTP status to answer every request with."""
+
+    def __init__(self, mode: str = "ok"):
+        self.mode = mode
+        self.requests: list[tuple[str, str]] = []
+        self.auth_headers: list[str | None] = []
+        self.created: list[dict] = []
+        self.files: dict[str, bytes] = {}
+        self.commits: list[dict] = []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep pytest's output clean
+                pass
+
+            def _reply(self, status: int, payload: dict, headers: dict | None = None):
+                body = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                path = self.path.split("?")[0]
+                stand_in.requests.append((self.command, path))
+                stand_in.auth_headers.append(self.headers.get("Authorization"))
+                if len(stand_in.requests) >= MAX_REQUESTS:
+                    threading.Thread(target=stand_in.server.shutdown, daemon=True).start()
+                if stand_in.mode == "401":
+                    message = "Invalid credentials in Authorization header"
+                    return self._reply(401, {"error": message}, {"X-Error-Message": message})
+                if stand_in.mode != "ok":
+                    return self._reply(int(stand_in.mode), {"error": "Internal Error"})
+                repo = f"/api/models/{REPO_ID}"
+                if (self.command, path) == ("POST", "/api/repos/create"):
+                    request = json.loads(body)
+                    stand_in.created.append(request)
+                    return self._reply(200, {"url": f"{stand_in.url}/{request['organization']}/{request['name']}"})
+                if (self.command, path) == ("POST", "/api/validate-yaml"):
+                    return self._reply(200, {"errors": [], "warnings": []})
+                if (self.command, path) == ("POST", f"{repo}/preupload/main"):
+                    files = json.loads(body)["files"]
+                    return self._reply(
+                        200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+                    )
+                if (self.command, path) == ("POST", f"{repo}/commit/main"):
+                    for line in body.splitlines():
+                        item = json.loads(line)
+                        if item["key"] == "header":
+                            stand_in.commits.append(item["value"])
+                        elif item["key"] == "file":
+                            stand_in.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                        else:
+                            return self._reply(400, {"error": f"unexpected commit operation {item['key']}"})
+                    oid = "0" * 40
+                    return self._reply(
+                        200, {"commitUrl": f"{stand_in.url}/{REPO_ID}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}
+                    )
+                return self._reply(404, {"error": f"the stand-in does not serve {self.command} {path}"})
+
+            do_GET = do_POST = do_PUT = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._timer = threading.Timer(SERVER_LIFETIME_S, self.server.shutdown)
+        self._timer.daemon = True
+
+    def __enter__(self):
+        self._thread.start()
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.cancel()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _closed_port_url() -> str:
+    """A loopback URL where nothing listens: connections are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def hub_endpoint(monkeypatch, tmp_path):
+    """Point huggingface_hub at `endpoint` (online, with a token) and refuse every host but 127.0.0.1."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def loopback_only(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost"):
+            raise OSError(f"test_hub: no network access outside the loopback address (asked for {host!r})")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+    # conftest sets HF_HUB_OFFLINE=1 for the whole suite; uploading is what these tests are about.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+
+    def use(endpoint: str):
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+        # transformers keeps one HfApi, which reads the endpoint when it is made.
+        monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
+
+    return use
+
+
+def _accuracy(eval_pred):
+    return {"accuracy": float((eval_pred.predictions.argmax(-1) == eval_pred.label_ids).mean())}
+
+
+def _experiment(root: Path, **args_kwargs) -> DistillationTrainer:
+    """A distillation run laid out as the examples lay it out: teacher/, student_ce/, student_kd/ and the report."""
+    torch.manual_seed(0)
+    teacher = model_from_preset("mnist-mlp-teacher").eval()
+    student = model_from_preset("mnist-mlp-student")
+    pixel_values = torch.randn(64, 1, 28, 28)
+    with torch.no_grad():
+        labels = teacher(pixel_values).logits.argmax(-1)
+    dataset = Dataset.from_dict({"pixel_values": pixel_values.numpy(), "labels": labels.numpy()}).with_format("torch")
+
+    # The other models of the run: they sit next to the student and must never reach the Hub.
+    teacher.save_pretrained(root / "teacher")
+    model_from_preset("mnist-mlp-student").save_pretrained(root / "student_ce")
+
+    args = DistillationConfig(
+        output_dir=str(root / "student_kd"),
+        max_steps=4,
+        save_steps=2,  # leaves checkpoint-2/ and checkpoint-4/ in the output directory
+        per_device_train_batch_size=16,
+        learning_rate=1e-2,
+        report_to="none",
+        dataloader_pin_memory=False,
+        hub_model_id=REPO_ID,
+        **args_kwargs,
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        processing_class=image_processor_for_preset("mnist-mlp-student"),
+        compute_metrics=_accuracy,
+    )
+    trainer.train()
+    kd_accuracy = trainer.evaluate()["eval_accuracy"]
+
+    Image.new("RGB", (16, 8), "white").save(root / "distillation_report.png")
+    settings = {
+        "temperature": args.temperature, "alpha": args.alpha, "loss_type": args.loss_type, "teacher_logits": "live",
+        "num_train_epochs": args.num_train_epochs, "learning_rate": args.learning_rate, "seed": args.seed,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+    }  # fmt: skip
+    entry = {"size_mb": 0.3, "train_time_s": 1.0, "eval_time_s": 0.1, "latency_ms": 0.02}
+    report = {
+        "dataset": "ylecun/mnist",
+        "task": "image-classification",
+        "teacher": "trained here",
+        "metric": "accuracy",
+        "settings": settings,
+        "models": [
+            {**entry, "name": "teacher", "label": "Teacher", "path": "teacher", "parameters": 355110,
+             "accuracy": 1.0, "agreement_with_teacher": 1.0},
+            {**entry, "name": "student_ce", "label": "Student (CE only)", "path": "student_ce", "parameters": 79510,
+             "accuracy": 0.5, "agreement_with_teacher": 0.5},
+            {**entry, "name": "student_kd", "label": "Student (KD)", "path": "student_kd", "parameters": 79510,
+             "accuracy": kd_accuracy, "agreement_with_teacher": kd_accuracy},
+        ],
+        "plot": "distillation_report.png",
+    }  # fmt: skip
+    (root / "distillation_report.json").write_text(json.dumps(report))
+    return trainer
+
+
+def _local_files(directory: Path) -> set[str]:
+    return {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+
+
+def _assert_card(card: ModelCard, report: dict):
+    data = card.data
+    assert data.library_name == "transformers"
+    assert data.pipeline_tag == "image-classification"
+    assert {"knowledge-distillation", "hf_kd"} <= set(data.tags)
+    assert data.datasets == ["ylecun/mnist"]
+    # The student was trained from scratch: no base model (and never the teacher as one).
+    assert data.base_model is None and data.get("base_model_relation") is None
+    (result,) = data.eval_results
+    kd = report["models"][2]
+    assert (result.task_type, result.dataset_type, result.metric_type) == ("image-classification", "ylecun/mnist", "accuracy")
+    assert result.metric_value == pytest.approx(kd["accuracy"], abs=1e-6)
+    assert data.model_name == REPO_ID.split("/")[1]
+    text = card.text
+    assert f'pipeline("image-classification", model="{REPO_ID}", trust_remote_code=True)' in text
+    assert "355,110" in text and "79,510" in text and "4.47× fewer parameters" in text
+    assert "| Temperature `T` | 4 |" in text and "| `alpha` (weight of the teacher's term) | 0.5 |" in text
+    assert "| Teacher logits | live" in text and "| Seed | 42 |" in text and "| Learning rate | 0.01 |" in text
+    assert f"| **Student (KD)** (this model) | 79,510 | 0.300 | {100 * kd['accuracy']:.2f}% |" in text
+    assert "| Student (CE only) | 79,510 | 0.300 | 50.00% |" in text
+    assert "](distillation_report.png)" in text
+    assert "Distilling the Knowledge in a Neural Network" in text and "1503.02531" in text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_push_uploads_the_student_and_its_card(tmp_path, hub_endpoint):
+    trainer = _experiment(tmp_path)
+    student_dir = tmp_path / "student_kd"
+    with HubStandIn() as hub:
+        hub_endpoint(hub.url)
+        commit = trainer.push_to_hub(report=tmp_path / "distillation_report.json")
+
+    # The calls of an upload, authenticated with the token; nothing else was asked of the Hub.
+    assert hub.requests == [
+        ("POST", "/api/repos/create"),
+        ("POST", "/api/validate-yaml"),
+        ("POST", f"/api/models/{REPO_ID}/preupload/main"),
+        ("POST", f"/api/models/{REPO_ID}/commit/main"),
+    ]
+    assert set(hub.auth_headers) == {f"Bearer {TOKEN}"}
+    assert hub.created == [{"name": "mnist-mlp-student-kd", "organization": "hf-kd-tests"}]
+    assert hub.commits[0]["summary"] == "End of training"
+    assert commit.oid == "0" * 40
+
+    # Exactly the student: no teacher, no baseline, no checkpoints (which are still there locally).
+    assert set(hub.files) == STUDENT_FILES
+    assert {"checkpoint-2", "checkpoint-4"} <= {p.name for p in student_dir.iterdir()}
+    for name, content in hub.files.items():
+        assert content == (student_dir / name).read_bytes(), name
+
+    report = json.loads((tmp_path / "distillation_report.json").read_text())
+    _assert_card(ModelCard(hub.files["README.md"].decode()), report)
+
+    # The uploaded folder, rebuilt from what the Hub received, is the trained student.
+    uploaded = tmp_path / "uploaded"
+    uploaded.mkdir()
+    for name, content in hub.files.items():
+        (uploaded / name).write_bytes(content)
+    pixel_values = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    reloaded = AutoModelForImageClassification.from_pretrained(uploaded).eval()
+    student = trainer.accelerator.unwrap_model(trainer.model).eval()
+    with torch.no_grad():
+        expected = student(pixel_values).logits
+        assert torch.equal(reloaded(pixel_values).logits, expected)
+    torch.save({"pixel_values": pixel_values, "logits": expected}, tmp_path / "expected.pt")
+    Image.fromarray((torch.rand(28, 28, generator=torch.Generator().manual_seed(6)) * 255).byte().numpy()).save(
+        tmp_path / "digit.png"
+    )
+    _check_loads_without_hf_kd(uploaded, tmp_path)
+
+
+_WITHOUT_HF_KD = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class BlockHfKd(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "hf_kd" or name.startswith("hf_kd."):
+                raise ImportError(f"{name} is blocked: this process runs without hf_kd")
+
+    sys.meta_path.insert(0, BlockHfKd())
+    try:
+        import hf_kd  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("hf_kd is still importable")
+
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    directory, work = sys.argv[1], sys.argv[2]
+    model = AutoModelForImageClassification.from_pretrained(directory, trust_remote_code=True).eval()
+    expected = torch.load(f"{work}/expected.pt")
+    with torch.no_grad():
+        assert torch.equal(model(expected["pixel_values"]).logits, expected["logits"])
+    image = Image.open(f"{work}/digit.png")
+    processor = AutoImageProcessor.from_pretrained(directory, trust_remote_code=True)
+    with torch.no_grad():
+        top = model(**processor(image, return_tensors="pt")).logits.softmax(-1)[0].topk(1)
+    predictions = pipeline("image-classification", model=directory, trust_remote_code=True)(image)
+    print(json.dumps({
+        "model_class": type(model).__module__,
+        "pipeline_top": predictions[0],
+        "top": {"label": model.config.id2label[int(top.indices[0])], "score": float(top.values[0])},
+        "hf_kd_modules": [name for name in sys.modules if name.startswith("hf_kd")],
+    }))
+    """
+)
+
+
+def _check_loads_without_hf_kd(directory: Path, work: Path):
+    """`trust_remote_code=True` loads the uploaded student, with the Auto classes and a pipeline, without hf_kd."""
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_HF_KD, str(directory), str(work)],
+        cwd=work,  # not the repository root, which would put hf_kd on sys.path
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(work / "hf_home")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["hf_kd_modules"] == []
+    assert loaded["model_class"].startswith("transformers_modules.")  # the uploaded code, not an installed package
+    assert loaded["pipeline_top"]["label"] == loaded["top"]["label"]
+    assert loaded["pipeline_top"]["score"] == pytest.approx(loaded["top"]["score"], abs=1e-5)
+
+
+@pytest.mark.parametrize("failure", ["401", "500", "refused", "no token"])
+def test_failed_push_names_the_hub_and_keeps_the_local_output(tmp_path, hub_endpoint, monkeypatch, failure):
+    trainer = _experiment(tmp_path)
+    student_dir = tmp_path / "student_kd"
+    if failure == "no token":
+        monkeypatch.delenv("HF_TOKEN")
+    with HubStandIn(mode="ok" if failure in ("refused", "no token") else failure) as hub:
+        endpoint = _closed_port_url() if failure == "refused" else hub.url
+        hub_endpoint(endpoint)
+        with pytest.raises(HubPushError) as excinfo:
+            push_to_hub(trainer, report=tmp_path / "distillation_report.json")
+
+    message = str(excinfo.value)
+    assert f"Could not push to the Hugging Face Hub ({endpoint}), repository '{REPO_ID}'" in message
+    assert str(student_dir) in message
+    expected_cause = {
+        "401": "the Hub rejected the token (HTTP 401 Unauthorized)",
+        "500": "server error (HTTP 500)",
+        "refused": "the Hub could not be reached (ConnectError",
+        "no token": "no Hugging Face token was found",
+    }[failure]
+    assert expected_cause in message
+    if failure in ("refused", "no token"):
+        assert hub.requests == []  # nothing listened at the endpoint / nothing was sent without a token
+    else:
+        assert hub.requests[0] == ("POST", "/api/repos/create") and not hub.files
+
+    # The local output is complete: the student, its code, processor and card, and no half-written file.
+    local = _local_files(student_dir)
+    assert STUDENT_FILES <= local
+    assert not [name for name in local if name.endswith(".tmp")]
+    reloaded = AutoModelForImageClassification.from_pretrained(student_dir)
+    student = trainer.accelerator.unwrap_model(trainer.model)
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), student.state_dict().values()))
+    report = json.loads((tmp_path / "distillation_report.json").read_text())
+    _assert_card(ModelCard.load(student_dir / "README.md"), report)
+
+
+def test_card_without_report_names_base_model_and_teacher(tmp_path, tiny_task):
+    """A student started from a Hub checkpoint: `base_model` is that checkpoint (finetune), the teacher is named;
+    without a report, the evaluation results come from the trainer's last evaluation."""
+    teacher, train_dataset, eval_dataset = tiny_task
+    teacher.config._name_or_path = "hf-kd-tests/tiny-teacher"
+    student = make_student()
+    student.config._name_or_path = "hf-kd-tests/tiny-student-init"
+    train_dataset = make_dataset(teacher, 64, seed=3).add_column("teacher_logits", [[0.0] * 4] * 64)
+    args = DistillationConfig(
+        output_dir=str(tmp_path / "tiny-kd"), max_steps=2, per_device_train_batch_size=32, report_to="none",
+        save_strategy="no", temperature=2.0, alpha=0.9, loss_type="mse", dataloader_pin_memory=False,
+    )  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=train_dataset.with_format("torch"),
+        eval_dataset=eval_dataset, compute_metrics=_accuracy,
+    )  # fmt: skip
+    trainer.train()
+    accuracy = trainer.evaluate()["eval_accuracy"]
+    trainer.create_model_card(dataset_tags="hf-kd-tests/tiny-task", license="apache-2.0")
+
+    card = ModelCard.load(tmp_path / "tiny-kd" / "README.md")
+    assert card.data.base_model == "hf-kd-tests/tiny-student-init"
+    assert card.data.get("base_model_relation") == "finetune"
+    assert card.data.pipeline_tag == "text-classification" and card.data.license == "apache-2.0"
+    assert card.data.datasets == ["hf-kd-tests/tiny-task"]
+    (result,) = card.data.eval_results
+    assert (result.metric_type, result.dataset_type) == ("accuracy", "hf-kd-tests/tiny-task")
+    assert result.metric_value == pytest.approx(accuracy, abs=1e-6)
+    assert "[hf-kd-tests/tiny-teacher](https://huggingface.co/hf-kd-tests/tiny-teacher)" in card.text
+    assert 'pipeline("text-classification", model="tiny-kd")' in card.text  # no remote code for this model
+    assert "| Teacher logits | precomputed" in card.text and "`mse`" in card.text and "| Temperature `T` | 2 |" in card.text
+    assert "## Results" in card.text and f"| accuracy | {accuracy:.4f} |" in card.text
+
+
+def test_bad_report_leaves_the_existing_card(tmp_path, tiny_task):
+    """A report that cannot be read raises, naming the argument, before anything is written."""
+    teacher, train_dataset, _ = tiny_task
+    args = DistillationConfig(output_dir=str(tmp_path), report_to="none", dataloader_pin_memory=False)
+    trainer = DistillationTrainer(model=make_student(), teacher_model=teacher, args=args, train_dataset=train_dataset)
+    trainer.create_model_card()
+    before = (tmp_path / "README.md").read_bytes()
+    assert ModelCard(before.decode()).data.tags == ["knowledge-distillation", "hf_kd"]
+    (tmp_path / "distillation_report.json").write_text("{not json")
+    with pytest.raises(ValueError, match="report: .*distillation_report.json is not valid JSON"):
+        trainer.create_model_card()
+    with pytest.raises(FileNotFoundError, match="report: no distillation report"):
+        trainer.create_model_card(report=tmp_path / "missing.json")
+    assert (tmp_path / "README.md").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "distillation_report.json"]
