@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -32,7 +31,6 @@ import huggingface_hub
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
-
 
 try:  # huggingface_hub >= 2 talks HTTP through httpx2, 1.x through httpx
     from httpx2 import HTTPError as _TransportError
@@ -230,11 +228,16 @@ def _format_value(value: Any) -> str:
 
 
 def _versions() -> list[tuple[str, str]]:
-    import importlib.metadata as metadata
+    from importlib import metadata
 
     versions = []
-    for label, dist in (("hf_kd", "hf_kd"), ("Transformers", "transformers"), ("PyTorch", "torch"),
-                        ("Datasets", "datasets"), ("Hugging Face Hub", "huggingface_hub")):
+    for label, dist in (
+        ("hf_kd", "hf_kd"),
+        ("Transformers", "transformers"),
+        ("PyTorch", "torch"),
+        ("Datasets", "datasets"),
+        ("Hugging Face Hub", "huggingface_hub"),
+    ):
         try:
             versions.append((label, metadata.version(dist)))
         except metadata.PackageNotFoundError:
@@ -477,11 +480,15 @@ def generate_model_card(
 
     dataset_text = None
     if dataset_name:
-        dataset_text = f"[{dataset_name}](https://huggingface.co/datasets/{dataset_name})" if dataset_name in datasets else f"`{dataset_name}`"
+        dataset_text = (
+            f"[{dataset_name}](https://huggingface.co/datasets/{dataset_name})"
+            if dataset_name in datasets
+            else f"`{dataset_name}`"
+        )
     student_desc = _architecture(student) or "–"
+    teacher_size = f"{_format_count(teacher_parameters)}-parameter " if teacher_parameters else ""
     summary = (
-        f"A {student_desc} distilled from a {teacher_parameters and _format_count(teacher_parameters) + '-parameter ' or ''}"
-        f"teacher ({_teacher_link(teacher_name)}) with hf_kd"
+        f"A {student_desc} distilled from a {teacher_size}teacher ({_teacher_link(teacher_name)}) with hf_kd"
         + (f" on {dataset_text}" if dataset_text else "")
         + (f", for {task.replace('-', ' ')}." if task else ".")
     )
@@ -627,7 +634,9 @@ def create_model_card(
     datasets = _as_list(dataset_tags) or [d for d in _as_list(dataset) if _is_hub_id(d)]
     dataset_name = (_as_list(dataset) or [None])[0]
     # The training set tells whether the teacher ran live; without it, trust the report.
-    teacher_logits = None if trainer.train_dataset is not None else (report or {}).get("settings", {}).get("teacher_logits")
+    teacher_logits = (
+        None if trainer.train_dataset is not None else (report or {}).get("settings", {}).get("teacher_logits")
+    )
     settings = distillation_settings(args, trainer.train_dataset, teacher_logits=teacher_logits)
     card = generate_model_card(
         model_name=model_name,

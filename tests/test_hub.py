@@ -23,6 +23,7 @@ import huggingface_hub
 import pytest
 import torch
 import transformers.utils.hub
+from conftest import make_dataset, make_student
 from datasets import Dataset
 from huggingface_hub import ModelCard
 from PIL import Image
@@ -31,9 +32,6 @@ from transformers import AutoModelForImageClassification
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.modelcard import HubPushError, push_to_hub
 from hf_kd.models import image_processor_for_preset, model_from_preset
-
-from conftest import make_dataset, make_student
-
 
 REPO_ID = "hf-kd-tests/mnist-mlp-student-kd"
 TOKEN = "hf_stand_in_token"
@@ -104,7 +102,12 @@ class HubStandIn:
                 if (self.command, path) == ("POST", f"{repo}/preupload/main"):
                     files = json.loads(body)["files"]
                     return self._reply(
-                        200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+                        200,
+                        {
+                            "files": [
+                                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+                            ]
+                        },
                     )
                 if (self.command, path) == ("POST", f"{repo}/commit/main"):
                     for line in body.splitlines():
@@ -117,7 +120,12 @@ class HubStandIn:
                             return self._reply(400, {"error": f"unexpected commit operation {item['key']}"})
                     oid = "0" * 40
                     return self._reply(
-                        200, {"commitUrl": f"{stand_in.url}/{REPO_ID}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}
+                        200,
+                        {
+                            "commitUrl": f"{stand_in.url}/{REPO_ID}/commit/{oid}",
+                            "commitOid": oid,
+                            "pullRequestUrl": None,
+                        },
                     )
                 return self._reply(404, {"error": f"the stand-in does not serve {self.command} {path}"})
 
@@ -255,7 +263,11 @@ def _assert_card(card: ModelCard, report: dict):
     assert data.base_model is None and data.get("base_model_relation") is None
     (result,) = data.eval_results
     kd = report["models"][2]
-    assert (result.task_type, result.dataset_type, result.metric_type) == ("image-classification", "ylecun/mnist", "accuracy")
+    assert (result.task_type, result.dataset_type, result.metric_type) == (
+        "image-classification",
+        "ylecun/mnist",
+        "accuracy",
+    )
     assert result.metric_value == pytest.approx(kd["accuracy"], abs=1e-6)
     assert data.model_name == REPO_ID.split("/")[1]
     text = card.text
@@ -363,6 +375,7 @@ def _check_loads_without_hf_kd(directory: Path, work: Path):
     """`trust_remote_code=True` loads the uploaded student, with the Auto classes and a pipeline, without hf_kd."""
     result = subprocess.run(
         [sys.executable, "-c", _WITHOUT_HF_KD, str(directory), str(work)],
+        check=False,
         cwd=work,  # not the repository root, which would put hf_kd on sys.path
         capture_output=True,
         text=True,
@@ -445,7 +458,11 @@ def test_card_without_report_names_base_model_and_teacher(tmp_path, tiny_task):
     assert result.metric_value == pytest.approx(accuracy, abs=1e-6)
     assert "[hf-kd-tests/tiny-teacher](https://huggingface.co/hf-kd-tests/tiny-teacher)" in card.text
     assert 'pipeline("text-classification", model="tiny-kd")' in card.text  # no remote code for this model
-    assert "| Teacher logits | precomputed" in card.text and "`mse`" in card.text and "| Temperature `T` | 2 |" in card.text
+    assert (
+        "| Teacher logits | precomputed" in card.text
+        and "`mse`" in card.text
+        and "| Temperature `T` | 2 |" in card.text
+    )
     assert "## Results" in card.text and f"| accuracy | {accuracy:.4f} |" in card.text
 
 
