@@ -1,0 +1,34 @@
+#!/usr/bin/env python
+"""Distil the CIFAR-10 CNN teacher (1.19M parameters) into the CIFAR-10 CNN student (268k), and report.
+
+    accelerate launch examples/distill_cifar10.py          # or: python examples/distill_cifar10.py
+
+The CNNs are those of PyTorch's knowledge-distillation tutorial; its reference after 10 epochs: teacher 75.1%,
+CE-only student 69.9%, distilled student 70.8%. Output: ./distill-cifar10. `--help` lists every argument.
+"""
+
+from hf_kd.experiment import parse_image_arguments, run_image_distillation
+
+DEFAULTS = {
+    "dataset_name": "uoft-cs/cifar10",
+    "teacher": "cifar10-cnn-teacher",
+    "student": "cifar10-cnn-student",
+    "output_dir": "distill-cifar10",
+    "num_train_epochs": 10,
+    "learning_rate": 1e-3,
+    "per_device_train_batch_size": 128,
+    "per_device_eval_batch_size": 512,
+    "temperature": 2.0,
+    "alpha": 0.75,
+    "save_strategy": "no",
+    "logging_steps": 100,
+    "report_to": "none",
+}
+
+
+def main(argv=None):
+    return run_image_distillation(*parse_image_arguments(DEFAULTS, argv))
+
+
+if __name__ == "__main__":
+    main()

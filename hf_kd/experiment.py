@@ -1,0 +1,447 @@
+"""The teacher -> student experiment that the examples run: train (or load) the teacher, distil the student, train the
+same student on the labels alone as the baseline, measure all three and write the report.
+
+An example script only names its dataset and models (as argument defaults) and calls [`run_image_distillation`]:
+
+```python
+from hf_kd.experiment import parse_image_arguments, run_image_distillation
+
+DEFAULTS = {"dataset_name": "ylecun/mnist", "teacher": "mnist-mlp-teacher", "student": "mnist-mlp-student",
+            "output_dir": "distill-mnist"}
+
+def main(argv=None):
+    return run_image_distillation(*parse_image_arguments(DEFAULTS, argv))
+```
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    HfArgumentParser,
+    PreTrainedModel,
+    Trainer,
+    set_seed,
+)
+from transformers.trainer_utils import IntervalStrategy
+from transformers.utils import logging
+
+from .configuration_distillation import DistillationConfig
+from .data import InMemoryDataset, RandomShiftCollator, load_image_classification_dataset
+from .metrics import compute_metrics_fn, load_metric, metric_value
+from .models import PRESET_NAMES, image_processor_for_preset, model_from_preset
+from .report import REPORT_JSON, REPORT_MD, REPORT_PNG, DistillationReport, ModelResult, measure_model
+from .teacher import load_teacher
+from .trainer import DistillationTrainer
+
+logger = logging.get_logger(__name__)
+
+TEACHER_DIR, STUDENT_KD_DIR, STUDENT_CE_DIR = "teacher", "student_kd", "student_ce"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataArguments:
+    """Which data, and which of its columns and splits. Image columns are detected when not given."""
+
+    dataset_name: str = field(
+        default=None,
+        metadata={
+            "help": "The dataset: a Hub id (ylecun/mnist), a local directory load_dataset reads (imagefolder, "
+            "parquet, ...) or a directory written by save_to_disk."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    train_split: str = field(default="train", metadata={"help": "The split to train on."})
+    eval_split: str = field(default="test", metadata={"help": "The split every model is evaluated and reported on."})
+    image_column: str | None = field(
+        default=None, metadata={"help": "The image column (default: the column with the Image feature)."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "The label column (default: the column with the ClassLabel feature)."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on the first N training examples only (quick runs, tests)."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N test examples only."})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for the one-time image preprocessing (Dataset.map num_proc)."}
+    )
+    dataset_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where load_dataset caches (default: HF_DATASETS_CACHE)."}
+    )
+
+
+@dataclass
+class ExperimentArguments:
+    """The models and the sequence around the distillation: teacher training, baseline, evaluation, report.
+
+    The distillation itself (temperature, alpha, loss_type, teacher_model_name_or_path) and the student's training
+    (epochs, learning rate, batch size, seed) are `DistillationConfig` arguments; the teacher and the CE-only
+    baseline reuse the student's training settings unless overridden here.
+    """
+
+    teacher: str = field(
+        default=None,
+        metadata={
+            "help": f"Architecture of the teacher trained here: a preset ({', '.join(PRESET_NAMES)}) or a directory "
+            "holding a model config. Ignored when --teacher_model_name_or_path names a trained teacher to load."
+        },
+    )
+    student: str = field(
+        default=None,
+        metadata={
+            "help": "Architecture of the student: a preset or a directory holding a model config (and processor)."
+        },
+    )
+    teacher_num_train_epochs: float | None = field(
+        default=None, metadata={"help": "Epochs of the teacher's training (default: --num_train_epochs)."}
+    )
+    teacher_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the teacher's training (default: --learning_rate)."}
+    )
+    teacher_max_shift: int = field(
+        default=0,
+        metadata={
+            "help": "Train the teacher on images translated by up to this many pixels at random (Hinton et al.'s "
+            "jitter; 0 = off). Students see the original images."
+        },
+    )
+    skip_baseline: bool = field(
+        default=False,
+        metadata={"help": "Do not train the CE-only student (the baseline that shows what distillation adds)."},
+    )
+    metric_name_or_path: str = field(
+        default="accuracy",
+        metadata={
+            "help": "The evaluate metric: a Hub name or a local metric module directory (for machines without "
+            "Hub access). 'accuracy' falls back to a built-in copy when the Hub cannot be reached."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Run even if output_dir holds the report of a finished run (its results are replaced)."},
+    )
+    latency_examples: int = field(
+        default=200, metadata={"help": "Test examples timed one at a time for the batch-1 latency."}
+    )
+    plot: bool = field(default=True, metadata={"help": "Draw distillation_report.png (needs matplotlib)."})
+
+
+def parse_image_arguments(
+    defaults: dict[str, Any] | None = None, argv: list[str] | None = None
+) -> tuple[DataArguments, ExperimentArguments, DistillationConfig]:
+    """Parse `argv` (default: `sys.argv[1:]`) into the three argument groups, with an example's `defaults` (any
+    argument of any group) replacing the dataclasses' own. A single `.json` / `.yaml` argument is read as a file."""
+    parser = HfArgumentParser((DataArguments, ExperimentArguments, DistillationConfig))
+    if defaults:
+        unknown = sorted(set(defaults) - {action.dest for action in parser._actions})
+        if unknown:
+            raise ValueError(f"Unknown argument names in the example's defaults: {unknown}.")
+        parser.set_defaults(**defaults)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    data_args, experiment_args, config = parser.parse_args_into_dataclasses(args=argv)
+    for name, value in (("dataset_name", data_args.dataset_name), ("student", experiment_args.student)):
+        if not value:
+            raise ValueError(f"--{name} is required.")
+    if not experiment_args.teacher and not config.teacher_model_name_or_path:
+        raise ValueError(
+            "Give --teacher (an architecture to train) or --teacher_model_name_or_path (a trained teacher)."
+        )
+    return data_args, experiment_args, config
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pieces
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse to mix two runs' results: a directory holding a finished report is only reused when asked."""
+    report = Path(output_dir) / REPORT_JSON
+    if report.is_file():
+        if not overwrite:
+            raise FileExistsError(
+                f"The output directory {os.path.abspath(output_dir)} already holds a finished run "
+                f"({REPORT_JSON}). Choose another --output_dir, or pass --overwrite_output_dir to replace its results."
+            )
+        # The old report goes first: if this run fails, no report describes models it replaced halfway.
+        for name in (REPORT_JSON, REPORT_MD, REPORT_PNG):
+            (Path(output_dir) / name).unlink(missing_ok=True)
+
+
+def _labels_kwargs(label_names: list[str]) -> dict[str, Any]:
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: index for index, name in enumerate(label_names)},
+    }
+
+
+def build_image_model(name_or_path: str, label_names: list[str], seed: int) -> PreTrainedModel:
+    """A freshly initialised classifier (seeded) for the dataset's classes, from a preset or a config directory."""
+    set_seed(seed)
+    if name_or_path in PRESET_NAMES:
+        return model_from_preset(name_or_path, **_labels_kwargs(label_names))
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path, **_labels_kwargs(label_names))
+    return AutoModelForImageClassification.from_config(config)
+
+
+def image_processor_for(name_or_path: str):
+    """The image processor of a preset, or the one saved in a model directory."""
+    if name_or_path in PRESET_NAMES:
+        return image_processor_for_preset(name_or_path)
+    return AutoImageProcessor.from_pretrained(name_or_path)
+
+
+def _replace_args(config: DistillationConfig, output_dir: str, **changes) -> DistillationConfig:
+    """A copy of the run's arguments for one of its trainings (its own output dir, the teacher's epochs...)."""
+    args = copy.deepcopy(config)
+    args.output_dir = output_dir
+    for key, value in changes.items():
+        setattr(args, key, value)
+    return args
+
+
+def distillation_train_dataset(train_dataset, teacher: torch.nn.Module, config: DistillationConfig):
+    """
+    The student's training data, and how the teacher's logits reach the loss (`"live"` or `"precomputed"`).
+
+    This is the one place where precomputed teacher logits plug in: `hf_kd.teacher.add_teacher_logits(train_dataset,
+    teacher, ...)` adds a `teacher_logits` column once, and [`DistillationTrainer`] then reads it instead of running
+    the teacher at every step. Until then the teacher runs live.
+    """
+    if getattr(config, "precompute_teacher_logits", False):
+        from .teacher import add_teacher_logits  # noqa: F401 (provided by the precomputation work)
+
+        return add_teacher_logits(train_dataset, teacher), "precomputed"
+    return train_dataset, "live"
+
+
+def _fill_value(image_processor) -> list[float]:
+    """The normalised value of a black pixel, per channel, for the border that a shift uncovers."""
+    mean = getattr(image_processor, "image_mean", None)
+    std = getattr(image_processor, "image_std", None)
+    if not getattr(image_processor, "do_normalize", False) or mean is None or std is None:
+        return [0.0]
+    mean, std = (
+        list(mean) if isinstance(mean, (list, tuple)) else [mean],
+        list(std) if isinstance(std, (list, tuple)) else [std],
+    )
+    return [-m / s for m, s in zip(mean, std)]
+
+
+def _train(trainer: Trainer) -> float:
+    output = trainer.train()
+    return float(output.metrics["train_runtime"])
+
+
+def _save(model: PreTrainedModel, image_processor, path: Path) -> None:
+    model.save_pretrained(path)
+    image_processor.save_pretrained(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def run_image_distillation(
+    data_args: DataArguments, experiment_args: ExperimentArguments, config: DistillationConfig
+) -> DistillationReport | None:
+    """
+    Teacher, distilled student and CE-only baseline on an image-classification dataset, then the report.
+
+    1. Load the dataset and decode + normalise it once with the student's image processor.
+    2. Teacher: load `config.teacher_model_name_or_path`, or train `experiment_args.teacher` (plain cross-entropy,
+       with random shifts when `teacher_max_shift > 0`).
+    3. Student (KD): [`DistillationTrainer`] with `config`'s temperature, alpha and loss.
+    4. Student (CE only): the same architecture, initial weights, seed, data order, epochs and schedule, trained on
+       the labels alone (skipped with `skip_baseline`).
+    5. Save the three models with their processor into `output_dir/{teacher,student_kd,student_ce}`, measure them on
+       the test split and write `distillation_report.{md,json}` (+ `.png`). Returns the report on the main process,
+       `None` on the others.
+    """
+    state = PartialState()
+    output_dir = Path(config.output_dir)
+    if state.is_main_process:
+        check_output_dir(output_dir, experiment_args.overwrite_output_dir)
+    state.wait_for_everyone()
+    seed = config.seed
+
+    image_processor = image_processor_for(experiment_args.student)
+    with state.main_process_first():  # one process fills the datasets cache, the others read it
+        datasets, label_names = load_image_classification_dataset(
+            data_args.dataset_name,
+            image_processor,
+            dataset_config_name=data_args.dataset_config_name,
+            train_split=data_args.train_split,
+            eval_split=data_args.eval_split,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            max_train_samples=data_args.max_train_samples,
+            max_eval_samples=data_args.max_eval_samples,
+            preprocessing_num_workers=data_args.preprocessing_num_workers,
+            cache_dir=data_args.dataset_cache_dir,
+        )
+    # Every training reads the training set many times: serve it from memory (see InMemoryDataset).
+    eval_dataset = InMemoryDataset.from_dataset(datasets["eval"])
+    metric = load_metric(experiment_args.metric_name_or_path)
+    compute_metrics = compute_metrics_fn(metric)
+    student_collator = None  # the Trainer's default: stack the tensors
+
+    # --- Teacher ---------------------------------------------------------------------------------------------------
+    teacher_source = config.teacher_model_name_or_path
+    teacher_time = None
+    if teacher_source:
+        probe = build_image_model(experiment_args.student, label_names, seed)
+        teacher = load_teacher(teacher_source, probe, config.teacher_model_init_kwargs)
+        teacher_processor = image_processor
+        try:
+            teacher_processor = image_processor_for(teacher_source)
+        except OSError:
+            pass
+        if teacher_processor.to_dict() != image_processor.to_dict():
+            logger.warning(
+                f"The teacher {teacher_source} comes with a different image processor than the student's; both models "
+                "are fed the student's preprocessing."
+            )
+    else:
+        teacher = build_image_model(experiment_args.teacher, label_names, seed)
+        teacher_args = _replace_args(
+            config,
+            str(output_dir / TEACHER_DIR),
+            num_train_epochs=experiment_args.teacher_num_train_epochs or config.num_train_epochs,
+            learning_rate=experiment_args.teacher_learning_rate or config.learning_rate,
+            **({"eval_strategy": IntervalStrategy.NO} if experiment_args.teacher_max_shift else {}),
+        )
+        shift = experiment_args.teacher_max_shift
+        teacher_trainer = Trainer(
+            model=teacher,
+            args=teacher_args,
+            train_dataset=InMemoryDataset.from_dataset(datasets["train"]),
+            eval_dataset=None if shift else eval_dataset,
+            # The shifts apply to training batches only: Trainer.evaluate would collate with them too, so the test
+            # split is scored by `measure_model` below, never through this trainer's evaluation loop.
+            data_collator=RandomShiftCollator(shift, fill=_fill_value(image_processor), seed=seed) if shift else None,
+            processing_class=image_processor,
+            compute_metrics=None if shift else compute_metrics,
+        )
+        teacher_time = _train(teacher_trainer)
+        teacher = teacher_trainer.model
+    teacher.eval()
+
+    # --- Student (KD) ----------------------------------------------------------------------------------------------
+    kd_train, teacher_logits = distillation_train_dataset(datasets["train"], teacher, config)
+    student = build_image_model(experiment_args.student, label_names, seed)
+    # The trainer gets the loaded teacher itself; its init kwargs were applied when loading it above.
+    kd_args = _replace_args(config, str(output_dir / STUDENT_KD_DIR), teacher_model_init_kwargs=None)
+    kd_trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=kd_args,
+        train_dataset=InMemoryDataset.from_dataset(kd_train),
+        eval_dataset=eval_dataset,
+        data_collator=student_collator,
+        processing_class=image_processor,
+        compute_metrics=compute_metrics,
+    )
+    kd_time = _train(kd_trainer)
+
+    # --- Student (CE only): the baseline -----------------------------------------------------------------------------
+    # A plain Trainer, the model's own cross-entropy: what the user would get without distillation, and no teacher
+    # forward pass to pay for. Same seed, so the same initial weights (built after the same set_seed) and the same
+    # data order (the sampler's generator is seeded from args.seed); only the loss differs from the KD student.
+    baseline = None
+    if not experiment_args.skip_baseline:
+        baseline = build_image_model(experiment_args.student, label_names, seed)
+        ce_trainer = Trainer(
+            model=baseline,
+            args=_replace_args(config, str(output_dir / STUDENT_CE_DIR), teacher_model_init_kwargs=None),
+            train_dataset=InMemoryDataset.from_dataset(datasets["train"]),
+            eval_dataset=eval_dataset,
+            data_collator=student_collator,
+            processing_class=image_processor,
+            compute_metrics=compute_metrics,
+        )
+        ce_time = _train(ce_trainer)
+        baseline = ce_trainer.model
+
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return None
+
+    # --- Save, measure, report (main process) -------------------------------------------------------------------------
+    student = kd_trainer.model
+    runs: list[tuple[str, PreTrainedModel, float | None]] = [("teacher", teacher, teacher_time)]
+    if baseline is not None:
+        runs.append(("student_ce", baseline, ce_time))
+    runs.append(("student_kd", student, kd_time))
+    dirs = {"teacher": TEACHER_DIR, "student_ce": STUDENT_CE_DIR, "student_kd": STUDENT_KD_DIR}
+
+    def accuracy(predictions, references):
+        return metric_value(metric, predictions, references)
+
+    results: list[ModelResult] = []
+    teacher_predictions = None
+    for name, model, train_time in runs:
+        path = output_dir / dirs[name]
+        _save(model, image_processor, path)
+        result, predictions = measure_model(
+            name,
+            model,
+            eval_dataset,
+            accuracy,
+            saved_path=path,
+            output_dir=output_dir,
+            train_time_s=train_time,
+            teacher_predictions=teacher_predictions,
+            batch_size=config.per_device_eval_batch_size,
+            latency_examples=experiment_args.latency_examples,
+        )
+        if name == "teacher":
+            teacher_predictions = predictions
+        results.append(result)
+
+    report = DistillationReport(
+        dataset=str(data_args.dataset_name),
+        task="image-classification",
+        teacher=teacher_source or "trained here",
+        metric=metric.name,
+        settings={
+            "temperature": float(config.temperature),
+            "alpha": float(config.alpha),
+            "loss_type": config.loss_type,
+            "teacher_logits": teacher_logits,
+            "num_train_epochs": float(config.num_train_epochs),
+            "learning_rate": float(config.learning_rate),
+            "seed": int(seed),
+            "per_device_train_batch_size": int(config.per_device_train_batch_size),
+        },
+        models=results,
+    )
+    report.save(output_dir, plot=experiment_args.plot)
+    print("\n" + report.to_markdown())
+    print(f"Report and models written to {os.path.abspath(output_dir)}")
+    state.wait_for_everyone()
+    return report
