@@ -8,7 +8,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .losses import SOFT_LOSS_TYPES
-from .teacher import TEACHER_LOGITS_DTYPES
+from .teacher import TEACHER_DTYPES, TEACHER_LOGITS_DTYPES
 
 
 @dataclass
@@ -33,6 +33,10 @@ class DistillationConfig(TrainingArguments):
         teacher_model_init_kwargs (`dict[str, Any]` or `str`, *optional*):
             Keyword arguments for the teacher's `from_pretrained` (a JSON string on the command line), e.g.
             `'{"revision": "main", "dtype": "bfloat16"}'`.
+        teacher_dtype (`str`, *optional*):
+            Hold the teacher's weights in this precision (`"bfloat16"`, `"float16"` or `"float32"`) for the whole
+            run: it only runs inference, so bf16 halves its memory with no optimizer state to protect. Its logits are
+            upcast to float32 before the loss. Default: the precision it was loaded in.
         precompute_teacher_logits (`bool`, *optional*, defaults to `False`):
             Run the teacher once over the train dataset before training and cache its logits (a `teacher_logits`
             column, see [`add_teacher_logits`]) instead of running it on every batch. Only valid without on-the-fly
@@ -82,6 +86,14 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    teacher_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hold the teacher's weights in this precision for inference (half the memory of float32 with "
+            "bfloat16/float16); its logits are upcast to float32 before the loss. Default: as loaded.",
+            "choices": list(TEACHER_DTYPES),
+        },
+    )
     precompute_teacher_logits: bool = field(
         default=False,
         metadata={
@@ -106,6 +118,8 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"alpha must be a number in [0, 1] (the weight of the teacher's term), got {self.alpha!r}.")
         if self.loss_type not in SOFT_LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {list(SOFT_LOSS_TYPES)}, got {self.loss_type!r}.")
+        if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
+            raise ValueError(f"teacher_dtype must be one of {list(TEACHER_DTYPES)}, got {self.teacher_dtype!r}.")
         if self.teacher_logits_dtype not in TEACHER_LOGITS_DTYPES:
             raise ValueError(
                 f"teacher_logits_dtype must be one of {list(TEACHER_LOGITS_DTYPES)}, got {self.teacher_logits_dtype!r}."

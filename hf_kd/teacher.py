@@ -83,7 +83,19 @@ def _prepare_deepspeed(model: nn.Module, accelerator: Accelerator) -> nn.Module:
     return engine
 
 
-def prepare_teacher(model: nn.Module, accelerator: Accelerator) -> nn.Module:
+def cast_floating_inputs(inputs: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """Float inputs (pixel values, embeddings) in the teacher's own dtype: a bf16/fp16 teacher held for inference
+    only would otherwise meet float32 pixels (integer token ids are left alone)."""
+    parameter = next(iter(model.parameters()), None)
+    if parameter is None or not parameter.is_floating_point() or parameter.dtype == torch.float32:
+        return inputs
+    return {
+        key: value.to(parameter.dtype) if torch.is_tensor(value) and value.is_floating_point() else value
+        for key, value in inputs.items()
+    }
+
+
+def prepare_teacher(model: nn.Module, accelerator: Accelerator, dtype: torch.dtype | None = None) -> nn.Module:
     """Freeze the teacher and place it for the run the way Accelerate places the student.
 
     - DeepSpeed: its own inference engine (see `_prepare_deepspeed`).
@@ -91,8 +103,13 @@ def prepare_teacher(model: nn.Module, accelerator: Accelerator) -> nn.Module:
       teacher on the CPU (TRL issue #2580). hf_kd keeps it whole, replicated on every process's device, on purpose:
       an inference-only teacher has no optimizer state to shard, and replication avoids an all-gather per step.
     - Otherwise: `prepare_model(evaluation_mode=True)`: device placement and the mixed-precision autocast, no DDP.
+
+    `dtype` (e.g. `torch.bfloat16`) holds the teacher's weights in that precision: half the memory of float32 for a
+    model that only runs inference; its logits are upcast to float32 by the losses.
     """
     freeze(model)
+    if dtype is not None:
+        model.to(dtype)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         return _prepare_deepspeed(model, accelerator)
     model = accelerator.prepare_model(model, evaluation_mode=True)
@@ -106,6 +123,7 @@ TEACHER_LOGITS_COLUMN = "teacher_logits"
 # share a tokenizer. They are fed to the teacher with the prefix removed, never to the student.
 TEACHER_INPUT_PREFIX = "teacher_"
 TEACHER_LOGITS_DTYPES = ("float32", "float16")
+TEACHER_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def has_transform(dataset) -> bool:
@@ -210,7 +228,7 @@ def add_teacher_logits(
             batch = dict(zip(names, values))  # already stacked by the torch format: no per-row round trip
         else:
             batch = collate([dict(zip(names, row)) for row in zip(*values)])
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = cast_floating_inputs({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, teacher)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             outputs = teacher(**batch)
         logits = (outputs["logits"] if isinstance(outputs, dict) else outputs[0]).float()
@@ -242,23 +260,23 @@ def add_teacher_logits(
     return result
 
 
-def check_teacher_logits_column(dataset, num_labels: int | None) -> None:
-    """Refuse a `teacher_logits` column that cannot be soft targets for the student: the wrong number of classes
-    (checked on the first row), or NaN / inf anywhere."""
+def check_teacher_logits(values, num_labels: int | None) -> None:
+    """Refuse teacher logits that cannot be soft targets for the student: the wrong number of classes (checked on the
+    first row), or NaN / inf anywhere. `values`: an array or tensor `(N, ..., C)`, or one array per row (ragged
+    token-level logits)."""
     import numpy as np
 
-    column = dataset.with_format("numpy")[TEACHER_LOGITS_COLUMN]
-    first = np.asarray(column[0])
+    rows = values.numpy() if torch.is_tensor(values) else values
+    first = np.asarray(rows[0])
     if num_labels is not None and first.shape[-1] != num_labels:
         raise ValueError(
             f"The dataset's teacher_logits have {first.shape[-1]} columns per example but the student has "
             f"num_labels={num_labels}: the teacher logits must hold one value per class of the student."
         )
-    values = column[:]
-    if values.dtype == object:  # token-level logits: one (length, classes) array per row
-        finite = all(np.isfinite(np.asarray(row)).all() for row in values)
+    if getattr(rows, "dtype", None) == object or isinstance(rows, list):
+        finite = all(np.isfinite(np.asarray(row, dtype=np.float32)).all() for row in rows)
     else:
-        finite = bool(np.isfinite(values).all())
+        finite = bool(np.isfinite(rows).all())
     if not finite:
         raise ValueError(
             "The dataset's teacher_logits column contains NaN or inf: the teacher's logits must be finite "

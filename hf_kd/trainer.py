@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import partial
 from collections.abc import Callable
 from typing import Any
 
+import datasets
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers import (
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    default_data_collator,
+)
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import logging
 
 from .configuration_distillation import DistillationConfig
+from .data import InMemoryTensorDataset, collate_batches
 from .losses import distillation_loss
 from .teacher import (
     TEACHER_INPUT_PREFIX,
     TEACHER_LOGITS_COLUMN,
     add_teacher_logits,
-    check_teacher_logits_column,
+    cast_floating_inputs,
+    check_teacher_logits,
     has_transform,
     load_teacher,
     prepare_teacher,
@@ -57,6 +68,13 @@ def check_compatible(student: nn.Module, teacher: nn.Module) -> None:
             f"id2label={s_labels}, teacher id2label={t_labels}. Distilling would train against the wrong classes; "
             "give both models the same id2label."
         )
+
+
+def _collate_keeping(features, keep: frozenset, row_collator: Callable):
+    """A prebuilt batch (dict) keeps the keys in `keep`; a list of rows goes to `row_collator`."""
+    if isinstance(features, dict):
+        return {key: value for key, value in features.items() if key in keep}
+    return row_collator(features)
 
 
 class DistillationTrainer(Trainer):
@@ -123,6 +141,14 @@ class DistillationTrainer(Trainer):
             )
         if teacher_model is not None:
             check_compatible(model, teacher_model)
+        if data_collator is None:
+            # The Trainer's own default, plus the pass-through of batches that an InMemoryTensorDataset built whole.
+            fallback = (
+                DataCollatorWithPadding(processing_class)
+                if isinstance(processing_class, PreTrainedTokenizerBase)
+                else default_data_collator
+            )
+            data_collator = partial(collate_batches, fallback=fallback)
 
         super().__init__(
             model=model,
@@ -141,7 +167,10 @@ class DistillationTrainer(Trainer):
         # The loss never goes through the student's forward, so the student's loss kwargs do not matter; this also
         # skips the Trainer's per-step label counting for `num_items_in_batch`.
         self.model_accepts_loss_kwargs = False
-        self.teacher_model = prepare_teacher(teacher_model, self.accelerator) if teacher_model is not None else None
+        self.teacher_model = None
+        if teacher_model is not None:
+            dtype = getattr(torch, args.teacher_dtype) if args.teacher_dtype else None
+            self.teacher_model = prepare_teacher(teacher_model, self.accelerator, dtype=dtype)
         self.train_dataset = self._with_teacher_logits(self.train_dataset)
         # Unweighted loss parts, accumulated per step and averaged over each logging window (see `log`).
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -149,15 +178,14 @@ class DistillationTrainer(Trainer):
     def _with_teacher_logits(self, dataset):
         """Validate the train dataset's `teacher_logits`, computing them first when `precompute_teacher_logits`."""
         args: DistillationConfig = self.args
-        columns = getattr(dataset, "column_names", None)
-        if columns is None:  # a torch Dataset: its batches are checked step by step in `compute_loss`
-            if args.precompute_teacher_logits:
-                raise ValueError(
-                    "precompute_teacher_logits needs the train dataset as a datasets.Dataset (it is cached by "
-                    f"fingerprint), got {type(dataset).__name__}: add the logits with hf_kd.add_teacher_logits."
-                )
+        if dataset is None:
             return dataset
-        if TEACHER_LOGITS_COLUMN not in columns and args.precompute_teacher_logits:
+        if args.precompute_teacher_logits and TEACHER_LOGITS_COLUMN not in (getattr(dataset, "column_names", None) or []):
+            if not isinstance(dataset, datasets.Dataset):
+                raise ValueError(
+                    "precompute_teacher_logits needs the train dataset as a datasets.Dataset (the logits are cached by "
+                    f"its fingerprint), got {type(dataset).__name__}: add them with hf_kd.add_teacher_logits first."
+                )
             if self.teacher_model is None:
                 raise ValueError("precompute_teacher_logits=True needs a teacher_model to compute them with.")
             if has_transform(dataset):
@@ -172,8 +200,14 @@ class DistillationTrainer(Trainer):
                 dataset = add_teacher_logits(
                     dataset, self.teacher_model, batch_size=args.teacher_batch_size, dtype=args.teacher_logits_dtype
                 )
-        if TEACHER_LOGITS_COLUMN in dataset.column_names:
-            check_teacher_logits_column(dataset, getattr(getattr(self.model, "config", None), "num_labels", None))
+        columns = getattr(dataset, "column_names", None)
+        if columns is None:  # a plain torch Dataset: its batches are checked in `compute_loss`
+            return dataset
+        num_labels = getattr(getattr(self.model, "config", None), "num_labels", None)
+        if isinstance(dataset, InMemoryTensorDataset) and TEACHER_LOGITS_COLUMN in columns:
+            check_teacher_logits(dataset.columns[TEACHER_LOGITS_COLUMN], num_labels)
+        elif TEACHER_LOGITS_COLUMN in columns:
+            check_teacher_logits(dataset.with_format("numpy")[TEACHER_LOGITS_COLUMN][:], num_labels)
         elif self.teacher_model is None:
             raise ValueError(
                 "DistillationTrainer needs a teacher: pass teacher_model (or args.teacher_model_name_or_path), or a "
@@ -190,6 +224,14 @@ class DistillationTrainer(Trainer):
                 c for c in dataset_columns if c.startswith(TEACHER_INPUT_PREFIX)
             ]
 
+    def _get_collator_with_removed_columns(self, data_collator: Callable, description: str | None = None) -> Callable:
+        # The Trainer's column-removing wrapper iterates over rows; a whole batch from an InMemoryTensorDataset gets
+        # its unused keys dropped in one go instead.
+        removing = super()._get_collator_with_removed_columns(data_collator, description)
+        if removing is data_collator:
+            return data_collator
+        return partial(_collate_keeping, keep=frozenset(self._signature_columns), row_collator=removing)
+
     def _teacher_logits(self, student_inputs: dict[str, Any], teacher_inputs: dict[str, Any]) -> torch.Tensor:
         if self.teacher_model is None:
             raise ValueError(
@@ -197,7 +239,7 @@ class DistillationTrainer(Trainer):
                 "args.teacher_model_name_or_path), or add teacher logits to the dataset."
             )
         with torch.no_grad():
-            outputs = self.teacher_model(**(teacher_inputs or student_inputs))
+            outputs = self.teacher_model(**cast_floating_inputs(teacher_inputs or student_inputs, self.teacher_model))
         return outputs["logits"] if isinstance(outputs, dict) else outputs[0]
 
     def compute_loss(
@@ -274,3 +316,40 @@ class DistillationTrainer(Trainer):
         output = super().predict(*args, **kwargs)
         self._metrics["eval"].clear()
         return output
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        report: str | dict | None = None,
+        **kwargs,
+    ) -> None:
+        """Write the distillation model card to `args.output_dir/README.md` (see [`hf_kd.modelcard`]).
+
+        `report` is a distillation report (path or dict) whose results table and plot go into the card; it defaults
+        to `distillation_report.json` in the output directory. `kwargs` go to [`hf_kd.modelcard.create_model_card`]
+        (e.g. `eval_split`). The other arguments are the Trainer's.
+        """
+        from .modelcard import create_model_card
+
+        create_model_card(
+            self,
+            model_name=model_name,
+            report=report,
+            language=language,
+            license=license,
+            tags=tags,
+            finetuned_from=finetuned_from,
+            tasks=tasks,
+            dataset_tags=dataset_tags,
+            dataset=dataset,
+            dataset_args=dataset_args,
+            **kwargs,
+        )
