@@ -2,7 +2,9 @@
 
 __version__ = "0.1.0"
 
+from . import models
 from .configuration_distillation import DistillationConfig
+from .data import InMemoryTensorDataset, collate_batches
 from .losses import (
     distillation_loss,
     hard_label_loss,
@@ -12,9 +14,31 @@ from .losses import (
     soft_target_loss,
 )
 from .teacher import add_teacher_logits, freeze, load_teacher, prepare_teacher, teacher_fingerprint
+from .models import (
+    PRESET_NAMES,
+    CNNConfig,
+    CNNForImageClassification,
+    HfKdImageProcessor,
+    MLPConfig,
+    MLPForImageClassification,
+    config_from_preset,
+    image_processor_for_preset,
+    model_from_preset,
+)
 from .trainer import DistillationTrainer
 
 __all__ = [
+    "PRESET_NAMES",
+    "CNNConfig",
+    "CNNForImageClassification",
+    "HfKdImageProcessor",
+    "InMemoryTensorDataset",
+    "MLPConfig",
+    "MLPForImageClassification",
+    "collate_batches",
+    "config_from_preset",
+    "image_processor_for_preset",
+    "model_from_preset",
     "DistillationConfig",
     "DistillationTrainer",
     "add_teacher_logits",
