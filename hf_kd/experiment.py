@@ -39,6 +39,7 @@ from transformers.utils import logging
 from .configuration_distillation import DistillationConfig
 from .data import InMemoryDataset, RandomShiftCollator, load_image_classification_dataset
 from .metrics import compute_metrics_fn, load_metric, metric_value
+from .modelcard import push_to_hub
 from .models import PRESET_NAMES, image_processor_for_preset, model_from_preset
 from .report import REPORT_JSON, REPORT_MD, REPORT_PNG, DistillationReport, ModelResult, measure_model
 from .teacher import load_teacher
@@ -218,6 +219,9 @@ def _replace_args(config: DistillationConfig, output_dir: str, **changes) -> Dis
     """A copy of the run's arguments for one of its trainings (its own output dir, the teacher's epochs...)."""
     args = copy.deepcopy(config)
     args.output_dir = output_dir
+    # No training of the run creates a repository or pushes checkpoints: with --push_to_hub, the distilled student
+    # alone is published, once, at the end of `run_image_distillation`.
+    args.push_to_hub = False
     for key, value in changes.items():
         setattr(args, key, value)
     return args
@@ -443,5 +447,17 @@ def run_image_distillation(
     report.save(output_dir, plot=experiment_args.plot)
     print("\n" + report.to_markdown())
     print(f"Report and models written to {os.path.abspath(output_dir)}")
+
+    # The distilled student's model card, with the report's table and plot; with --push_to_hub, the student's
+    # directory (not the teacher's or the baseline's) goes to the Hub, to --hub_model_id or, as in transformers'
+    # examples, a repository named after the output directory.
+    hub_model_id = config.hub_model_id or output_dir.absolute().name
+    card_kwargs = {"report": output_dir / REPORT_JSON, "eval_split": data_args.eval_split}
+    if config.push_to_hub:
+        kd_trainer.args.hub_model_id = hub_model_id
+        commit = push_to_hub(kd_trainer, **card_kwargs)
+        print(f"Distilled student pushed to {commit.commit_url}")
+    else:
+        kd_trainer.create_model_card(model_name=hub_model_id.split("/")[-1], **card_kwargs)
     state.wait_for_everyone()
     return report

@@ -481,3 +481,45 @@ def test_bad_report_leaves_the_existing_card(tmp_path, tiny_task):
         trainer.create_model_card(report=tmp_path / "missing.json")
     assert (tmp_path / "README.md").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "distillation_report.json"]
+
+
+def test_example_pushes_only_the_distilled_student(tmp_path, hub_endpoint):
+    """`distill_mnist.py --push_to_hub --hub_model_id ...`: one repository, the KD student's directory alone, and a card
+    that carries the run's report and plot."""
+    from datasets import DatasetDict
+    from test_examples_image import LOCAL_ACCURACY, load_example, make_image_dataset
+
+    data_dir = tmp_path / "data"
+    DatasetDict(
+        {"train": make_image_dataset(128, 28, "L", seed=0), "test": make_image_dataset(32, 28, "L", seed=1)}
+    ).save_to_disk(data_dir)
+    run = tmp_path / "run"
+    with HubStandIn() as hub:
+        hub_endpoint(hub.url)
+        load_example("distill_mnist.py").main(
+            ["--dataset_name", str(data_dir), "--output_dir", str(run), "--num_train_epochs", "1",
+             "--per_device_train_batch_size", "32", "--save_strategy", "steps", "--save_steps", "2",
+             "--metric_name_or_path", LOCAL_ACCURACY, "--latency_examples", "2",
+             "--push_to_hub", "--hub_model_id", REPO_ID]
+        )  # fmt: skip
+
+    # One repository, created once, for the distilled student; the teacher and the baseline stay local.
+    assert hub.requests.count(("POST", "/api/repos/create")) == 1
+    assert hub.requests.count(("POST", f"/api/models/{REPO_ID}/commit/main")) == 1
+    assert set(hub.files) == STUDENT_FILES
+    assert {"teacher", "student_ce", "student_kd", "distillation_report.json"} <= {p.name for p in run.iterdir()}
+    assert any(p.name.startswith("checkpoint-") for p in (run / "student_kd").iterdir())
+    for name, content in hub.files.items():
+        assert content == (run / "student_kd" / name).read_bytes(), name
+    assert hub.files["distillation_report.png"] == (run / "distillation_report.png").read_bytes()
+
+    report = json.loads((run / "distillation_report.json").read_text())
+    card = ModelCard(hub.files["README.md"].decode())
+    (result,) = card.data.eval_results
+    kd = next(model for model in report["models"] if model["name"] == "student_kd")
+    assert (result.dataset_split, result.metric_value) == ("test", pytest.approx(kd["accuracy"], abs=1e-6))
+    assert card.data.datasets is None  # a local dataset is named in the text, not as a Hub dataset
+    assert f"`{data_dir}`" in card.text
+    for label in ("| Teacher |", "| Student (CE only) |", "| **Student (KD)** (this model) |"):
+        assert label in card.text
+    assert "](distillation_report.png)" in card.text and "trained in the same run" in card.text
