@@ -317,6 +317,25 @@ class DistillationTrainer(Trainer):
         self._metrics["eval"].clear()
         return output
 
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ):
+        """[`~transformers.Trainer.push_to_hub`] with the distillation card. The student and its card are saved locally
+        first; if the Hub cannot be reached or refuses the push, a [`hf_kd.modelcard.HubPushError`] says what failed.
+        `kwargs` go to the card (e.g. `report=`, `dataset_tags=`)."""
+        from .modelcard import push_to_hub
+
+        return push_to_hub(
+            self, commit_message=commit_message, blocking=blocking, token=token, revision=revision, private=private,
+            **kwargs,
+        )
+
     def create_model_card(
         self,
         language: str | None = None,

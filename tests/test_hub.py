@@ -400,7 +400,7 @@ def test_failed_push_names_the_hub_and_keeps_the_local_output(tmp_path, hub_endp
         endpoint = _closed_port_url() if failure == "refused" else hub.url
         hub_endpoint(endpoint)
         with pytest.raises(HubPushError) as excinfo:
-            push_to_hub(trainer, report=tmp_path / "distillation_report.json")
+            trainer.push_to_hub(report=tmp_path / "distillation_report.json")
 
     message = str(excinfo.value)
     assert f"Could not push to the Hugging Face Hub ({endpoint}), repository '{REPO_ID}'" in message
