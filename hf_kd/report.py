@@ -321,6 +321,7 @@ class DistillationReport:
                 ax.scatter(x, y, s=60)
                 ax.annotate(model.label, (x, y), textcoords="offset points", xytext=(6, 4))
             ax.set_xscale("log")
+            ax.margins(x=0.3, y=0.15)  # room for the labels
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"{self.metric} (%)")
             ax.grid(True, alpha=0.3)
