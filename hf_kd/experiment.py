@@ -299,13 +299,13 @@ def run_image_distillation(
        the test split and write `distillation_report.{md,json}` (+ `.png`). Returns the report on the main process,
        `None` on the others.
     """
-    if experiment_args.torch_num_threads:
-        torch.set_num_threads(experiment_args.torch_num_threads)
     state = PartialState()
     output_dir = Path(config.output_dir)
     if state.is_main_process:
         check_output_dir(output_dir, experiment_args.overwrite_output_dir)
     state.wait_for_everyone()
+    if experiment_args.torch_num_threads:
+        torch.set_num_threads(experiment_args.torch_num_threads)
     seed = config.seed
 
     image_processor = image_processor_for(experiment_args.student)
@@ -338,7 +338,7 @@ def run_image_distillation(
         teacher_processor = image_processor
         try:
             teacher_processor = image_processor_for(teacher_source)
-        except OSError:
+        except (OSError, ValueError):  # a teacher saved without its processor: nothing to compare
             pass
         if teacher_processor.to_dict() != image_processor.to_dict():
             logger.warning(

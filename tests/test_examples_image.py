@@ -108,6 +108,24 @@ def test_distill_mnist_on_generated_images(tmp_path):
     assert report["settings"]["teacher_logits"] == "live"
     assert report["plot"] == "distillation_report.png" and (output_dir / "distillation_report.png").is_file()
 
+    # The trained teacher, loaded back and distilled again: the saved dirs are complete models.
+    second = tmp_path / "second"
+    run_example(
+        "distill_mnist.py",
+        "--dataset_name", str(data_dir),
+        "--output_dir", str(second),
+        "--teacher_model_name_or_path", str(output_dir / "teacher"),
+        "--skip_baseline",
+        "--num_train_epochs", "1",
+        "--metric_name_or_path", LOCAL_ACCURACY,
+        "--latency_examples", "5",
+        "--no_plot",
+    )  # fmt: skip
+    reloaded = check_report(second, ["teacher", "student_kd"])
+    assert reloaded["teacher"] == str(output_dir / "teacher")
+    assert reloaded["models"][0]["train_time_s"] is None
+    assert reloaded["models"][0]["accuracy"] == report["models"][0]["accuracy"]  # the same teacher
+
     # A second run into the finished dir is refused before any work, naming the dir.
     with pytest.raises(FileExistsError, match=str(output_dir)):
         load_example("distill_mnist.py").main(["--dataset_name", str(data_dir), "--output_dir", str(output_dir)])
