@@ -35,7 +35,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from hf_kd import DistillationConfig, DistillationTrainer, add_teacher_logits
-from hf_kd.data import InMemoryTensorDataset, collate_batches
+from hf_kd.data import InMemoryDataset, collate_batches
 from hf_kd.losses import distillation_loss
 from hf_kd.models import image_processor_for_preset, model_from_preset
 
@@ -141,7 +141,7 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     prepared, source = load_mnist(cli.max_train_samples)
-    tensors = InMemoryTensorDataset.from_dataset(prepared, ["pixel_values", "labels"])
+    tensors = InMemoryDataset.from_dataset(prepared, ["pixel_values", "labels"])
     x, y = tensors.columns["pixel_values"], tensors.columns["labels"]
 
     def run_a():
@@ -159,7 +159,7 @@ def main():
         start = time.perf_counter()
         # An in-memory dataset has no cache file: the teacher really runs here, every repeat.
         with_logits = add_teacher_logits(prepared, teacher, batch_size=1024)
-        cached = InMemoryTensorDataset.from_dataset(with_logits, ["pixel_values", "labels", "teacher_logits"])
+        cached = InMemoryDataset.from_dataset(with_logits, ["pixel_values", "labels", "teacher_logits"])
         precompute = time.perf_counter() - start
         trainer = DistillationTrainer(model=model_from_preset("mnist-mlp-student"),
                                       args=trainer_args(cli.output_dir, temperature=TEMPERATURE, alpha=ALPHA),

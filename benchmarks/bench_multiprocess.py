@@ -30,7 +30,7 @@ def worker(num_examples: int, output: str) -> None:
     from datasets import Array3D, Dataset, Features, Value
     from transformers.utils import logging as hf_logging
 
-    from hf_kd import DistillationConfig, DistillationTrainer, InMemoryTensorDataset, model_from_preset
+    from hf_kd import DistillationConfig, DistillationTrainer, InMemoryDataset, model_from_preset
 
     hf_logging.set_verbosity_error()
     g = torch.Generator().manual_seed(0)
@@ -48,7 +48,7 @@ def worker(num_examples: int, output: str) -> None:
     )
     trainer = DistillationTrainer(model=model_from_preset("mnist-mlp-student"),
                                   teacher_model=model_from_preset("mnist-mlp-teacher"), args=args,
-                                  train_dataset=InMemoryTensorDataset.from_dataset(data))
+                                  train_dataset=InMemoryDataset.from_dataset(data))
     metrics = trainer.train().metrics
     if trainer.is_world_process_zero():
         Path(output).write_text(json.dumps({"world_size": trainer.args.world_size,

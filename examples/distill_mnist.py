@@ -28,6 +28,8 @@ DEFAULTS = {
     "logging_steps": 100,
     "dataloader_pin_memory": False,
     "report_to": "none",
+    # The student trains on un-augmented images: its teacher's logits are computed once, not at every step.
+    "precompute_teacher_logits": True,
     # The MLPs are too small to gain from several CPU threads, and lose up to 15x on a busy machine: one thread.
     "torch_num_threads": 1,
 }

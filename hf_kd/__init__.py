@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from . import models
 from .configuration_distillation import DistillationConfig
-from .data import InMemoryTensorDataset, collate_batches
+from .data import InMemoryDataset, collate_batches
 from .losses import (
     distillation_loss,
     hard_label_loss,
@@ -32,7 +32,7 @@ __all__ = [
     "CNNConfig",
     "CNNForImageClassification",
     "HfKdImageProcessor",
-    "InMemoryTensorDataset",
+    "InMemoryDataset",
     "MLPConfig",
     "MLPForImageClassification",
     "collate_batches",

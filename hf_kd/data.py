@@ -254,9 +254,10 @@ class InMemoryDataset(torch.utils.data.Dataset):
     time. Reading the columns once, contiguously, takes ~2 s; after that a batch is a tensor index. The memory cost
     is the cache's size (188 MB for MNIST, 614 MB for CIFAR-10, per process).
 
-    Items are `{column: tensor}` dicts, so [`~transformers.default_data_collator`] and the
-    [`~transformers.Trainer`]'s column removal work unchanged; `__getitems__` serves a whole batch with one index per
-    column.
+    The DataLoader fetches through `__getitems__`, which indexes each column once and returns the batch dict itself
+    (splitting it into rows for a collator to stack again cost 4x more than the indexing); [`collate_batches`] passes
+    such a batch through, and [`DistillationTrainer`] uses it by default. With a plain [`~transformers.Trainer`],
+    pass `data_collator=collate_batches` and `remove_unused_columns=False` (its column removal iterates over rows).
 
     Args:
         columns (`dict[str, torch.Tensor]`): Equal-length tensors, one per column.
@@ -276,6 +277,12 @@ class InMemoryDataset(torch.utils.data.Dataset):
         if missing:
             raise ValueError(f"Columns {missing} are not in the dataset; its columns are {dataset.column_names}.")
         table = dataset.with_format("torch", columns=columns)[:]
+        ragged = [name for name in columns if not torch.is_tensor(table[name])]
+        if ragged:
+            raise ValueError(
+                f"Columns {ragged} hold rows of different shapes and cannot be one tensor: pad them first, or train "
+                "on the datasets.Dataset with a padding collator."
+            )
         return cls({name: table[name] for name in columns})
 
     @property
@@ -288,10 +295,9 @@ class InMemoryDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {name: tensor[index] for name, tensor in self.columns.items()}
 
-    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(indices)
-        batch = {name: tensor[index] for name, tensor in self.columns.items()}
-        return [{name: values[i] for name, values in batch.items()} for i in range(len(indices))]
+        return {name: tensor[index] for name, tensor in self.columns.items()}
 
 
 # --- Augmentation -----------------------------------------------------------------------------------------------------
@@ -354,71 +360,15 @@ class RandomShiftCollator:
         index = table[choice].unsqueeze(1).expand(batch, channels, -1)
         return padded.flatten(2).gather(2, index).reshape(batch, channels, height, width)
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        from transformers import default_data_collator
-
-        batch = default_data_collator(examples)
+    def __call__(self, examples: list[dict[str, Any]] | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = dict(collate_batches(examples))
         batch["pixel_values"] = self.shift(batch["pixel_values"])
         return batch
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Serving prepared columns to the training loop
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class InMemoryTensorDataset(torch.utils.data.Dataset):
-    """
-    Prepared columns held as tensors in memory, fetched a whole batch at a time.
-
-    A `datasets.Dataset` in torch format converts every batch from Arrow and hands the DataLoader one dict per row,
-    which the collator stacks again: on MNIST with the reference MLPs that costs more than the model's own
-    forward and backward. Here the DataLoader's `__getitems__` call indexes each column once per batch and returns
-    the batch dict itself; [`collate_batches`] passes it through. Use it when the prepared split fits in memory
-    (MNIST: 188 MB, CIFAR-10: 614 MB as float32); otherwise give the trainer the `datasets.Dataset` as it is.
-
-    Args:
-        columns (`dict[str, torch.Tensor]`): equal-length tensors, e.g. `pixel_values`, `labels`, `teacher_logits`.
-    """
-
-    def __init__(self, columns: dict[str, torch.Tensor]):
-        lengths = {name: len(values) for name, values in columns.items()}
-        if not columns or len(set(lengths.values())) != 1:
-            raise ValueError(f"columns must be non-empty tensors of one length, got lengths {lengths}.")
-        self.columns = columns
-        self._length = next(iter(lengths.values()))
-
-    @classmethod
-    def from_dataset(cls, dataset: Dataset, columns: Sequence[str] | None = None) -> "InMemoryTensorDataset":
-        """Read `columns` (default: all) of a prepared fixed-shape `datasets.Dataset` into memory, once."""
-        columns = list(columns or dataset.column_names)
-        rows = dataset.with_format("torch", columns=columns)[:]
-        ragged = [name for name in columns if not torch.is_tensor(rows[name])]
-        if ragged:
-            raise ValueError(
-                f"Columns {ragged} hold rows of different shapes and cannot be one tensor: pad them first, or train "
-                "on the datasets.Dataset with a padding collator."
-            )
-        return cls({name: rows[name] for name in columns})
-
-    @property
-    def column_names(self) -> list[str]:
-        return list(self.columns)
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {name: values[index] for name, values in self.columns.items()}
-
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        index = torch.as_tensor(indices)
-        return {name: values[index] for name, values in self.columns.items()}
-
-
 def collate_batches(features, fallback: Callable | None = None):
-    """Collator that passes through a batch already built by [`InMemoryTensorDataset`] (a dict of tensors) and
-    hands a list of rows to `fallback` (default: `transformers.default_data_collator`)."""
+    """Collator that passes through a batch already built by [`InMemoryDataset`] (a dict of tensors) and hands a
+    list of rows to `fallback` (default: `transformers.default_data_collator`)."""
     if isinstance(features, dict):
         return features
     if fallback is None:

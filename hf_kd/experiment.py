@@ -37,12 +37,12 @@ from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
 from .configuration_distillation import DistillationConfig
-from .data import InMemoryDataset, RandomShiftCollator, load_image_classification_dataset
+from .data import InMemoryDataset, RandomShiftCollator, collate_batches, load_image_classification_dataset
 from .metrics import compute_metrics_fn, load_metric, metric_value
 from .modelcard import push_to_hub
 from .models import PRESET_NAMES, image_processor_for_preset, model_from_preset
 from .report import REPORT_JSON, REPORT_MD, REPORT_PNG, DistillationReport, ModelResult, measure_model
-from .teacher import load_teacher
+from .teacher import add_teacher_logits, load_teacher
 from .trainer import DistillationTrainer
 
 logger = logging.get_logger(__name__)
@@ -238,18 +238,13 @@ def distillation_train_dataset(train_dataset, teacher: torch.nn.Module, config: 
     """
     The student's training data, and how the teacher's logits reach the loss (`"live"` or `"precomputed"`).
 
-    This is the one place where precomputed teacher logits plug in: `hf_kd.teacher.add_teacher_logits(train_dataset,
-    teacher, ...)` adds a `teacher_logits` column once, and [`DistillationTrainer`] then reads it instead of running
-    the teacher at every step. Otherwise the teacher runs live on each training batch.
+    With `precompute_teacher_logits`, [`add_teacher_logits`] runs the teacher once and adds a `teacher_logits` column
+    (cached by fingerprint); [`DistillationTrainer`] then reads it instead of running the teacher at every step. It is
+    done here rather than by the trainer because the trainer gets the in-memory copy of the data.
     """
-    if getattr(config, "precompute_teacher_logits", False):
-        from .teacher import add_teacher_logits
-
+    if config.precompute_teacher_logits:
         dataset = add_teacher_logits(
-            train_dataset,
-            teacher,
-            batch_size=getattr(config, "teacher_batch_size", 512),
-            dtype=getattr(config, "teacher_logits_dtype", "float32"),
+            train_dataset, teacher, batch_size=config.teacher_batch_size, dtype=config.teacher_logits_dtype
         )
         return dataset, "precomputed"
     return train_dataset, "live"
@@ -327,7 +322,9 @@ def run_image_distillation(
     eval_dataset = InMemoryDataset.from_dataset(datasets["eval"])
     metric = load_metric(experiment_args.metric_name_or_path)
     compute_metrics = compute_metrics_fn(metric)
-    student_collator = None  # the Trainer's default: stack the tensors
+    # InMemoryDataset serves whole batches: pass them through. The plain Trainers' column removal iterates over rows,
+    # and the in-memory columns are exactly the model's inputs, so it is off for them.
+    student_collator = collate_batches
 
     # --- Teacher ---------------------------------------------------------------------------------------------------
     teacher_source = config.teacher_model_name_or_path
@@ -352,6 +349,7 @@ def run_image_distillation(
             str(output_dir / TEACHER_DIR),
             num_train_epochs=experiment_args.teacher_num_train_epochs or config.num_train_epochs,
             learning_rate=experiment_args.teacher_learning_rate or config.learning_rate,
+            remove_unused_columns=False,
             **({"eval_strategy": IntervalStrategy.NO} if experiment_args.teacher_max_shift else {}),
         )
         shift = experiment_args.teacher_max_shift
@@ -362,7 +360,9 @@ def run_image_distillation(
             eval_dataset=None if shift else eval_dataset,
             # The shifts apply to training batches only: Trainer.evaluate would collate with them too, so the test
             # split is scored by `measure_model` below, never through this trainer's evaluation loop.
-            data_collator=RandomShiftCollator(shift, fill=_fill_value(image_processor), seed=seed) if shift else None,
+            data_collator=(
+                RandomShiftCollator(shift, fill=_fill_value(image_processor), seed=seed) if shift else student_collator
+            ),
             processing_class=image_processor,
             compute_metrics=None if shift else compute_metrics,
         )
@@ -371,7 +371,8 @@ def run_image_distillation(
     teacher.eval()
 
     # --- Student (KD) ----------------------------------------------------------------------------------------------
-    kd_train, teacher_logits = distillation_train_dataset(datasets["train"], teacher, config)
+    with state.main_process_first():  # precomputed logits: one process computes and caches, the others read
+        kd_train, teacher_logits = distillation_train_dataset(datasets["train"], teacher, config)
     student = build_image_model(experiment_args.student, label_names, seed)
     # The trainer gets the loaded teacher itself; its init kwargs were applied when loading it above.
     kd_args = _replace_args(config, str(output_dir / STUDENT_KD_DIR), teacher_model_init_kwargs=None)
@@ -396,7 +397,9 @@ def run_image_distillation(
         baseline = build_image_model(experiment_args.student, label_names, seed)
         ce_trainer = Trainer(
             model=baseline,
-            args=_replace_args(config, str(output_dir / STUDENT_CE_DIR), teacher_model_init_kwargs=None),
+            args=_replace_args(
+                config, str(output_dir / STUDENT_CE_DIR), teacher_model_init_kwargs=None, remove_unused_columns=False
+            ),
             train_dataset=InMemoryDataset.from_dataset(datasets["train"]),
             eval_dataset=eval_dataset,
             data_collator=student_collator,
@@ -456,6 +459,7 @@ def run_image_distillation(
             "learning_rate": float(config.learning_rate),
             "seed": int(seed),
             "per_device_train_batch_size": int(config.per_device_train_batch_size),
+            "world_size": int(kd_trainer.args.world_size),
         },
         models=results,
     )

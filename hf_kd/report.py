@@ -44,6 +44,8 @@ SETTINGS_KEYS = (
     "seed",
     "per_device_train_batch_size",
 )
+# Recorded when known: the number of processes that trained (data parallel).
+OPTIONAL_SETTINGS_KEYS = ("world_size",)
 
 
 @dataclass
@@ -237,7 +239,9 @@ class DistillationReport:
             "task": self.task,
             "teacher": self.teacher,
             "metric": self.metric,
-            "settings": {key: self.settings[key] for key in SETTINGS_KEYS},
+            "settings": {
+                key: self.settings[key] for key in SETTINGS_KEYS + OPTIONAL_SETTINGS_KEYS if key in self.settings
+            },
             "models": [asdict(model) for model in self.models],
             "plot": self.plot,
         }

@@ -22,7 +22,7 @@ from transformers.trainer_utils import EvalPrediction
 from transformers.utils import logging
 
 from .configuration_distillation import DistillationConfig
-from .data import InMemoryTensorDataset, collate_batches
+from .data import InMemoryDataset, collate_batches
 from .losses import distillation_loss
 from .teacher import (
     TEACHER_INPUT_PREFIX,
@@ -142,7 +142,7 @@ class DistillationTrainer(Trainer):
         if teacher_model is not None:
             check_compatible(model, teacher_model)
         if data_collator is None:
-            # The Trainer's own default, plus the pass-through of batches that an InMemoryTensorDataset built whole.
+            # The Trainer's own default, plus the pass-through of batches that an InMemoryDataset built whole.
             fallback = (
                 DataCollatorWithPadding(processing_class)
                 if isinstance(processing_class, PreTrainedTokenizerBase)
@@ -204,7 +204,7 @@ class DistillationTrainer(Trainer):
         if columns is None:  # a plain torch Dataset: its batches are checked in `compute_loss`
             return dataset
         num_labels = getattr(getattr(self.model, "config", None), "num_labels", None)
-        if isinstance(dataset, InMemoryTensorDataset) and TEACHER_LOGITS_COLUMN in columns:
+        if isinstance(dataset, InMemoryDataset) and TEACHER_LOGITS_COLUMN in columns:
             check_teacher_logits(dataset.columns[TEACHER_LOGITS_COLUMN], num_labels)
         elif TEACHER_LOGITS_COLUMN in columns:
             check_teacher_logits(dataset.with_format("numpy")[TEACHER_LOGITS_COLUMN][:], num_labels)
@@ -225,7 +225,7 @@ class DistillationTrainer(Trainer):
             ]
 
     def _get_collator_with_removed_columns(self, data_collator: Callable, description: str | None = None) -> Callable:
-        # The Trainer's column-removing wrapper iterates over rows; a whole batch from an InMemoryTensorDataset gets
+        # The Trainer's column-removing wrapper iterates over rows; a whole batch from an InMemoryDataset gets
         # its unused keys dropped in one go instead.
         removing = super()._get_collator_with_removed_columns(data_collator, description)
         if removing is data_collator:

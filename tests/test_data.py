@@ -10,6 +10,7 @@ from test_examples_image import make_image_dataset
 
 from hf_kd.data import (
     InMemoryDataset,
+    collate_batches,
     RandomShiftCollator,
     detect_image_columns,
     label_names,
@@ -84,11 +85,16 @@ def test_in_memory_dataset_serves_batches():
     )
     memory = InMemoryDataset.from_dataset(data)
     assert len(memory) == 6 and memory.column_names == ["pixel_values", "labels"]
+    # A whole batch in one index per column, passed through by collate_batches.
     batch = memory.__getitems__([4, 1])
-    assert [int(item["labels"]) for item in batch] == [4, 1]
-    torch.testing.assert_close(batch[0]["pixel_values"], torch.arange(16, 20, dtype=torch.float32).reshape(1, 2, 2))
-    loader = torch.utils.data.DataLoader(memory, batch_size=4, shuffle=True)
-    assert next(iter(loader))["pixel_values"].shape == (4, 1, 2, 2)
+    assert batch["labels"].tolist() == [4, 1]
+    torch.testing.assert_close(batch["pixel_values"][0], torch.arange(16, 20, dtype=torch.float32).reshape(1, 2, 2))
+    loader = torch.utils.data.DataLoader(memory, batch_size=4, shuffle=True, collate_fn=collate_batches)
+    first = next(iter(loader))
+    assert first["pixel_values"].shape == (4, 1, 2, 2) and first["labels"].shape == (4,)
+    # Row by row (no __getitems__), the fallback collator stacks the same values.
+    rows = collate_batches([memory[4], memory[1]])
+    torch.testing.assert_close(rows["pixel_values"], batch["pixel_values"])
     with pytest.raises(ValueError, match="same length"):
         InMemoryDataset({"a": torch.zeros(2), "b": torch.zeros(3)})
 

@@ -105,7 +105,7 @@ def test_distill_mnist_on_generated_images(tmp_path):
     report = check_report(output_dir, ["teacher", "student_ce", "student_kd"])
     assert "| Student (KD) |" in result.stdout  # the report is printed
     assert report["teacher"] == "trained here"
-    assert report["settings"]["teacher_logits"] == "live"
+    assert report["settings"]["teacher_logits"] == "precomputed"  # the example default: no augmentation of the student
     assert report["plot"] == "distillation_report.png" and (output_dir / "distillation_report.png").is_file()
 
     # The trained teacher, loaded back and distilled again: the saved dirs are complete models.

@@ -139,19 +139,19 @@ def test_no_teacher_and_no_logits_is_refused(tmp_path, tiny_task):
 
 def test_in_memory_tensor_dataset_trains_like_the_datasets_dataset(tmp_path, tiny_task):
     """The fast path (whole batches indexed from tensors) gives the same training as the datasets.Dataset."""
-    from hf_kd.data import InMemoryTensorDataset
+    from hf_kd.data import InMemoryDataset
 
     teacher, train, _ = tiny_task
     extra = train.add_column("unused", list(range(len(train))))  # dropped by remove_unused_columns on both paths
     results = []
-    for dataset in (extra, InMemoryTensorDataset.from_dataset(extra.with_format("torch"))):
+    for dataset in (extra, InMemoryDataset.from_dataset(extra.with_format("torch"))):
         student = make_student(seed=4)
         DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=dataset).train()
         results.append(student.state_dict())
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], msg=name)
 
-    tensors = InMemoryTensorDataset.from_dataset(add_teacher_logits(train, teacher))
+    tensors = InMemoryDataset.from_dataset(add_teacher_logits(train, teacher))
     assert tensors.column_names == ["features", "labels", "teacher_logits"]
     batch = tensors.__getitems__([3, 1])
     assert batch["features"].shape == (2, 16) and torch.equal(batch["labels"], train[[3, 1]]["labels"])
