@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from . import models
 from .configuration_distillation import DistillationConfig
-from .data import InMemoryDataset, collate_batches
+from .data import InMemoryDataset, RandomShiftCollator, collate_batches, load_image_classification_dataset
 from .losses import (
     distillation_loss,
     hard_label_loss,
@@ -25,11 +25,16 @@ from .models import (
     image_processor_for_preset,
     model_from_preset,
 )
+from .report import DistillationReport, ModelResult
 from .trainer import DistillationTrainer
 
 __all__ = [
     "PRESET_NAMES",
     "CNNConfig",
+    "DistillationReport",
+    "ModelResult",
+    "RandomShiftCollator",
+    "load_image_classification_dataset",
     "CNNForImageClassification",
     "HfKdImageProcessor",
     "InMemoryDataset",
