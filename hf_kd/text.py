@@ -70,8 +70,7 @@ def detect_label_column(dataset: Dataset, label_column_name: str | None = None) 
     if len(class_labels) == 1:
         return class_labels[0]
     raise ValueError(
-        f"Cannot tell which column holds the labels (columns: {columns}): pass label_column_name "
-        "(--label_column_name)."
+        f"Cannot tell which column holds the labels (columns: {columns}): pass label_column_name (--label_column_name)."
     )
 
 
@@ -86,7 +85,11 @@ def detect_text_columns(
     """
     columns = dataset.column_names
     if text_column_names is not None:
-        names = tuple(n.strip() for n in text_column_names.split(",")) if isinstance(text_column_names, str) else tuple(text_column_names)
+        names = (
+            tuple(n.strip() for n in text_column_names.split(","))
+            if isinstance(text_column_names, str)
+            else tuple(text_column_names)
+        )
         missing = [n for n in names if n not in columns]
         if not 1 <= len(names) <= 2 or missing:
             raise ValueError(
@@ -255,7 +258,9 @@ class DataCollatorWithTeacherPadding:
 
     def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if self.return_tensors != "pt":
-            raise ValueError(f"DataCollatorWithTeacherPadding returns PyTorch tensors only, got {self.return_tensors!r}.")
+            raise ValueError(
+                f"DataCollatorWithTeacherPadding returns PyTorch tensors only, got {self.return_tensors!r}."
+            )
         student, teacher = [], []
         labels, teacher_logits = [], []
         for feature in features:
@@ -339,7 +344,9 @@ def derive_student(
     config = copy.deepcopy(teacher.config)
     teacher_layers = config.num_hidden_layers  # `attribute_map` resolves this for n_layers / num_layers configs
     if not isinstance(num_layers, int) or not 1 <= num_layers <= teacher_layers:
-        raise ValueError(f"num_layers must be an int in [1, {teacher_layers}] (the teacher's layers), got {num_layers!r}.")
+        raise ValueError(
+            f"num_layers must be an int in [1, {teacher_layers}] (the teacher's layers), got {num_layers!r}."
+        )
     if layer_indices is None:
         layer_indices = spread_layers(teacher_layers, num_layers)
     layer_indices = [int(i) for i in layer_indices]
@@ -482,7 +489,9 @@ def parse_text_arguments(defaults: dict[str, Any] | None = None, argv: list[str]
     if not data_args.dataset_name:
         raise ValueError("--dataset_name is required.")
     if not config.teacher_model_name_or_path:
-        raise ValueError("--teacher_model_name_or_path is required: the teacher (or the pretrained encoder to fine-tune).")
+        raise ValueError(
+            "--teacher_model_name_or_path is required: the teacher (or the pretrained encoder to fine-tune)."
+        )
     for name, unset in _IMAGE_ONLY.items():
         if getattr(experiment_args, name) != unset:
             raise ValueError(
@@ -557,7 +566,9 @@ def predict_text(model: nn.Module, dataset: Dataset, collator, batch_size: int =
 
 
 @torch.inference_mode()
-def text_latency_ms(model: nn.Module, dataset: Dataset, collator, num_examples: int = 200, warmup: int = 10, prefix: str = "") -> float:
+def text_latency_ms(
+    model: nn.Module, dataset: Dataset, collator, num_examples: int = 200, warmup: int = 10, prefix: str = ""
+) -> float:
     """Median time of one forward pass on one unpadded example (batch size 1), in milliseconds."""
     model.eval()
     device = next(model.parameters()).device
@@ -607,7 +618,9 @@ def measure_text_model(
         eval_time_s=round(eval_time, 4),
         latency_ms=round(text_latency_ms(model, dataset, collator, latency_examples, prefix=prefix), 4),
         accuracy=float(compute_accuracy(predictions, references)),
-        agreement_with_teacher=1.0 if teacher_predictions is None else float(np.mean(predictions == teacher_predictions)),
+        agreement_with_teacher=1.0
+        if teacher_predictions is None
+        else float(np.mean(predictions == teacher_predictions)),
     )
     return result, predictions
 
@@ -697,7 +710,9 @@ def run_text_distillation(data_args, experiment_args, text_args: TextArguments, 
     teacher_collator = DataCollatorWithTeacherPadding(teacher_tokenizer)
     train_teacher = text_args.train_teacher == "yes" or (text_args.train_teacher == "auto" and head_is_new)
     if head_is_new and not train_teacher:
-        logger.warning(f"The teacher's classification head is new but --train_teacher no: it distils an untrained head.")
+        logger.warning(
+            "The teacher's classification head is new but --train_teacher no: it distils an untrained head."
+        )
     teacher_time = None
     if train_teacher:
         set_seed(seed)
@@ -739,7 +754,9 @@ def run_text_distillation(data_args, experiment_args, text_args: TextArguments, 
     if shared:
         student_train, student_eval = teacher_train, teacher_eval
     else:
-        logger.info("Teacher and student tokenize differently: the teacher gets its own inputs (teacher_input_ids, ...).")
+        logger.info(
+            "Teacher and student tokenize differently: the teacher gets its own inputs (teacher_input_ids, ...)."
+        )
         student_train = tokenize(train_raw, student_tokenizer, teacher_tokenizer)
         student_eval = tokenize(eval_raw, student_tokenizer, teacher_tokenizer)
     collator = DataCollatorWithTeacherPadding(student_tokenizer, None if shared else teacher_tokenizer)

