@@ -1,6 +1,9 @@
 """The teacher -> student experiment that the examples run: train (or load) the teacher, distil the student, train the
-same student on the labels alone as the baseline, measure all three and write the report.
+same student on the labels alone as the baseline, measure all three, write the report and the student's model card.
 
+[`run_distillation`] runs that sequence for any modality; a [`DistillationTask`] supplies what differs (data,
+collators, processors, teacher, how to build the student): [`image_distillation_task`] here,
+[`hf_kd.text.text_distillation_task`] for text.
 An example script only names its dataset and models (as argument defaults) and calls [`run_image_distillation`]:
 
 ```python
@@ -19,6 +22,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,15 @@ from .data import InMemoryDataset, RandomShiftCollator, collate_batches, load_im
 from .metrics import compute_metrics_fn, load_metric, metric_value
 from .modelcard import push_to_hub
 from .models import PRESET_NAMES, image_processor_for_preset, model_from_preset
-from .report import REPORT_JSON, REPORT_MD, REPORT_PNG, DistillationReport, ModelResult, measure_model
+from .report import (
+    REPORT_JSON,
+    REPORT_MD,
+    REPORT_PNG,
+    DistillationReport,
+    ModelResult,
+    dataset_labels,
+    measure_model,
+)
 from .teacher import add_teacher_logits, load_teacher
 from .trainer import DistillationTrainer
 
@@ -227,24 +239,31 @@ def _replace_args(config: DistillationConfig, output_dir: str, **changes) -> Dis
     args = copy.deepcopy(config)
     args.output_dir = output_dir
     # No training of the run creates a repository or pushes checkpoints: with --push_to_hub, the distilled student
-    # alone is published, once, at the end of `run_image_distillation`.
+    # alone is published, once, at the end of `run_distillation`.
     args.push_to_hub = False
     for key, value in changes.items():
         setattr(args, key, value)
     return args
 
 
-def distillation_train_dataset(train_dataset, teacher: torch.nn.Module, config: DistillationConfig):
+def distillation_train_dataset(
+    train_dataset, teacher: torch.nn.Module, config: DistillationConfig, data_collator: Callable | None = None
+):
     """
     The student's training data, and how the teacher's logits reach the loss (`"live"` or `"precomputed"`).
 
     With `precompute_teacher_logits`, [`add_teacher_logits`] runs the teacher once and adds a `teacher_logits` column
     (cached by fingerprint); [`DistillationTrainer`] then reads it instead of running the teacher at every step. It is
-    done here rather than by the trainer because the trainer gets the in-memory copy of the data.
+    done here rather than by the trainer because the trainer gets the in-memory copy of the data. `data_collator`
+    batches the teacher's inputs (e.g. pads its own tokenization); default: rows stacked as they are.
     """
     if config.precompute_teacher_logits:
         dataset = add_teacher_logits(
-            train_dataset, teacher, batch_size=config.teacher_batch_size, dtype=config.teacher_logits_dtype
+            train_dataset,
+            teacher,
+            batch_size=config.teacher_batch_size,
+            dtype=config.teacher_logits_dtype,
+            data_collator=data_collator,
         )
         return dataset, "precomputed"
     return train_dataset, "live"
@@ -268,31 +287,101 @@ def _train(trainer: Trainer) -> float:
     return float(output.metrics["train_runtime"])
 
 
-def _save(model: PreTrainedModel, image_processor, path: Path) -> None:
-    model.save_pretrained(path)
-    image_processor.save_pretrained(path)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
-# The run
+# The run, for any modality
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def run_image_distillation(
-    data_args: DataArguments, experiment_args: ExperimentArguments, config: DistillationConfig
+@dataclass
+class DistillationTask:
+    """
+    What a modality supplies to [`run_distillation`]: its prepared data, collators, processors and models. The
+    sequence around them (teacher training, KD student, CE-only baseline, save, measure, report, model card) is the
+    same for every modality.
+
+    Args:
+        task (`str`): The report's task, `"image-classification"` or `"text-classification"`.
+        train_dataset (`datasets.Dataset`): The student's training split, model-ready (inputs and `labels`);
+            precomputed teacher logits are added to it as a column.
+        eval_dataset (`datasets.Dataset`): The student's test split, for evaluation during training and the report.
+        data_collator (`Callable`): Builds the student's batches (and, by default, the teacher's).
+        processing_class: The student's image processor or tokenizer, saved with both students.
+        teacher (`PreTrainedModel`): The teacher: loaded, or freshly built to be trained here.
+        teacher_name (`str`): Where the teacher came from, as the report says it (`"trained here"`, ...).
+        train_teacher (`bool`): Train the teacher (cross-entropy) before distilling.
+        build_student (`Callable[[PreTrainedModel], PreTrainedModel]`): Builds the student, given the ready teacher
+            (a student derived from it needs it). Called twice, for the KD student and the baseline, which must come
+            out identical: seed inside.
+        teacher_train_dataset, teacher_eval_dataset, teacher_data_collator, teacher_processing_class: The teacher's
+            own, when it reads other inputs than the student (its own tokenizer); default: the student's. The
+            teacher's collator also batches the precomputation of its logits (default: rows stacked as they are).
+        teacher_train_collator (`Callable`, *optional*): Collates the teacher's training batches only, e.g. random
+            shifts. The teacher is then not evaluated during training: the Trainer would collate the test split
+            with it too.
+        in_memory (`bool`): Serve the datasets from memory ([`InMemoryDataset`]) for fixed-shape inputs such as
+            images: every training reads them many times. `data_collator` must then pass its batches through
+            ([`collate_batches`]), and the plain Trainers' column removal, which iterates over rows, is off (the
+            in-memory columns are exactly the model's inputs).
+        extra_metrics (`dict`): Metrics reported beside the main one in the training logs and the run's output,
+            by display name (e.g. `{"F1": f1}`); the report's schema keeps the main one only.
+    """
+
+    task: str
+    train_dataset: Any
+    eval_dataset: Any
+    data_collator: Callable
+    processing_class: Any
+    teacher: PreTrainedModel
+    teacher_name: str
+    train_teacher: bool
+    build_student: Callable[[PreTrainedModel], PreTrainedModel]
+    teacher_train_dataset: Any = None
+    teacher_eval_dataset: Any = None
+    teacher_data_collator: Callable | None = None
+    teacher_processing_class: Any = None
+    teacher_train_collator: Callable | None = None
+    in_memory: bool = False
+    extra_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _compute_metrics(metric, extra_metrics: dict[str, Any]) -> Callable:
+    """The Trainers' `compute_metrics`: the main metric, then the extra ones (logged as `eval_<name lowercased>`)."""
+    main = compute_metrics_fn(metric)
+    if not extra_metrics:
+        return main
+
+    def compute_metrics(eval_prediction):
+        scores = main(eval_prediction)
+        logits = eval_prediction.predictions
+        predictions = (logits[0] if isinstance(logits, tuple) else logits).argmax(-1)
+        for name, extra in extra_metrics.items():
+            scores[name.lower()] = metric_value(extra, predictions, eval_prediction.label_ids)
+        return scores
+
+    return compute_metrics
+
+
+def run_distillation(
+    prepare: Callable[[PartialState], DistillationTask],
+    data_args: DataArguments,
+    experiment_args: ExperimentArguments,
+    config: DistillationConfig,
 ) -> DistillationReport | None:
     """
-    Teacher, distilled student and CE-only baseline on an image-classification dataset, then the report.
+    Teacher, distilled student and CE-only baseline, then the report: the sequence every modality shares.
 
-    1. Load the dataset and decode + normalise it once with the student's image processor.
-    2. Teacher: load `config.teacher_model_name_or_path`, or train `experiment_args.teacher` (plain cross-entropy,
-       with random shifts when `teacher_max_shift > 0`).
-    3. Student (KD): [`DistillationTrainer`] with `config`'s temperature, alpha and loss.
+    1. Refuse an output directory holding a finished run (unless `--overwrite_output_dir`), then `prepare(state)`
+       the modality's [`DistillationTask`]: data prepared once, teacher loaded or built, how to build the student.
+    2. Teacher: trained here (plain cross-entropy, `--teacher_num_train_epochs` / `--teacher_learning_rate`) when
+       the task says so; frozen in eval mode from then on.
+    3. Student (KD): [`DistillationTrainer`] with `config`'s temperature, alpha and loss; the teacher's logits are
+       precomputed once with `--precompute_teacher_logits`.
     4. Student (CE only): the same architecture, initial weights, seed, data order, epochs and schedule, trained on
        the labels alone (skipped with `skip_baseline`).
-    5. Save the three models with their processor into `output_dir/{teacher,student_kd,student_ce}`, measure them on
-       the test split and write `distillation_report.{md,json}` (+ `.png`). Returns the report on the main process,
-       `None` on the others.
+    5. On the main process: save the three models with their processors into
+       `output_dir/{teacher,student_kd,student_ce}`, measure them on the test split, write
+       `distillation_report.{md,json}` (+ `.png`), then the KD student's model card, pushed to the Hub with
+       `--push_to_hub`. Returns the report on the main process, `None` on the others.
     """
     state = PartialState()
     output_dir = Path(config.output_dir)
@@ -303,68 +392,48 @@ def run_image_distillation(
         torch.set_num_threads(experiment_args.torch_num_threads)
     seed = config.seed
 
-    image_processor = image_processor_for(experiment_args.student)
-    with state.main_process_first():  # one process fills the datasets cache, the others read it
-        datasets, label_names = load_image_classification_dataset(
-            data_args.dataset_name,
-            image_processor,
-            dataset_config_name=data_args.dataset_config_name,
-            train_split=data_args.train_split,
-            eval_split=data_args.eval_split,
-            image_column=data_args.image_column,
-            label_column=data_args.label_column,
-            max_train_samples=data_args.max_train_samples,
-            max_eval_samples=data_args.max_eval_samples,
-            preprocessing_num_workers=data_args.preprocessing_num_workers,
-            cache_dir=data_args.dataset_cache_dir,
-        )
-    # Every training reads the training set many times: serve it from memory (see InMemoryDataset).
-    eval_dataset = InMemoryDataset.from_dataset(datasets["eval"])
+    task = prepare(state)
     metric = load_metric(experiment_args.metric_name_or_path)
-    compute_metrics = compute_metrics_fn(metric)
-    # InMemoryDataset serves whole batches: pass them through. The plain Trainers' column removal iterates over rows,
-    # and the in-memory columns are exactly the model's inputs, so it is off for them.
-    student_collator = collate_batches
+    compute_metrics = _compute_metrics(metric, task.extra_metrics)
+    collator = task.data_collator
+    teacher_collator = task.teacher_data_collator or collator
+    teacher_processing_class = task.teacher_processing_class or task.processing_class
+    # Every training reads the training set many times: an in-memory task serves its splits as tensors, read once.
+    serve = InMemoryDataset.from_dataset if task.in_memory else (lambda dataset: dataset)
+    plain_args = {"remove_unused_columns": False} if task.in_memory else {}
+    eval_dataset = serve(task.eval_dataset)
+    teacher_eval = eval_dataset if task.teacher_eval_dataset is None else serve(task.teacher_eval_dataset)
+    served_train = None
+
+    def train_dataset():
+        nonlocal served_train  # served once, for the teacher's training and the baseline's
+        if served_train is None:
+            served_train = serve(task.train_dataset)
+        return served_train
 
     # --- Teacher ---------------------------------------------------------------------------------------------------
-    teacher_source = config.teacher_model_name_or_path
-    teacher_time = None
-    if teacher_source:
-        probe = build_image_model(experiment_args.student, label_names, seed)
-        teacher = load_teacher(teacher_source, probe, config.teacher_model_init_kwargs)
-        teacher_processor = image_processor
-        try:
-            teacher_processor = image_processor_for(teacher_source)
-        except (OSError, ValueError):  # a teacher saved without its processor: nothing to compare
-            pass
-        if teacher_processor.to_dict() != image_processor.to_dict():
-            logger.warning(
-                f"The teacher {teacher_source} comes with a different image processor than the student's; both models "
-                "are fed the student's preprocessing."
-            )
-    else:
-        teacher = build_image_model(experiment_args.teacher, label_names, seed)
+    teacher, teacher_time = task.teacher, None
+    if task.train_teacher:
+        augment = task.teacher_train_collator is not None
         teacher_args = _replace_args(
             config,
             str(output_dir / TEACHER_DIR),
             num_train_epochs=experiment_args.teacher_num_train_epochs or config.num_train_epochs,
             learning_rate=experiment_args.teacher_learning_rate or config.learning_rate,
-            remove_unused_columns=False,
-            **({"eval_strategy": IntervalStrategy.NO} if experiment_args.teacher_max_shift else {}),
+            **plain_args,
+            **({"eval_strategy": IntervalStrategy.NO} if augment else {}),
         )
-        shift = experiment_args.teacher_max_shift
+        set_seed(seed)
         teacher_trainer = Trainer(
             model=teacher,
             args=teacher_args,
-            train_dataset=InMemoryDataset.from_dataset(datasets["train"]),
-            eval_dataset=None if shift else eval_dataset,
-            # The shifts apply to training batches only: Trainer.evaluate would collate with them too, so the test
-            # split is scored by `measure_model` below, never through this trainer's evaluation loop.
-            data_collator=(
-                RandomShiftCollator(shift, fill=_fill_value(image_processor), seed=seed) if shift else student_collator
-            ),
-            processing_class=image_processor,
-            compute_metrics=None if shift else compute_metrics,
+            train_dataset=train_dataset() if task.teacher_train_dataset is None else serve(task.teacher_train_dataset),
+            # An augmenting collator applies to training batches only: the test split is scored by `measure_model`
+            # below, never through this trainer's evaluation loop.
+            eval_dataset=None if augment else teacher_eval,
+            data_collator=task.teacher_train_collator if augment else teacher_collator,
+            processing_class=teacher_processing_class,
+            compute_metrics=None if augment else compute_metrics,
         )
         teacher_time = _train(teacher_trainer)
         teacher = teacher_trainer.model
@@ -372,38 +441,41 @@ def run_image_distillation(
 
     # --- Student (KD) ----------------------------------------------------------------------------------------------
     with state.main_process_first():  # precomputed logits: one process computes and caches, the others read
-        kd_train, teacher_logits = distillation_train_dataset(datasets["train"], teacher, config)
-    student = build_image_model(experiment_args.student, label_names, seed)
-    # The trainer gets the loaded teacher itself; its init kwargs were applied when loading it above.
+        kd_train, teacher_logits = distillation_train_dataset(
+            task.train_dataset, teacher, config, data_collator=task.teacher_data_collator
+        )
+    student = task.build_student(teacher)
+    # The trainer gets the loaded teacher itself; its init kwargs were applied when loading it.
     kd_args = _replace_args(config, str(output_dir / STUDENT_KD_DIR), teacher_model_init_kwargs=None)
     kd_trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
         args=kd_args,
-        train_dataset=InMemoryDataset.from_dataset(kd_train),
+        train_dataset=serve(kd_train),
         eval_dataset=eval_dataset,
-        data_collator=student_collator,
-        processing_class=image_processor,
+        data_collator=collator,
+        processing_class=task.processing_class,
         compute_metrics=compute_metrics,
     )
     kd_time = _train(kd_trainer)
+    teacher.eval()
 
     # --- Student (CE only): the baseline -----------------------------------------------------------------------------
     # A plain Trainer, the model's own cross-entropy: what the user would get without distillation, and no teacher
     # forward pass to pay for. Same seed, so the same initial weights (built after the same set_seed) and the same
     # data order (the sampler's generator is seeded from args.seed); only the loss differs from the KD student.
-    baseline = None
+    baseline, ce_time = None, None
     if not experiment_args.skip_baseline:
-        baseline = build_image_model(experiment_args.student, label_names, seed)
+        ce_args = _replace_args(
+            config, str(output_dir / STUDENT_CE_DIR), teacher_model_init_kwargs=None, **plain_args
+        )
         ce_trainer = Trainer(
-            model=baseline,
-            args=_replace_args(
-                config, str(output_dir / STUDENT_CE_DIR), teacher_model_init_kwargs=None, remove_unused_columns=False
-            ),
-            train_dataset=InMemoryDataset.from_dataset(datasets["train"]),
+            model=task.build_student(teacher),
+            args=ce_args,
+            train_dataset=train_dataset(),
             eval_dataset=eval_dataset,
-            data_collator=student_collator,
-            processing_class=image_processor,
+            data_collator=collator,
+            processing_class=task.processing_class,
             compute_metrics=compute_metrics,
         )
         ce_time = _train(ce_trainer)
@@ -414,41 +486,41 @@ def run_image_distillation(
         return None
 
     # --- Save, measure, report (main process) -------------------------------------------------------------------------
-    student = kd_trainer.model
-    runs: list[tuple[str, PreTrainedModel, float | None]] = [("teacher", teacher, teacher_time)]
+    student_side = (eval_dataset, collator, task.processing_class)
+    runs = [("teacher", teacher, teacher_time, TEACHER_DIR, (teacher_eval, teacher_collator, teacher_processing_class))]
     if baseline is not None:
-        runs.append(("student_ce", baseline, ce_time))
-    runs.append(("student_kd", student, kd_time))
-    dirs = {"teacher": TEACHER_DIR, "student_ce": STUDENT_CE_DIR, "student_kd": STUDENT_KD_DIR}
-
-    def accuracy(predictions, references):
-        return metric_value(metric, predictions, references)
-
+        runs.append(("student_ce", baseline, ce_time, STUDENT_CE_DIR, student_side))
+    runs.append(("student_kd", kd_trainer.model, kd_time, STUDENT_KD_DIR, student_side))
+    references = dataset_labels(eval_dataset)
     results: list[ModelResult] = []
-    teacher_predictions = None
-    for name, model, train_time in runs:
-        path = output_dir / dirs[name]
-        _save(model, image_processor, path)
+    teacher_predictions, extra_scores = None, {name: {} for name in task.extra_metrics}
+    for name, model, train_time, folder, (dataset, data_collator, processing_class) in runs:
+        path = output_dir / folder
+        model.save_pretrained(path)
+        processing_class.save_pretrained(path)
         result, predictions = measure_model(
             name,
             model,
-            eval_dataset,
-            accuracy,
+            dataset,
+            lambda predictions, references: metric_value(metric, predictions, references),
             saved_path=path,
             output_dir=output_dir,
             train_time_s=train_time,
             teacher_predictions=teacher_predictions,
             batch_size=config.per_device_eval_batch_size,
             latency_examples=experiment_args.latency_examples,
+            data_collator=data_collator,
         )
+        for metric_name, extra in task.extra_metrics.items():
+            extra_scores[metric_name][name] = metric_value(extra, predictions, references)
         if name == "teacher":
             teacher_predictions = predictions
         results.append(result)
 
     report = DistillationReport(
         dataset=str(data_args.dataset_name),
-        task="image-classification",
-        teacher=teacher_source or "trained here",
+        task=task.task,
+        teacher=task.teacher_name,
         metric=metric.name,
         settings={
             "temperature": float(config.temperature),
@@ -465,6 +537,8 @@ def run_image_distillation(
     )
     report.save(output_dir, plot=experiment_args.plot)
     print("\n" + report.to_markdown())
+    for metric_name, scores in extra_scores.items():
+        print(f"{metric_name}: " + ", ".join(f"{name} {score:.4f}" for name, score in scores.items()))
     print(f"Report and models written to {os.path.abspath(output_dir)}")
 
     # The distilled student's model card, with the report's table and plot; with --push_to_hub, the student's
@@ -480,3 +554,94 @@ def run_image_distillation(
         kd_trainer.create_model_card(model_name=hub_model_id.split("/")[-1], **card_kwargs)
     state.wait_for_everyone()
     return report
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def image_distillation_task(
+    state: PartialState, data_args: DataArguments, experiment_args: ExperimentArguments, config: DistillationConfig
+) -> DistillationTask:
+    """The image side of [`run_distillation`]: the dataset decoded and normalised once with the student's image
+    processor and served from memory; the teacher loaded from `config.teacher_model_name_or_path` or built from
+    `experiment_args.teacher` to be trained here (with random shifts when `teacher_max_shift > 0`)."""
+    seed = config.seed
+    image_processor = image_processor_for(experiment_args.student)
+    with state.main_process_first():  # one process fills the datasets cache, the others read it
+        datasets, label_names = load_image_classification_dataset(
+            data_args.dataset_name,
+            image_processor,
+            dataset_config_name=data_args.dataset_config_name,
+            train_split=data_args.train_split,
+            eval_split=data_args.eval_split,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            max_train_samples=data_args.max_train_samples,
+            max_eval_samples=data_args.max_eval_samples,
+            preprocessing_num_workers=data_args.preprocessing_num_workers,
+            cache_dir=data_args.dataset_cache_dir,
+        )
+
+    teacher_source = config.teacher_model_name_or_path
+    shift_collator = None
+    if teacher_source:
+        probe = build_image_model(experiment_args.student, label_names, seed)
+        teacher = load_teacher(teacher_source, probe, config.teacher_model_init_kwargs)
+        teacher_processor = image_processor
+        try:
+            teacher_processor = image_processor_for(teacher_source)
+        except (OSError, ValueError):  # a teacher saved without its processor: nothing to compare
+            pass
+        if teacher_processor.to_dict() != image_processor.to_dict():
+            logger.warning(
+                f"The teacher {teacher_source} comes with a different image processor than the student's; both models "
+                "are fed the student's preprocessing."
+            )
+    else:
+        teacher = build_image_model(experiment_args.teacher, label_names, seed)
+        if experiment_args.teacher_max_shift:
+            shift_collator = RandomShiftCollator(
+                experiment_args.teacher_max_shift, fill=_fill_value(image_processor), seed=seed
+            )
+
+    return DistillationTask(
+        task="image-classification",
+        train_dataset=datasets["train"],
+        eval_dataset=datasets["eval"],
+        # InMemoryDataset serves whole batches: pass them through.
+        data_collator=collate_batches,
+        processing_class=image_processor,
+        teacher=teacher,
+        teacher_name=teacher_source or "trained here",
+        train_teacher=not teacher_source,
+        build_student=lambda teacher: build_image_model(experiment_args.student, label_names, seed),
+        teacher_train_collator=shift_collator,
+        in_memory=True,
+    )
+
+
+def run_image_distillation(
+    data_args: DataArguments, experiment_args: ExperimentArguments, config: DistillationConfig
+) -> DistillationReport | None:
+    """
+    Teacher, distilled student and CE-only baseline on an image-classification dataset, then the report
+    ([`run_distillation`] with [`image_distillation_task`]).
+
+    1. Load the dataset and decode + normalise it once with the student's image processor.
+    2. Teacher: load `config.teacher_model_name_or_path`, or train `experiment_args.teacher` (plain cross-entropy,
+       with random shifts when `teacher_max_shift > 0`).
+    3. Student (KD): [`DistillationTrainer`] with `config`'s temperature, alpha and loss.
+    4. Student (CE only): the same architecture, initial weights, seed, data order, epochs and schedule, trained on
+       the labels alone (skipped with `skip_baseline`).
+    5. Save the three models with their processor into `output_dir/{teacher,student_kd,student_ce}`, measure them on
+       the test split and write `distillation_report.{md,json}` (+ `.png`) and the KD student's model card (pushed
+       with `--push_to_hub`). Returns the report on the main process, `None` on the others.
+    """
+    return run_distillation(
+        lambda state: image_distillation_task(state, data_args, experiment_args, config),
+        data_args,
+        experiment_args,
+        config,
+    )

@@ -28,6 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
+
+from .data import collate_batches
+from .trainer import TEACHER_INPUT_PREFIX, TEACHER_LOGITS_COLUMN
 
 REPORT_JSON = "distillation_report.json"
 REPORT_MD = "distillation_report.md"
@@ -86,44 +90,85 @@ def _logits(outputs: Any) -> torch.Tensor:
     return outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
 
 
-def _inputs(dataset, input_name: str) -> torch.Tensor:
+def model_inputs(batch: Mapping[str, Any], input_prefix: str = "") -> dict[str, Any]:
+    """One model's inputs from a collated batch: the keys starting with `input_prefix` (prefix removed), e.g.
+    `"teacher_"` for a teacher's own tokenization; without a prefix, every key but the labels and the teacher's."""
+    if input_prefix:
+        return {
+            k[len(input_prefix) :]: v
+            for k, v in batch.items()
+            if k.startswith(input_prefix) and k != TEACHER_LOGITS_COLUMN
+        }
+    return {
+        k: v
+        for k, v in batch.items()
+        if k not in ("labels", TEACHER_LOGITS_COLUMN) and not k.startswith(TEACHER_INPUT_PREFIX)
+    }
+
+
+def _batches(dataset, batch_size: int, data_collator: Callable | None) -> DataLoader:
+    """The dataset in order, collated as a training loop would: an [`~hf_kd.data.InMemoryDataset`] hands whole
+    batches to [`~hf_kd.data.collate_batches`] (the default), a [`~datasets.Dataset`] hands rows to the collator
+    (a padding one for text)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=data_collator or collate_batches)
+
+
+def _on(device: torch.device, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+
+def dataset_labels(dataset) -> np.ndarray:
+    """The `labels` column of a [`~datasets.Dataset`] or an [`~hf_kd.data.InMemoryDataset`], as an array."""
     columns = getattr(dataset, "columns", None)  # hf_kd.data.InMemoryDataset
     if isinstance(columns, dict):
-        return columns[input_name]
-    return dataset.with_format("torch", columns=[input_name])[:][input_name]
+        return columns["labels"].numpy()
+    return np.asarray(dataset.with_format("numpy", columns=["labels"])[:]["labels"])
 
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, inputs: torch.Tensor, batch_size: int = 256, input_name: str = "pixel_values"
+    model: nn.Module,
+    dataset,
+    batch_size: int = 256,
+    data_collator: Callable | None = None,
+    input_prefix: str = "",
 ) -> tuple[np.ndarray, float]:
-    """Class predictions over `inputs` and the wall time in seconds of the whole pass (eval mode, no gradients)."""
+    """Class predictions over `dataset` and the wall time in seconds of the whole pass, collation included (eval
+    mode, no gradients). `data_collator` and `input_prefix` as in [`measure_model`]."""
     model.eval()
     device = next(model.parameters()).device
     predictions = []
     start = time.perf_counter()
-    for i in range(0, len(inputs), batch_size):
-        batch = inputs[i : i + batch_size].to(device)
-        predictions.append(_logits(model(**{input_name: batch})).argmax(-1).cpu())
+    for batch in _batches(dataset, batch_size, data_collator):
+        predictions.append(_logits(model(**_on(device, model_inputs(batch, input_prefix)))).argmax(-1).cpu())
     elapsed = time.perf_counter() - start
     return torch.cat(predictions).numpy(), elapsed
 
 
 @torch.inference_mode()
 def latency_ms(
-    model: nn.Module, inputs: torch.Tensor, num_examples: int = 200, warmup: int = 10, input_name: str = "pixel_values"
+    model: nn.Module,
+    dataset,
+    num_examples: int = 200,
+    warmup: int = 10,
+    data_collator: Callable | None = None,
+    input_prefix: str = "",
 ) -> float:
-    """Median time of one forward pass on one example (batch size 1), in milliseconds: what a single request waits."""
+    """Median time of one forward pass on one example (batch size 1, unpadded), in milliseconds: what a single
+    request waits. The examples are collated and moved to the device before the clock starts."""
     model.eval()
     device = next(model.parameters()).device
-    examples = inputs[: num_examples + warmup].to(device)
+    examples = []
+    for batch in _batches(dataset, 1, data_collator):
+        if len(examples) == num_examples + warmup:
+            break
+        examples.append(_on(device, model_inputs(batch, input_prefix)))
     times = []
-    for i in range(len(examples)):
-        example = examples[i : i + 1]
+    for i, example in enumerate(examples):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        model(**{input_name: example})
+        model(**example)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= warmup or len(examples) <= warmup:
@@ -142,7 +187,8 @@ def measure_model(
     teacher_predictions: np.ndarray | None = None,
     batch_size: int = 256,
     latency_examples: int = 200,
-    input_name: str = "pixel_values",
+    data_collator: Callable | None = None,
+    input_prefix: str = "",
 ) -> tuple[ModelResult, np.ndarray]:
     """
     Score and time one model on the test split.
@@ -150,7 +196,7 @@ def measure_model(
     Args:
         name (`str`): `"teacher"`, `"student_ce"` or `"student_kd"` (any other name is its own label).
         model (`nn.Module`): The model, in its final state.
-        dataset: The test split with `input_name` and `labels` columns (a [`~datasets.Dataset`] or an
+        dataset: The test split with the model's inputs and `labels` (a [`~datasets.Dataset`] or an
             [`~hf_kd.data.InMemoryDataset`]).
         compute_accuracy (`Callable`): `(predictions, references) -> accuracy in [0, 1]`, e.g. an `evaluate` metric.
         saved_path: The directory the model was saved to (its size on disk is measured).
@@ -158,13 +204,17 @@ def measure_model(
         train_time_s (`float`, *optional*): The training time, `None` when the model was loaded, not trained.
         teacher_predictions (`np.ndarray`, *optional*): The teacher's predictions, for `agreement_with_teacher`;
             `None` for the teacher itself (agreement 1).
+        data_collator (`Callable`, *optional*): Builds a batch from the dataset's rows, e.g. a padding collator for
+            tokenized text. Default: [`~hf_kd.data.collate_batches`] (stacks rows; passes an in-memory batch through).
+        input_prefix (`str`, *optional*): Feed the model the batch keys with this prefix (stripped), e.g.
+            `"teacher_"` to score a teacher on its own tokenization; default: every key but labels and `teacher_*`.
 
     Returns:
         The [`ModelResult`] and the model's predictions (pass the teacher's to the students).
     """
-    inputs = _inputs(dataset, input_name)
-    references = _inputs(dataset, "labels").numpy()
-    predictions, eval_time = predict(model, inputs, batch_size=batch_size, input_name=input_name)
+    references = dataset_labels(dataset)
+    predictions, eval_time = predict(model, dataset, batch_size, data_collator, input_prefix)
+    latency = latency_ms(model, dataset, latency_examples, data_collator=data_collator, input_prefix=input_prefix)
     agreement = 1.0 if teacher_predictions is None else float(np.mean(predictions == teacher_predictions))
     path = Path(saved_path)
     shown_path = os.path.relpath(path, output_dir) if output_dir is not None else str(path)
@@ -176,7 +226,7 @@ def measure_model(
         size_mb=round(directory_size_mb(path), 4),
         train_time_s=None if train_time_s is None else round(float(train_time_s), 2),
         eval_time_s=round(eval_time, 4),
-        latency_ms=round(latency_ms(model, inputs, num_examples=latency_examples, input_name=input_name), 4),
+        latency_ms=round(latency, 4),
         accuracy=float(compute_accuracy(predictions, references)),
         agreement_with_teacher=agreement,
     )

@@ -539,92 +539,6 @@ def load_text_teacher(
     return model, label2id, head_is_new
 
 
-def _model_inputs(batch: Mapping[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
-    """The inputs of one model from a collated batch: its `prefix`ed keys (prefix stripped), or the unprefixed ones."""
-    if prefix:
-        return {k[len(prefix) :]: v for k, v in batch.items() if k.startswith(prefix) and k != TEACHER_LOGITS_COLUMN}
-    return {
-        k: v
-        for k, v in batch.items()
-        if k not in ("labels", TEACHER_LOGITS_COLUMN) and not k.startswith(TEACHER_INPUT_PREFIX)
-    }
-
-
-@torch.inference_mode()
-def predict_text(model: nn.Module, dataset: Dataset, collator, batch_size: int = 128, prefix: str = ""):
-    """Class predictions over a tokenized `dataset` (padded per batch by `collator`) and the wall time in seconds."""
-    model.eval()
-    device = next(model.parameters()).device
-    predictions = []
-    start = time.perf_counter()
-    for i in range(0, len(dataset), batch_size):
-        batch = collator([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
-        inputs = {k: v.to(device) for k, v in _model_inputs(batch, prefix).items()}
-        outputs = model(**inputs)
-        predictions.append((outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]).argmax(-1).cpu())
-    return torch.cat(predictions).numpy(), time.perf_counter() - start
-
-
-@torch.inference_mode()
-def text_latency_ms(
-    model: nn.Module, dataset: Dataset, collator, num_examples: int = 200, warmup: int = 10, prefix: str = ""
-) -> float:
-    """Median time of one forward pass on one unpadded example (batch size 1), in milliseconds."""
-    model.eval()
-    device = next(model.parameters()).device
-    times = []
-    for i in range(min(len(dataset), num_examples + warmup)):
-        inputs = {k: v.to(device) for k, v in _model_inputs(collator([dataset[i]]), prefix).items()}
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        model(**inputs)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup or len(dataset) <= warmup:
-            times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-
-
-def measure_text_model(
-    name: str,
-    model: nn.Module,
-    dataset: Dataset,
-    collator,
-    compute_accuracy,
-    saved_path,
-    output_dir=None,
-    train_time_s: float | None = None,
-    teacher_predictions=None,
-    batch_size: int = 128,
-    latency_examples: int = 200,
-    prefix: str = "",
-):
-    """[`hf_kd.report.measure_model`] for tokenized text: one report row and the model's predictions.
-
-    `prefix="teacher_"` scores a teacher on its own tokenization of the same examples."""
-    from .report import MODEL_LABELS, ModelResult, count_parameters, directory_size_mb
-
-    predictions, eval_time = predict_text(model, dataset, collator, batch_size, prefix)
-    references = np.asarray(dataset.with_format("numpy")["labels"][:])
-    path = Path(saved_path)
-    result = ModelResult(
-        name=name,
-        label=MODEL_LABELS.get(name, name),
-        path=os.path.relpath(path, output_dir) if output_dir is not None else str(path),
-        parameters=count_parameters(model),
-        size_mb=round(directory_size_mb(path), 4),
-        train_time_s=None if train_time_s is None else round(float(train_time_s), 2),
-        eval_time_s=round(eval_time, 4),
-        latency_ms=round(text_latency_ms(model, dataset, collator, latency_examples, prefix=prefix), 4),
-        accuracy=float(compute_accuracy(predictions, references)),
-        agreement_with_teacher=1.0
-        if teacher_predictions is None
-        else float(np.mean(predictions == teacher_predictions)),
-    )
-    return result, predictions
-
-
 def _optional_f1(name_or_path: str | None, num_labels: int):
     """The F1 metric for two-class tasks, or None (more classes, turned off, or not loadable offline: a warning)."""
     if num_labels != 2 or not name_or_path or name_or_path.lower() == "none":
@@ -638,39 +552,24 @@ def _optional_f1(name_or_path: str | None, num_labels: int):
         return None
 
 
-def run_text_distillation(data_args, experiment_args, text_args: TextArguments, config):
-    """
-    Teacher, distilled student and CE-only baseline on a text-classification dataset, then the same report as the
-    image examples ([`hf_kd.report.DistillationReport`], `task="text-classification"`).
+def text_distillation_task(state, data_args, experiment_args, text_args: TextArguments, config):
+    """The text side of [`hf_kd.experiment.run_distillation`]: the dataset's text and label columns, the teacher
+    (fine-tuned when its head is new), each model's tokenization done once, and how to build the student.
 
     1. Load the dataset; detect its text column(s) (one, or a sentence pair) and label column.
-    2. Teacher: `config.teacher_model_name_or_path` as a sequence classifier; fine-tuned here first (plain
-       cross-entropy, `--teacher_num_train_epochs` / `--teacher_learning_rate`) when its head is new.
-    3. Student: `--student_model_name_or_path`, or derived from the (fine-tuned) teacher with `--student_num_layers`
+    2. Teacher: `config.teacher_model_name_or_path` as a sequence classifier; trained first when its head is new
+       (`--train_teacher auto`).
+    3. Tokenize once for each model; with two tokenizers the student's data carries the teacher's own inputs
+       (`teacher_input_ids`, ...).
+    4. Student: `--student_model_name_or_path`, or derived from the (fine-tuned) teacher with `--student_num_layers`
        layers, initialised from teacher layers.
-    4. Tokenize once for each model; with two tokenizers the student's data carries the teacher's own inputs
-       (`teacher_input_ids`, ...). The teacher's logits are precomputed once with `--precompute_teacher_logits`.
-    5. Student (KD) with [`DistillationTrainer`], then the same student from the same initial weights trained on the
-       labels alone (`--skip_baseline` skips it); save all three with their tokenizers, measure, write the report.
     """
-    from accelerate import PartialState
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, set_seed
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     from .data import load_raw_dataset, select_split
-    from .experiment import STUDENT_CE_DIR, STUDENT_KD_DIR, TEACHER_DIR, _replace_args, _train, check_output_dir
-    from .metrics import compute_metrics_fn, load_metric, metric_value
-    from .report import DistillationReport
-    from .teacher import add_teacher_logits
-    from .trainer import DistillationTrainer
+    from .experiment import DistillationTask
 
-    state = PartialState()
-    output_dir = Path(config.output_dir)
-    if state.is_main_process:
-        check_output_dir(output_dir, experiment_args.overwrite_output_dir)
-    state.wait_for_everyone()
     seed = config.seed
-
-    # --- Data ----------------------------------------------------------------------------------------------------
     raw = load_raw_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=data_args.dataset_cache_dir)
     train_raw = select_split(raw, data_args.train_split, "train_split")
     eval_raw = select_split(raw, data_args.eval_split, "eval_split")
@@ -682,22 +581,17 @@ def run_text_distillation(data_args, experiment_args, text_args: TextArguments, 
     text_columns = detect_text_columns(train_raw, text_args.text_column_names, label_column)
     names = label_names(train_raw, label_column)
     logger.info(f"Text columns {text_columns}, label column {label_column!r}, classes {names}.")
-
-    metric = load_metric(experiment_args.metric_name_or_path)
     f1 = _optional_f1(text_args.f1_metric_name_or_path, len(names))
-
-    def compute_metrics(eval_prediction):
-        scores = compute_metrics_fn(metric)(eval_prediction)
-        if f1 is not None:
-            logits = eval_prediction.predictions
-            logits = logits[0] if isinstance(logits, tuple) else logits
-            scores["f1"] = metric_value(f1, logits.argmax(-1), eval_prediction.label_ids)
-        return scores
 
     # --- Teacher -------------------------------------------------------------------------------------------------
     teacher_source = config.teacher_model_name_or_path
     teacher, label2id, head_is_new = load_text_teacher(teacher_source, names, config.teacher_model_init_kwargs)
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_source)
+    train_teacher = text_args.train_teacher == "yes" or (text_args.train_teacher == "auto" and head_is_new)
+    if head_is_new and not train_teacher:
+        logger.warning(
+            "The teacher's classification head is new but --train_teacher no: it distils an untrained head."
+        )
 
     def tokenize(dataset, tokenizer, other=None):
         with state.main_process_first():  # one process fills the datasets cache, the others read it
@@ -707,31 +601,9 @@ def run_text_distillation(data_args, experiment_args, text_args: TextArguments, 
             )  # fmt: skip
 
     teacher_train, teacher_eval = tokenize(train_raw, teacher_tokenizer), tokenize(eval_raw, teacher_tokenizer)
-    teacher_collator = DataCollatorWithTeacherPadding(teacher_tokenizer)
-    train_teacher = text_args.train_teacher == "yes" or (text_args.train_teacher == "auto" and head_is_new)
-    if head_is_new and not train_teacher:
-        logger.warning(
-            "The teacher's classification head is new but --train_teacher no: it distils an untrained head."
-        )
-    teacher_time = None
-    if train_teacher:
-        set_seed(seed)
-        teacher_args = _replace_args(
-            config,
-            str(output_dir / TEACHER_DIR),
-            num_train_epochs=experiment_args.teacher_num_train_epochs or config.num_train_epochs,
-            learning_rate=experiment_args.teacher_learning_rate or config.learning_rate,
-        )
-        teacher_trainer = Trainer(
-            model=teacher, args=teacher_args, train_dataset=teacher_train, eval_dataset=teacher_eval,
-            data_collator=teacher_collator, processing_class=teacher_tokenizer, compute_metrics=compute_metrics,
-        )  # fmt: skip
-        teacher_time = _train(teacher_trainer)
-        teacher = teacher_trainer.model
-    teacher.eval()
 
     # --- Student: built twice from the same seed, so the KD student and the baseline start identical ---------------
-    def build_student() -> PreTrainedModel:
+    def build_student(teacher: PreTrainedModel) -> PreTrainedModel:
         set_seed(seed)
         if text_args.student_model_name_or_path:
             return AutoModelForSequenceClassification.from_pretrained(
@@ -745,7 +617,6 @@ def run_text_distillation(data_args, experiment_args, text_args: TextArguments, 
         num_layers = text_args.student_num_layers or max(1, teacher_layers // 2)
         return derive_student(teacher, num_layers, text_args.layer_indices, text_args.init_student_from_teacher)
 
-    student = build_student()
     if text_args.student_model_name_or_path:
         student_tokenizer = AutoTokenizer.from_pretrained(text_args.student_model_name_or_path)
         shared = same_tokenizer(student_tokenizer, teacher_tokenizer)
@@ -759,86 +630,42 @@ def run_text_distillation(data_args, experiment_args, text_args: TextArguments, 
         )
         student_train = tokenize(train_raw, student_tokenizer, teacher_tokenizer)
         student_eval = tokenize(eval_raw, student_tokenizer, teacher_tokenizer)
-    collator = DataCollatorWithTeacherPadding(student_tokenizer, None if shared else teacher_tokenizer)
 
-    # --- Student (KD) --------------------------------------------------------------------------------------------
-    kd_train, teacher_logits = student_train, "live"
-    if config.precompute_teacher_logits:
-        with state.main_process_first():
-            kd_train = add_teacher_logits(
-                student_train, teacher, batch_size=config.per_device_eval_batch_size,
-                dtype=config.teacher_logits_dtype, data_collator=teacher_collator,
-            )  # fmt: skip
-        teacher_logits = "precomputed"
-    kd_args = _replace_args(config, str(output_dir / STUDENT_KD_DIR), teacher_model_init_kwargs=None)
-    kd_trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=kd_args, train_dataset=kd_train, eval_dataset=student_eval,
-        data_collator=collator, processing_class=student_tokenizer, compute_metrics=compute_metrics,
-    )  # fmt: skip
-    kd_time = _train(kd_trainer)
-    teacher.eval()
-
-    # --- Student (CE only): the baseline, same initial weights, seed, data order and schedule --------------------
-    baseline, ce_time = None, None
-    if not experiment_args.skip_baseline:
-        ce_trainer = Trainer(
-            model=build_student(),
-            args=_replace_args(config, str(output_dir / STUDENT_CE_DIR), teacher_model_init_kwargs=None),
-            train_dataset=student_train, eval_dataset=student_eval, data_collator=collator,
-            processing_class=student_tokenizer, compute_metrics=compute_metrics,
-        )  # fmt: skip
-        ce_time = _train(ce_trainer)
-        baseline = ce_trainer.model
-
-    if not state.is_main_process:
-        state.wait_for_everyone()
-        return None
-
-    # --- Save, measure, report (main process) ----------------------------------------------------------------------
-    runs = [("teacher", teacher, teacher_time, teacher_tokenizer, TEACHER_DIR)]
-    if baseline is not None:
-        runs.append(("student_ce", baseline, ce_time, student_tokenizer, STUDENT_CE_DIR))
-    runs.append(("student_kd", kd_trainer.model, kd_time, student_tokenizer, STUDENT_KD_DIR))
-    results, teacher_predictions, f1_scores = [], None, {}
-    for name, model, train_time, tokenizer, folder in runs:
-        path = output_dir / folder
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        is_teacher = name == "teacher"
-        result, predictions = measure_text_model(
-            name, model, teacher_eval if is_teacher else student_eval,
-            teacher_collator if is_teacher else collator,
-            lambda p, r: metric_value(metric, p, r), path, output_dir=output_dir, train_time_s=train_time,
-            teacher_predictions=teacher_predictions, batch_size=config.per_device_eval_batch_size,
-            latency_examples=experiment_args.latency_examples,
-        )  # fmt: skip
-        if f1 is not None:
-            f1_scores[name] = metric_value(f1, predictions, teacher_eval.with_format("numpy")["labels"][:])
-        if is_teacher:
-            teacher_predictions = predictions
-        results.append(result)
-
-    report = DistillationReport(
-        dataset=str(data_args.dataset_name),
+    return DistillationTask(
         task="text-classification",
-        teacher=teacher_source + (" (fine-tuned here)" if train_teacher else ""),
-        metric=metric.name,
-        settings={
-            "temperature": float(config.temperature),
-            "alpha": float(config.alpha),
-            "loss_type": config.loss_type,
-            "teacher_logits": teacher_logits,
-            "num_train_epochs": float(config.num_train_epochs),
-            "learning_rate": float(config.learning_rate),
-            "seed": int(seed),
-            "per_device_train_batch_size": int(config.per_device_train_batch_size),
-        },
-        models=results,
+        train_dataset=student_train,
+        eval_dataset=student_eval,
+        data_collator=DataCollatorWithTeacherPadding(student_tokenizer, None if shared else teacher_tokenizer),
+        processing_class=student_tokenizer,
+        teacher=teacher,
+        teacher_name=teacher_source + (" (fine-tuned here)" if train_teacher else ""),
+        train_teacher=train_teacher,
+        build_student=build_student,
+        teacher_train_dataset=teacher_train,
+        teacher_eval_dataset=teacher_eval,
+        teacher_data_collator=DataCollatorWithTeacherPadding(teacher_tokenizer),
+        teacher_processing_class=teacher_tokenizer,
+        extra_metrics={"F1": f1} if f1 is not None else {},
     )
-    report.save(output_dir, plot=experiment_args.plot)
-    print("\n" + report.to_markdown())
-    if f1_scores:
-        print("F1: " + ", ".join(f"{name} {score:.4f}" for name, score in f1_scores.items()))
-    print(f"Report and models written to {os.path.abspath(output_dir)}")
-    state.wait_for_everyone()
-    return report
+
+
+def run_text_distillation(data_args, experiment_args, text_args: TextArguments, config):
+    """
+    Teacher, distilled student and CE-only baseline on a text-classification dataset, then the same report as the
+    image examples ([`hf_kd.report.DistillationReport`], `task="text-classification"`) and the distilled student's
+    model card (pushed with `--push_to_hub`): [`hf_kd.experiment.run_distillation`] with [`text_distillation_task`].
+
+    The teacher is fine-tuned here first (plain cross-entropy, `--teacher_num_train_epochs` /
+    `--teacher_learning_rate`) when its head is new; its logits are precomputed once with
+    `--precompute_teacher_logits`. The KD student is trained with [`DistillationTrainer`], then the same student from
+    the same initial weights on the labels alone (`--skip_baseline` skips it); all three are saved with their
+    tokenizers and measured. Returns the report on the main process, `None` on the others.
+    """
+    from .experiment import run_distillation
+
+    return run_distillation(
+        lambda state: text_distillation_task(state, data_args, experiment_args, text_args, config),
+        data_args,
+        experiment_args,
+        config,
+    )

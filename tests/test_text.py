@@ -414,6 +414,18 @@ def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
     assert kd["agreement_with_teacher"] >= 0.7, kd
     saved = BertForSequenceClassification.from_pretrained(out / "student_kd")
     assert saved.config.num_hidden_layers == 1 and saved.config.id2label == {0: "neg", 1: "pos"}
+    assert report["settings"]["world_size"] == 1
+
+    # The distilled student's model card, written by the same code as the image runs', from this run's report.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "student_kd" / "README.md")
+    assert card.data.pipeline_tag == "text-classification"
+    (result,) = card.data.eval_results
+    assert (result.dataset_split, result.metric_value) == ("test", pytest.approx(kd["accuracy"], abs=1e-6))
+    for label in ("| Teacher |", "| Student (CE only) |", "| **Student (KD)** (this model) |"):
+        assert label in card.text
+    assert not (out / "teacher" / "README.md").exists() and not (out / "student_ce" / "README.md").exists()
 
     # A fine-tuned teacher is used as it is (no training); the student has its own tokenizer.
     from importlib import util
