@@ -416,6 +416,15 @@ class TextArguments:
             "recipe); --init_student_from_teacher false starts it from random weights."
         },
     )
+    student_init_from: str = field(
+        default="fine-tuned",
+        metadata={
+            "help": "Which teacher weights a derived student starts from when the teacher is fine-tuned here: "
+            "'fine-tuned' (the teacher it distils, head included) or 'pretrained' (the encoder before this run "
+            "fine-tunes it, with its new head, as DistilBERT started from pretrained BERT).",
+            "choices": ["fine-tuned", "pretrained"],
+        },
+    )
     text_column_names: str | None = field(
         default=None,
         metadata={
@@ -443,6 +452,8 @@ class TextArguments:
     def __post_init__(self):
         if self.train_teacher not in ("auto", "yes", "no"):
             raise ValueError(f"train_teacher must be 'auto', 'yes' or 'no', got {self.train_teacher!r}.")
+        if self.student_init_from not in ("fine-tuned", "pretrained"):
+            raise ValueError(f"student_init_from must be 'fine-tuned' or 'pretrained', got {self.student_init_from!r}.")
         if self.max_length < 8:
             raise ValueError(f"max_length must be >= 8 tokens, got {self.max_length}.")
         if self.student_model_name_or_path and self.student_layer_indices:
@@ -561,8 +572,8 @@ def text_distillation_task(state, data_args, experiment_args, text_args: TextArg
        (`--train_teacher auto`).
     3. Tokenize once for each model; with two tokenizers the student's data carries the teacher's own inputs
        (`teacher_input_ids`, ...).
-    4. Student: `--student_model_name_or_path`, or derived from the (fine-tuned) teacher with `--student_num_layers`
-       layers, initialised from teacher layers.
+    4. Student: `--student_model_name_or_path`, or derived from the teacher with `--student_num_layers` layers,
+       initialised from its fine-tuned layers, or from the pretrained encoder (`--student_init_from pretrained`).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
@@ -589,9 +600,7 @@ def text_distillation_task(state, data_args, experiment_args, text_args: TextArg
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_source)
     train_teacher = text_args.train_teacher == "yes" or (text_args.train_teacher == "auto" and head_is_new)
     if head_is_new and not train_teacher:
-        logger.warning(
-            "The teacher's classification head is new but --train_teacher no: it distils an untrained head."
-        )
+        logger.warning("The teacher's classification head is new but --train_teacher no: it distils an untrained head.")
 
     def tokenize(dataset, tokenizer, other=None):
         with state.main_process_first():  # one process fills the datasets cache, the others read it
@@ -603,7 +612,20 @@ def text_distillation_task(state, data_args, experiment_args, text_args: TextArg
     teacher_train, teacher_eval = tokenize(train_raw, teacher_tokenizer), tokenize(eval_raw, teacher_tokenizer)
 
     # --- Student: built twice from the same seed, so the KD student and the baseline start identical ---------------
+    # A student derived from the pretrained encoder is taken now, before the sequence fine-tunes the teacher.
+    pretrained_student = None
+    if (
+        not text_args.student_model_name_or_path
+        and text_args.init_student_from_teacher
+        and text_args.student_init_from == "pretrained"
+        and train_teacher
+    ):
+        layers = text_args.student_num_layers or max(1, teacher.config.num_hidden_layers // 2)
+        pretrained_student = derive_student(teacher, layers, text_args.layer_indices)
+
     def build_student(teacher: PreTrainedModel) -> PreTrainedModel:
+        if pretrained_student is not None:
+            return copy.deepcopy(pretrained_student)
         set_seed(seed)
         if text_args.student_model_name_or_path:
             return AutoModelForSequenceClassification.from_pretrained(

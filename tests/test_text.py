@@ -503,3 +503,38 @@ def test_rotten_tomatoes_with_minilm(tmp_path):
     # Latency is measured and reported (the benchmark scripts compare speeds), not asserted: a timed comparison fails
     # on a busy machine.
     assert kd.latency_ms > 0 and teacher.latency_ms > 0
+
+
+def test_student_derived_from_the_pretrained_encoder(tmp_path, teacher_tokenizer):
+    """--student_init_from pretrained: the student starts from the encoder as loaded, not as fine-tuned later."""
+    from accelerate import PartialState
+    from transformers import BertModel
+
+    from conftest import REPO_ROOT
+    from hf_kd.text import parse_text_arguments, text_distillation_task
+
+    data = _save_text_data(tmp_path / "data", n_train=32, n_test=16)
+    encoder = tmp_path / "encoder"
+    tiny_bert(BertModel, teacher_tokenizer, num_layers=2, seed=0).save_pretrained(encoder)
+    teacher_tokenizer.save_pretrained(encoder)
+    argv = [
+        "--dataset_name", str(data), "--teacher_model_name_or_path", str(encoder), "--output_dir", str(tmp_path / "o"),
+        "--metric_name_or_path", str(REPO_ROOT / "tests/metrics/accuracy"), "--f1_metric_name_or_path", "none",
+        "--student_num_layers", "1", "--use_cpu",
+    ]  # fmt: skip
+    for init_from in ("pretrained", "fine-tuned"):
+        task = text_distillation_task(
+            PartialState(), *parse_text_arguments(None, [*argv, "--student_init_from", init_from])
+        )
+        assert task.train_teacher  # the encoder has no classification head
+        loaded = {k: v.clone() for k, v in task.teacher.state_dict().items()}
+        with torch.no_grad():  # what fine-tuning does to the teacher
+            for p in task.teacher.parameters():
+                p.add_(1.0)
+        student = task.build_student(task.teacher)
+        source = loaded if init_from == "pretrained" else task.teacher.state_dict()
+        assert torch.equal(
+            student.bert.embeddings.word_embeddings.weight, source["bert.embeddings.word_embeddings.weight"]
+        )
+        assert torch.equal(student.classifier.weight, source["classifier.weight"])
+        assert torch.equal(task.build_student(task.teacher).classifier.weight, student.classifier.weight)
