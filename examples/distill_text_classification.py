@@ -4,8 +4,9 @@
     accelerate launch examples/distill_text_classification.py    # or: python examples/distill_text_classification.py
 
 With no arguments: fine-tunes sentence-transformers/all-MiniLM-L6-v2 (6 layers) on Rotten Tomatoes as the teacher
-(its classification head is new), derives a 2-layer student from it (teacher layers 0 and 5, plus embeddings and
-head), distils it, trains the same student on the labels alone as the baseline, and writes the three models and
+(its classification head is new), derives a 2-layer student from the pretrained encoder (its layers 0 and 5, plus
+embeddings and the new head, as DistilBERT started from pretrained BERT), distils the fine-tuned teacher into it,
+trains the same student on the labels alone as the baseline, and writes the three models and
 distillation_report.{md,json,png} to ./distill-rotten-tomatoes. Offline, point at local copies:
 
     python examples/distill_text_classification.py --dataset_name ../shared/data/rotten_tomatoes \\
@@ -24,6 +25,7 @@ DEFAULTS = {
     "teacher_model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2",
     "output_dir": "distill-rotten-tomatoes",
     "student_num_layers": 2,
+    "student_init_from": "pretrained",
     "max_length": 64,
     "teacher_num_train_epochs": 2,
     "teacher_learning_rate": 5e-5,
@@ -33,8 +35,8 @@ DEFAULTS = {
     "weight_decay": 0.01,
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 128,
-    "temperature": 4.0,
-    "alpha": 0.5,
+    "temperature": 2.0,
+    "alpha": 0.9,
     "precompute_teacher_logits": True,
     "train_sampling_strategy": "group_by_length",
     "save_strategy": "no",

@@ -387,6 +387,7 @@ def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
     command = [
         sys.executable, str(REPO_ROOT / "examples/distill_text_classification.py"), *common,
         "--teacher_model_name_or_path", str(encoder), "--output_dir", str(out), "--student_num_layers", "1",
+        "--student_init_from", "fine-tuned",
         "--teacher_num_train_epochs", "4", "--teacher_learning_rate", "5e-3",
     ]  # fmt: skip
     env = {
