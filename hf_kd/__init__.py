@@ -26,6 +26,7 @@ from .models import (
     model_from_preset,
 )
 from .report import DistillationReport, ModelResult
+from .text import DataCollatorWithTeacherPadding, derive_student, tokenize_dataset
 from .trainer import DistillationTrainer
 
 __all__ = [
@@ -36,12 +37,14 @@ __all__ = [
     "RandomShiftCollator",
     "load_image_classification_dataset",
     "CNNForImageClassification",
+    "DataCollatorWithTeacherPadding",
     "HfKdImageProcessor",
     "InMemoryDataset",
     "MLPConfig",
     "MLPForImageClassification",
     "collate_batches",
     "config_from_preset",
+    "derive_student",
     "image_processor_for_preset",
     "model_from_preset",
     "DistillationConfig",
@@ -57,4 +60,5 @@ __all__ = [
     "soft_loss",
     "soft_target_loss",
     "teacher_fingerprint",
+    "tokenize_dataset",
 ]
