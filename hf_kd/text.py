@@ -32,7 +32,8 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 from transformers.utils import logging
 
 from .losses import IGNORE_INDEX
-from .trainer import TEACHER_INPUT_PREFIX, TEACHER_LOGITS_COLUMN
+from .data import label_names as class_label_names
+from .trainer import TEACHER_INPUT_PREFIX, TEACHER_LOGITS_COLUMN, generic_labels
 
 logger = logging.get_logger(__name__)
 
@@ -113,23 +114,14 @@ def detect_text_columns(
 
 
 def label_names(dataset: Dataset, label_column: str) -> list[str]:
-    """The class names: a `ClassLabel`'s names, else the sorted distinct values of the column, as strings."""
+    """The class names, as [`hf_kd.data.label_names`] reads them (a `ClassLabel`'s names, or integers `0..n-1`), plus
+    what text datasets also use: string labels (sorted) and per-token `ClassLabel` sequences (token classification)."""
     feature = dataset.features[label_column]
-    if isinstance(feature, ClassLabel):
-        return list(feature.names)
     if isinstance(feature, List) and isinstance(feature.feature, ClassLabel):  # token classification
         return list(feature.feature.names)
-    values = sorted(set(dataset[:][label_column]))
-    if values and all(isinstance(v, int) for v in values) and values != list(range(len(values))):
-        raise ValueError(
-            f"The integer labels of column {label_column!r} are {values[:10]}, not 0..{len(values) - 1}: cast the "
-            "column to a ClassLabel (dataset.cast_column) so that the class ids are explicit."
-        )
-    return [str(v) for v in values]
-
-
-def _generic(id2label: Mapping | None) -> bool:
-    return not id2label or all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
+    if _is_string(feature):
+        return sorted(set(dataset[:][label_column]))
+    return class_label_names(dataset, label_column)
 
 
 def label_mapping(names: Sequence[str], config: PretrainedConfig | None = None) -> dict[str, int]:
@@ -140,7 +132,7 @@ def label_mapping(names: Sequence[str], config: PretrainedConfig | None = None) 
     be trained against the wrong classes.
     """
     id2label = {int(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
-    if config is None or _generic(id2label):
+    if config is None or generic_labels(id2label):
         return {name: i for i, name in enumerate(names)}
     model_ids = {str(v).lower(): k for k, v in id2label.items()}
     if sorted(model_ids) != sorted(n.lower() for n in names):
@@ -531,7 +523,7 @@ def load_text_teacher(
     config = AutoConfig.from_pretrained(name_or_path, **{k: v for k, v in kwargs.items() if k == "revision"})
     try:
         label2id = label_mapping(names, config)  # a fine-tuned teacher's own class order
-        head_kwargs = {} if not _generic(config.id2label) else None
+        head_kwargs = {} if not generic_labels(config.id2label) else None
     except ValueError:
         label2id, head_kwargs = None, None  # trained on other classes: a new head for these ones
         logger.warning(f"The teacher {name_or_path} was trained on other classes; it gets a new classification head.")

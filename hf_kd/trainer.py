@@ -38,7 +38,7 @@ from .teacher import (
 logger = logging.get_logger(__name__)
 
 
-def _generic_labels(id2label: dict | None) -> bool:
+def generic_labels(id2label: dict | None) -> bool:
     """True for the `LABEL_0, LABEL_1, ...` names a config gets when nobody named the labels."""
     return not id2label or all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
 
@@ -62,7 +62,7 @@ def check_compatible(student: nn.Module, teacher: nn.Module) -> None:
     s_labels = {int(k): v for k, v in (getattr(s_cfg, "id2label", None) or {}).items()}
     t_labels = {int(k): v for k, v in (getattr(t_cfg, "id2label", None) or {}).items()}
     # Generic names say nothing about the order of the classes; only two real label lists can disagree.
-    if not _generic_labels(s_labels) and not _generic_labels(t_labels) and s_labels != t_labels:
+    if not generic_labels(s_labels) and not generic_labels(t_labels) and s_labels != t_labels:
         raise ValueError(
             f"The student ({s_name}) and the teacher ({t_name}) order their classes differently: student "
             f"id2label={s_labels}, teacher id2label={t_labels}. Distilling would train against the wrong classes; "
