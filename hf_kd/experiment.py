@@ -52,6 +52,7 @@ from .report import (
     DistillationReport,
     ModelResult,
     dataset_labels,
+    has_finished_report,
     measure_model,
 )
 from .teacher import add_teacher_logits, load_teacher
@@ -196,8 +197,7 @@ def parse_image_arguments(
 
 def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> None:
     """Refuse to mix two runs' results: a directory holding a finished report is only reused when asked."""
-    report = Path(output_dir) / REPORT_JSON
-    if report.is_file():
+    if has_finished_report(output_dir):
         if not overwrite:
             raise FileExistsError(
                 f"The output directory {os.path.abspath(output_dir)} already holds a finished run "
