@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .data import collate_batches
-from .trainer import TEACHER_INPUT_PREFIX, TEACHER_LOGITS_COLUMN
+from .teacher import TEACHER_INPUT_PREFIX, TEACHER_LOGITS_COLUMN, logits_of
 
 REPORT_JSON = "distillation_report.json"
 REPORT_MD = "distillation_report.md"
@@ -86,10 +86,6 @@ def directory_size_mb(path: str | os.PathLike) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
-def _logits(outputs: Any) -> torch.Tensor:
-    return outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-
-
 def model_inputs(batch: Mapping[str, Any], input_prefix: str = "") -> dict[str, Any]:
     """One model's inputs from a collated batch: the keys starting with `input_prefix` (prefix removed), e.g.
     `"teacher_"` for a teacher's own tokenization; without a prefix, every key but the labels and the teacher's."""
@@ -140,7 +136,7 @@ def predict(
     predictions = []
     start = time.perf_counter()
     for batch in _batches(dataset, batch_size, data_collator):
-        predictions.append(_logits(model(**_on(device, model_inputs(batch, input_prefix)))).argmax(-1).cpu())
+        predictions.append(logits_of(model(**_on(device, model_inputs(batch, input_prefix)))).argmax(-1).cpu())
     elapsed = time.perf_counter() - start
     return torch.cat(predictions).numpy(), elapsed
 

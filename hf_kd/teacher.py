@@ -15,6 +15,11 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 
+def logits_of(outputs) -> torch.Tensor:
+    """The logits of a model's outputs: a `ModelOutput` (or dict) with `logits`, or a tuple with them first."""
+    return outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+
+
 def auto_class_for(model: nn.Module):
     """The `AutoModelFor*` class of `model`'s task, read off its class name (`BertForSequenceClassification` ->
     `AutoModelForSequenceClassification`), as transformers names every task head."""
@@ -231,7 +236,7 @@ def add_teacher_logits(
         batch = cast_floating_inputs({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, teacher)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             outputs = teacher(**batch)
-        logits = (outputs["logits"] if isinstance(outputs, dict) else outputs[0]).float()
+        logits = logits_of(outputs).float()
         if logits.dim() > 2 and "attention_mask" in batch:
             # Token-level logits: keep each row's own length, not the batch's padding.
             lengths = batch["attention_mask"].sum(-1).tolist()

@@ -32,6 +32,7 @@ from .teacher import (
     check_teacher_logits,
     has_transform,
     load_teacher,
+    logits_of,
     prepare_teacher,
 )
 
@@ -240,7 +241,7 @@ class DistillationTrainer(Trainer):
             )
         with torch.no_grad():
             outputs = self.teacher_model(**cast_floating_inputs(teacher_inputs or student_inputs, self.teacher_model))
-        return outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        return logits_of(outputs)
 
     def compute_loss(
         self,
@@ -268,7 +269,7 @@ class DistillationTrainer(Trainer):
                 student_inputs[key] = value
 
         outputs = model(**student_inputs)
-        student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        student_logits = logits_of(outputs)
         if teacher_logits is None:
             teacher_logits = self._teacher_logits(student_inputs, teacher_inputs)
             if not torch.isfinite(teacher_logits).all():
