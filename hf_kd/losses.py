@@ -8,6 +8,10 @@ the positions whose label is not `-100`, or all positions when no mask is given.
 The soft-target term follows Hinton et al. (2015), "Distilling the Knowledge in a Neural Network": both
 distributions are softened by a temperature `T`, and the divergence is multiplied by `T**2` so that its gradient
 keeps the same magnitude as the hard-label term's when `T` changes.
+
+These run on every training step, on tensors as small as `(64, 10)`, where each op costs a dispatch rather than
+arithmetic: the helpers avoid no-op conversions, and [`distillation_loss`] computes the valid-row weights once for
+both terms.
 """
 
 from __future__ import annotations
@@ -21,20 +25,30 @@ SOFT_LOSS_TYPES = ("kl", "reverse_kl", "mse")
 
 
 def _rows(logits: torch.Tensor) -> torch.Tensor:
-    """`(..., C)` logits -> `(M, C)` float32 rows."""
-    return logits.reshape(-1, logits.shape[-1]).float()
+    """`(..., C)` logits -> `(M, C)` float32 rows; the tensor itself when it already is one."""
+    if logits.dim() != 2:
+        logits = logits.reshape(-1, logits.shape[-1])
+    return logits if logits.dtype == torch.float32 else logits.float()
 
 
-def _mean_over_valid(per_row: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of a per-row value over the rows where `mask` is True (0 when there is none).
+def _valid_weights(mask: torch.Tensor) -> torch.Tensor:
+    """`(M,)` float32 weights: `1 / n_valid` on the rows where `mask` is True, 0 elsewhere."""
+    return mask / mask.sum().clamp(min=1)
 
-    Masking by `where` instead of boolean indexing keeps the shapes static: no host-device sync per step, and a
-    NaN at a masked position cannot leak into the result."""
+
+def _mean_over_valid(
+    per_row: torch.Tensor, mask: torch.Tensor | None, scale: float = 1.0, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`scale` times the mean of a per-row value over the rows where `mask` is True (0 when there is none).
+
+    One `dot` with the [`_valid_weights`] (passed in when the caller already has them). Masking by `where` keeps
+    the shapes static (no host-device sync) and stops a NaN at a masked position from leaking into the result."""
     if mask is None:
-        return per_row.mean()
+        mean = per_row.mean()
+        return mean * scale if scale != 1.0 else mean
     mask = mask.reshape(-1)
-    total = torch.where(mask, per_row, torch.zeros((), dtype=per_row.dtype, device=per_row.device)).sum()
-    return total / mask.sum().clamp(min=1)
+    weights = _valid_weights(mask) if weights is None else weights
+    return torch.dot(torch.where(mask, per_row, 0.0), weights * scale if scale != 1.0 else weights)
 
 
 def _check_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
@@ -50,7 +64,33 @@ def _kl_rows(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float)
     stay finite."""
     log_p = F.log_softmax(_rows(p_logits) / temperature, dim=-1)
     log_q = F.log_softmax(_rows(q_logits) / temperature, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
+    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
+
+
+def _soft_rows(
+    loss_type: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, float]:
+    """The per-row soft term named by `loss_type`, and the factor its mean is scaled by (`T**2` for the KLs)."""
+    teacher_logits = teacher_logits.detach()
+    if loss_type == "kl":
+        return _kl_rows(teacher_logits, student_logits, temperature), temperature**2
+    if loss_type == "reverse_kl":
+        return _kl_rows(student_logits, teacher_logits, temperature), temperature**2
+    if loss_type == "mse":
+        return (_rows(student_logits) - _rows(teacher_logits)).pow(2).mean(-1), 1.0
+    raise ValueError(f"loss_type must be one of {SOFT_LOSS_TYPES}, got {loss_type!r}.")
+
+
+def _hard_rows(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row cross-entropy in float32 (0 on ignored rows), and the labels flattened to match."""
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"labels must have the shape of the logits without their last dimension, got logits "
+            f"{tuple(logits.shape)} and labels {tuple(labels.shape)}."
+        )
+    flat_labels = labels.reshape(-1) if labels.dim() != 1 else labels
+    flat_labels = flat_labels if flat_labels.dtype == torch.long else flat_labels.long()
+    return F.cross_entropy(_rows(logits), flat_labels, ignore_index=ignore_index, reduction="none"), flat_labels
 
 
 def soft_target_loss(
@@ -73,8 +113,7 @@ def soft_target_loss(
     Returns:
         A float32 scalar. Zero when there is no valid position.
     """
-    _check_pair(student_logits, teacher_logits)
-    return _mean_over_valid(_kl_rows(teacher_logits.detach(), student_logits, temperature), mask) * temperature**2
+    return soft_loss("kl", student_logits, teacher_logits, temperature, mask)
 
 
 def reverse_kl_loss(
@@ -87,8 +126,7 @@ def reverse_kl_loss(
 
     Shapes and arguments as in [`soft_target_loss`].
     """
-    _check_pair(student_logits, teacher_logits)
-    return _mean_over_valid(_kl_rows(student_logits, teacher_logits.detach(), temperature), mask) * temperature**2
+    return soft_loss("reverse_kl", student_logits, teacher_logits, temperature, mask)
 
 
 def logit_mse_loss(
@@ -102,9 +140,7 @@ def logit_mse_loss(
     `temperature` is accepted so that every soft loss has the same signature, and ignored: matching raw logits is the
     high-temperature limit of the KL term.
     """
-    _check_pair(student_logits, teacher_logits)
-    per_row = (_rows(student_logits) - _rows(teacher_logits.detach())).pow(2).mean(-1)
-    return _mean_over_valid(per_row, mask)
+    return soft_loss("mse", student_logits, teacher_logits, temperature, mask)
 
 
 def soft_loss(
@@ -115,13 +151,9 @@ def soft_loss(
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The soft term named by `loss_type`: `"kl"` ([`soft_target_loss`]), `"reverse_kl"` or `"mse"`."""
-    if loss_type == "kl":
-        return soft_target_loss(student_logits, teacher_logits, temperature, mask)
-    if loss_type == "reverse_kl":
-        return reverse_kl_loss(student_logits, teacher_logits, temperature, mask)
-    if loss_type == "mse":
-        return logit_mse_loss(student_logits, teacher_logits, temperature, mask)
-    raise ValueError(f"loss_type must be one of {SOFT_LOSS_TYPES}, got {loss_type!r}.")
+    _check_pair(student_logits, teacher_logits)
+    per_row, scale = _soft_rows(loss_type, student_logits, teacher_logits, temperature)
+    return _mean_over_valid(per_row, mask, scale)
 
 
 def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -132,14 +164,8 @@ def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: in
         logits (`torch.Tensor` of shape `(..., C)`).
         labels (`torch.LongTensor` of shape `(...)`).
     """
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(
-            f"labels must have the shape of the logits without their last dimension, got logits "
-            f"{tuple(logits.shape)} and labels {tuple(labels.shape)}."
-        )
-    flat_labels = labels.reshape(-1).long()
-    total = F.cross_entropy(_rows(logits), flat_labels, ignore_index=ignore_index, reduction="sum")
-    return total / (flat_labels != ignore_index).sum().clamp(min=1)
+    per_row, flat_labels = _hard_rows(logits, labels, ignore_index)
+    return torch.dot(per_row, _valid_weights(flat_labels != ignore_index))
 
 
 def distillation_loss(
@@ -165,12 +191,16 @@ def distillation_loss(
             raise ValueError(f"labels are required when alpha < 1 (alpha={alpha}): the hard-label term needs them.")
         soft = soft_loss(loss_type, student_logits, teacher_logits, temperature)
         return soft, None, soft
-    mask = labels != ignore_index
-    soft = soft_loss(loss_type, student_logits, teacher_logits, temperature, mask=mask)
-    hard = hard_label_loss(student_logits, labels, ignore_index)
+    _check_pair(student_logits, teacher_logits)
+    hard_rows, flat_labels = _hard_rows(student_logits, labels, ignore_index)
+    mask = flat_labels != ignore_index
+    weights = _valid_weights(mask)  # shared by both terms
+    hard = torch.dot(hard_rows, weights)  # exactly `hard_label_loss`
+    soft_rows, scale = _soft_rows(loss_type, student_logits, teacher_logits, temperature)
+    soft = _mean_over_valid(soft_rows, mask, scale, weights)  # exactly `soft_loss(..., mask=labels != ignore_index)`
     # Exact endpoints: alpha=0 is plain CE and alpha=1 plain distillation, bit for bit.
     if alpha == 0.0:
         return hard, hard, soft
     if alpha == 1.0:
         return soft, hard, soft
-    return (1.0 - alpha) * hard + alpha * soft, hard, soft
+    return torch.lerp(hard, soft, alpha), hard, soft

@@ -152,3 +152,22 @@ def test_no_labels_needs_alpha_one(logits):
 def test_shape_mismatch_is_named():
     with pytest.raises(ValueError, match="same shape"):
         soft_target_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_full_objective_gradient_matches_its_formula(logits, alpha):
+    """d loss / d s = w * ((1 - alpha) * (softmax(s) - onehot(y)) + alpha * T * (softmax(s / T) - softmax(t / T))),
+    with w = 1 / n_valid on valid rows and 0 on ignored ones."""
+    s, t = logits
+    T = 3.0
+    labels = torch.tensor([0, 4, -100, 2, 1, -100])
+    s = s.clone().requires_grad_(True)
+    distillation_loss(s, t, labels, temperature=T, alpha=alpha)[0].backward()
+    valid = labels != -100
+    onehot = torch.zeros_like(t)
+    onehot[valid, labels[valid]] = 1.0
+    p_s1 = torch.tensor(_softmax_rows(s.detach().tolist(), 1.0), dtype=torch.float64)
+    p_sT = torch.tensor(_softmax_rows(s.detach().tolist(), T), dtype=torch.float64)
+    p_tT = torch.tensor(_softmax_rows(t.tolist(), T), dtype=torch.float64)
+    expected = ((1 - alpha) * (p_s1 - onehot) + alpha * T * (p_sT - p_tT)) * valid[:, None] / valid.sum()
+    torch.testing.assert_close(s.grad, expected, rtol=1e-5, atol=1e-7)
