@@ -175,6 +175,7 @@ class DistillationTrainer(Trainer):
         self.train_dataset = self._with_teacher_logits(self.train_dataset)
         # Unweighted loss parts, accumulated per step and averaged over each logging window (see `log`).
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._num_parameters: tuple[nn.Module, int] | None = None  # see `floating_point_ops`
 
     def _with_teacher_logits(self, dataset):
         """Validate the train dataset's `teacher_logits`, computing them first when `precompute_teacher_logits`."""
@@ -182,10 +183,11 @@ class DistillationTrainer(Trainer):
         if dataset is None:
             return dataset
         if args.precompute_teacher_logits and TEACHER_LOGITS_COLUMN not in (getattr(dataset, "column_names", None) or []):
-            if not isinstance(dataset, datasets.Dataset):
+            if not isinstance(dataset, (datasets.Dataset, InMemoryDataset)):
                 raise ValueError(
-                    "precompute_teacher_logits needs the train dataset as a datasets.Dataset (the logits are cached by "
-                    f"its fingerprint), got {type(dataset).__name__}: add them with hf_kd.add_teacher_logits first."
+                    "precompute_teacher_logits needs the train dataset as a datasets.Dataset or an "
+                    f"hf_kd.data.InMemoryDataset (whose rows it can read in batches), got {type(dataset).__name__}: "
+                    "add a teacher_logits column yourself (hf_kd.add_teacher_logits), or keep the teacher live."
                 )
             if self.teacher_model is None:
                 raise ValueError("precompute_teacher_logits=True needs a teacher_model to compute them with.")
@@ -297,6 +299,16 @@ class DistillationTrainer(Trainer):
             metrics["loss_ce"].append(hard.detach())
         metrics["loss_kd"].append(soft.detach())
         return (loss, outputs) if return_outputs else loss
+
+    def floating_point_ops(self, inputs: dict[str, torch.Tensor | Any]) -> int:
+        # The Trainer's count, with the student's parameter count computed once per model instead of on every step
+        # (a walk over all parameters: on small models it is a measurable part of the step).
+        main_input = getattr(self.model, "main_input_name", "input_ids")
+        if main_input not in inputs or not hasattr(self.model, "num_parameters"):
+            return 0
+        if self._num_parameters is None or self._num_parameters[0] is not self.model:
+            self._num_parameters = (self.model, self.model.num_parameters(exclude_embeddings=True))
+        return 6 * inputs[main_input].numel() * self._num_parameters[1]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"

@@ -264,3 +264,26 @@ def test_args_must_be_a_distillation_config(tmp_path, tiny_task):
     teacher, _, _ = tiny_task
     with pytest.raises(TypeError, match="args must be a DistillationConfig"):
         DistillationTrainer(model=make_student(), teacher_model=teacher, args=TrainingArguments(str(tmp_path)))
+
+
+def test_floating_point_ops_count_as_the_trainers_and_follow_the_model(tmp_path, tiny_task):
+    teacher, train, _ = tiny_task
+    trainer = DistillationTrainer(model=make_student(), teacher_model=teacher, args=config(tmp_path), train_dataset=train)
+    batch = dict(train[:8])
+    assert trainer.floating_point_ops(batch) == Trainer.floating_point_ops(trainer, batch) > 0
+    trainer.train()
+    # Every step counted: 6 * (examples x 16 features) * parameters, as the Trainer's own count gives.
+    assert trainer.state.total_flos == 6 * len(train) * 16 * trainer.model.num_parameters(exclude_embeddings=True)
+    # The cached parameter count belongs to one model: another model (e.g. from model_init) is counted afresh.
+    before = trainer.floating_point_ops(batch)
+    trainer.model = make_teacher()
+    assert trainer.floating_point_ops(batch) == Trainer.floating_point_ops(trainer, batch) != before
+    assert trainer.floating_point_ops({"labels": batch["labels"]}) == 0
+
+
+def test_precompute_needs_a_dataset_it_can_read(tmp_path, tiny_task):
+    teacher, train, _ = tiny_task
+    rows = torch.utils.data.TensorDataset(train[:]["features"])
+    with pytest.raises(ValueError, match="precompute_teacher_logits needs the train dataset as a datasets.Dataset"):
+        DistillationTrainer(model=make_student(), teacher_model=teacher,
+                            args=config(tmp_path, precompute_teacher_logits=True), train_dataset=rows)
