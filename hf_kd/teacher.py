@@ -193,8 +193,13 @@ def add_teacher_logits(
     with other weights never does. [`DistillationTrainer`] then reads the logits from the batch and never runs the
     teacher during training.
 
+    An [`hf_kd.data.InMemoryDataset`] is read slice by slice from its tensors and comes back as an
+    `InMemoryDataset` with the extra column, sharing the other columns' memory; it has no cache file (it lives in
+    memory only), so the teacher runs again on the next call.
+
     Args:
-        dataset (`datasets.Dataset`): model-ready inputs (decoded pixels, token ids), no on-the-fly transform.
+        dataset (`datasets.Dataset` or [`~hf_kd.data.InMemoryDataset`]): model-ready inputs (decoded pixels, token
+            ids), no on-the-fly transform.
         teacher (`nn.Module`): the teacher; its `teacher_*` columns are used when present (prefix stripped).
         batch_size (`int`): inference batch size (no gradients are kept, so it can be large).
         dtype (`str`): storage precision of the column, `"float32"` or `"float16"` (half the disk and memory; the
@@ -227,16 +232,32 @@ def add_teacher_logits(
     collate = data_collator or default_data_collator
     out_dtype = getattr(torch, dtype)
 
+    names = [name[len(prefix) :] for name in columns]
+
+    def run_teacher(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        batch = cast_floating_inputs({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, teacher)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            outputs = teacher(**batch)
+        return logits_of(outputs).float(), batch
+
+    from .data import InMemoryDataset
+
+    if isinstance(dataset, InMemoryDataset):
+        # Already tensors of one shape per column: slice them, no Arrow round trip and no copy of the inputs.
+        chunks = [
+            run_teacher({name: dataset.columns[column][start : start + batch_size] for name, column in zip(names, columns)})[0]
+            .to(out_dtype)
+            .cpu()
+            for start in range(0, len(dataset), batch_size)
+        ]
+        return InMemoryDataset({**dataset.columns, TEACHER_LOGITS_COLUMN: torch.cat(chunks)})
+
     def compute(*values):
-        names = [name[len(prefix) :] for name in columns]
         if data_collator is None and all(torch.is_tensor(v) for v in values):
             batch = dict(zip(names, values))  # already stacked by the torch format: no per-row round trip
         else:
             batch = collate([dict(zip(names, row)) for row in zip(*values)])
-        batch = cast_floating_inputs({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, teacher)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            outputs = teacher(**batch)
-        logits = logits_of(outputs).float()
+        logits, batch = run_teacher(batch)
         if logits.dim() > 2 and "attention_mask" in batch:
             # Token-level logits: keep each row's own length, not the batch's padding.
             lengths = batch["attention_mask"].sum(-1).tolist()

@@ -45,8 +45,33 @@ def test_live_and_precomputed_teacher_give_the_same_loss(tmp_path, tiny_task):
     torch.testing.assert_close(live_loss, cached_loss)
 
 
-def test_precompute_switch_never_runs_the_teacher_while_training(tmp_path, tiny_task):
+def test_precomputed_logits_of_an_in_memory_dataset(tiny_task):
+    from hf_kd.data import InMemoryDataset
+
+    teacher, train, _ = tiny_task
+    tensors = InMemoryDataset.from_dataset(train.with_format("torch"))
+    counter = CallCounter(teacher)
+    with_logits = add_teacher_logits(tensors, teacher, batch_size=100)
+    assert counter.calls == 6  # 512 rows in slices of 100
+    assert isinstance(with_logits, InMemoryDataset)
+    assert with_logits.column_names == ["features", "labels", "teacher_logits"]
+    assert with_logits.columns["features"] is tensors.columns["features"]  # the inputs are shared, not copied
+    with torch.no_grad():
+        expected = teacher(tensors.columns["features"]).logits
+    torch.testing.assert_close(with_logits.columns["teacher_logits"], expected)
+    # The same values as the datasets path, and the same float16 storage option.
+    torch.testing.assert_close(with_logits.columns["teacher_logits"], add_teacher_logits(train, teacher)[:]["teacher_logits"])
+    half = add_teacher_logits(tensors, teacher, dtype="float16").columns["teacher_logits"]
+    assert half.dtype == torch.float16 and torch.allclose(half.float(), expected, atol=1e-2)
+
+
+@pytest.mark.parametrize("in_memory", [False, True], ids=["datasets", "in_memory"])
+def test_precompute_switch_never_runs_the_teacher_while_training(tmp_path, tiny_task, in_memory):
+    from hf_kd.data import InMemoryDataset
+
     teacher, train, test = tiny_task
+    if in_memory:
+        train = InMemoryDataset.from_dataset(train.with_format("torch"))
     counter = CallCounter(teacher)
     trainer = DistillationTrainer(
         model=make_student(), teacher_model=teacher, args=config(tmp_path, alpha=1.0, num_train_epochs=8,
