@@ -16,15 +16,11 @@ The pieces a text run needs that the image path does not:
 from __future__ import annotations
 
 import copy
-import os
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, List, Value
 from torch import nn
@@ -588,6 +584,7 @@ def text_distillation_task(state, data_args, experiment_args, text_args: TextArg
 
     # --- Teacher -------------------------------------------------------------------------------------------------
     teacher_source = config.teacher_model_name_or_path
+    set_seed(seed)  # a new classification head is initialised at random: the same seed gives the same teacher
     teacher, label2id, head_is_new = load_text_teacher(teacher_source, names, config.teacher_model_init_kwargs)
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_source)
     train_teacher = text_args.train_teacher == "yes" or (text_args.train_teacher == "auto" and head_is_new)

@@ -523,12 +523,15 @@ def test_student_derived_from_the_pretrained_encoder(tmp_path, teacher_tokenizer
         "--metric_name_or_path", str(REPO_ROOT / "tests/metrics/accuracy"), "--f1_metric_name_or_path", "none",
         "--student_num_layers", "1", "--use_cpu",
     ]  # fmt: skip
+    new_heads = []
     for init_from in ("pretrained", "fine-tuned"):
         task = text_distillation_task(
             PartialState(), *parse_text_arguments(None, [*argv, "--student_init_from", init_from])
         )
         assert task.train_teacher  # the encoder has no classification head
         loaded = {k: v.clone() for k, v in task.teacher.state_dict().items()}
+        new_heads.append(loaded["classifier.weight"])
+        torch.rand(1000)  # whatever the global RNG did in between, the seed decides the new head
         with torch.no_grad():  # what fine-tuning does to the teacher
             for p in task.teacher.parameters():
                 p.add_(1.0)
@@ -539,3 +542,4 @@ def test_student_derived_from_the_pretrained_encoder(tmp_path, teacher_tokenizer
         )
         assert torch.equal(student.classifier.weight, source["classifier.weight"])
         assert torch.equal(task.build_student(task.teacher).classifier.weight, student.classifier.weight)
+    assert torch.equal(new_heads[0], new_heads[1])
