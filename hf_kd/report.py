@@ -79,11 +79,18 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def directory_size_mb(path: str | os.PathLike) -> float:
-    """Size on disk of a saved model directory (weights, config, processor), in MB (10**6 bytes)."""
+    """Size on disk of a saved model directory (weights, config, processor), in MB (10**6 bytes). The Trainer's
+    `checkpoint-*` folders are left out: they hold optimizer states of the run, not the model that ships."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"{path} is not a directory: save the model with save_pretrained first.")
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+    return sum(
+        f.stat().st_size
+        for f in path.rglob("*")
+        if f.is_file() and not any(part.startswith(f"{PREFIX_CHECKPOINT_DIR}-") for part in f.relative_to(path).parts)
+    ) / 1e6
 
 
 def model_inputs(batch: Mapping[str, Any], input_prefix: str = "") -> dict[str, Any]:

@@ -169,3 +169,17 @@ def test_load_metric_local_module_and_offline_fallback():
 
     logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     assert compute_metrics_fn(local)(EvalPrediction(logits, np.array([1, 0, 0]))) == {"accuracy": 2 / 3}
+
+
+def test_model_size_leaves_out_trainer_checkpoints(tmp_path):
+    from hf_kd.report import directory_size_mb
+
+    model = tmp_path / "student"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"x" * 300_000)
+    (model / "config.json").write_bytes(b"y" * 1_000)
+    (model / "checkpoint-500").mkdir()
+    (model / "checkpoint-500" / "optimizer.pt").write_bytes(b"z" * 900_000)
+    assert directory_size_mb(model) == pytest.approx(0.301)
+    with pytest.raises(ValueError, match="is not a directory"):
+        directory_size_mb(model / "config.json")
