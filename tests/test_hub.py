@@ -30,7 +30,7 @@ from PIL import Image
 from transformers import AutoModelForImageClassification
 
 from hf_kd import DistillationConfig, DistillationTrainer
-from hf_kd.modelcard import HubPushError, push_to_hub
+from hf_kd.modelcard import HubPushError
 from hf_kd.models import image_processor_for_preset, model_from_preset
 
 REPO_ID = "hf-kd-tests/mnist-mlp-student-kd"

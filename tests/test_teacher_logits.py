@@ -7,7 +7,7 @@ from datasets import Dataset, load_from_disk
 
 from hf_kd import DistillationTrainer, add_teacher_logits, teacher_fingerprint
 
-from conftest import make_dataset, make_student, make_teacher
+from conftest import make_student
 from test_trainer import agreement, config
 
 

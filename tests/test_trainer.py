@@ -1,7 +1,6 @@
 """DistillationTrainer on a synthetic task whose teacher is a known function (a fixed random linear map)."""
 
 import copy
-import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from transformers import AutoModelForSequenceClassification, Trainer, TrainerCal
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.losses import soft_target_loss
 
-from conftest import make_dataset, make_student, make_teacher
+from conftest import make_student, make_teacher
 
 
 def config(tmp_path, **overrides):
