@@ -6,7 +6,7 @@ accelerate removed at a time, all in one process, interleaved, medians of `--rep
 patches of upstream functions (never applied by hf_kd): they show how much of the gap each one explains, and what an
 upstream fix would buy.
 
-    python benchmarks/bench_trainer_overhead.py [--repeats 3]
+    python benchmarks/bench_trainer_overhead.py [--repeats 7]
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def run_trainer(dataset, patches: list[str], extra: dict) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--max_train_samples", type=int, default=None)
     cli = parser.parse_args()
     torch.set_num_threads(1)
@@ -92,19 +92,25 @@ def main():
     x, y = tensors.columns["pixel_values"], tensors.columns["labels"]
 
     times = {"hand-written CE loop": []} | {name: [] for name in ABLATIONS}
-    for _ in range(cli.repeats):
+    for repeat in range(cli.repeats):
         times["hand-written CE loop"].append(hand_written_loop(x, y, torch.device("cpu"), "mnist-mlp", distil=False))
-        for name, (patches, extra) in ABLATIONS.items():
-            times[name].append(run_trainer(tensors, patches, extra))
+        names = list(ABLATIONS)
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:  # rotate: none always goes first
+            times[name].append(run_trainer(tensors, *ABLATIONS[name]))
     med = {name: statistics.median(values) for name, values in times.items()}
     hand, plain = med["hand-written CE loop"], med["plain Trainer"]
     print(f"\ndata: {source}, {len(x)} examples; 1 thread; batch {BATCH}; 1 epoch; medians of {cli.repeats}")
+    print("'saves': the median over rounds of (plain Trainer - variant) within one round, steadier than a difference")
+    print("of medians when the machine's speed drifts.")
     print(f"{'variant':<56} {'s/epoch':>8} {'vs hand':>8} {'saves':>7}")
     for name, value in med.items():
-        saves = "" if name in ("hand-written CE loop", "plain Trainer") else f"{plain - value:+.2f}"
+        saves = ""
+        if name not in ("hand-written CE loop", "plain Trainer"):
+            saves = f"{statistics.median(p - v for p, v in zip(times['plain Trainer'], times[name])):+.2f}"
         print(f"{name:<56} {value:8.2f} {value / hand:8.2f} {saves:>7}")
-    print(f"Trainer overhead over the hand-written loop: {plain - hand:.2f} s/epoch "
-          f"({(plain - hand) / (len(x) / BATCH) * 1e3:.2f} ms/step)")
+    per_round = [p - h for p, h in zip(times["plain Trainer"], times["hand-written CE loop"])]
+    print(f"Trainer overhead over the hand-written loop: {statistics.median(per_round):.2f} s/epoch "
+          f"({statistics.median(per_round) / (len(x) / BATCH) * 1e3:.2f} ms/step), per-round median")
 
 
 if __name__ == "__main__":
