@@ -208,6 +208,27 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> None:
             (Path(output_dir) / name).unlink(missing_ok=True)
 
 
+def check_unsharded(config: DistillationConfig) -> None:
+    """Refuse FSDP and DeepSpeed ZeRO-3: [`run_distillation`] measures and saves the models on the main process alone,
+    which needs each process to hold whole weights (DDP and ZeRO-1/2 do; ZeRO-3 and FSDP keep a shard per process)."""
+    from accelerate.utils import parse_flag_from_env
+
+    sharded = None
+    if parse_flag_from_env("ACCELERATE_USE_FSDP") or getattr(config, "fsdp", None):
+        sharded = "FSDP"
+    elif (
+        parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+    ) or (config.deepspeed and getattr(config, "hf_deepspeed_config", None) and config.hf_deepspeed_config.is_zero3()):
+        sharded = "DeepSpeed ZeRO-3"
+    if sharded:
+        raise ValueError(
+            f"The hf_kd examples do not support {sharded} yet: after training, the main process alone measures and "
+            "saves the teacher and both students, and under sharded training it holds only a shard of their weights. "
+            "Launch with examples/accelerate_configs/multi_gpu.yaml (DDP) or single_gpu.yaml, or DeepSpeed ZeRO-1/2; "
+            "DistillationTrainer itself can be used under sharding in your own script."
+        )
+
+
 def _labels_kwargs(label_names: list[str]) -> dict[str, Any]:
     return {
         "num_labels": len(label_names),
@@ -383,6 +404,7 @@ def run_distillation(
        `distillation_report.{md,json}` (+ `.png`), then the KD student's model card, pushed to the Hub with
        `--push_to_hub`. Returns the report on the main process, `None` on the others.
     """
+    check_unsharded(config)
     state = PartialState()
     output_dir = Path(config.output_dir)
     if state.is_main_process:
