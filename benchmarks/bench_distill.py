@@ -21,7 +21,7 @@ keep their features on (logging every `logging_steps`, the progress bar, callbac
 
 Real MNIST when ../shared/data/mnist exists, MNIST-shaped generated tensors otherwise:
 
-    python benchmarks/bench_distill.py [--repeats 3] [--max_train_samples N] [--models mnist-mlp|cifar10-cnn]
+    python benchmarks/bench_distill.py [--repeats 7] [--max_train_samples N] [--models mnist-mlp|cifar10-cnn]
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def timed_train(trainer) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--max_train_samples", type=int, default=None)
     parser.add_argument("--amortise_epochs", type=int, default=5)
     parser.add_argument("--output_dir", default="/tmp/hf_kd_bench")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import time
 from contextlib import ExitStack, contextmanager
 from unittest import mock
 
@@ -25,7 +24,7 @@ from transformers.utils import logging as hf_logging
 from hf_kd.data import InMemoryDataset, collate_batches
 from hf_kd.models import model_from_preset
 
-from bench_distill import BATCH, hand_written_loop, load_data, trainer_args
+from bench_distill import BATCH, hand_written_loop, load_data, timed_train, trainer_args
 
 
 @contextmanager
@@ -75,9 +74,7 @@ def run_trainer(dataset, patches: list[str], extra: dict) -> float:
     with ExitStack() as stack:
         for target in patches:
             stack.enter_context(cached_parameter_count() if target == "flops" else cached(target))
-        start = time.perf_counter()
-        trainer.train()
-        return time.perf_counter() - start
+        return timed_train(trainer)
 
 
 def main():
@@ -98,7 +95,7 @@ def main():
         for name in names[repeat % len(names) :] + names[: repeat % len(names)]:  # rotate: none always goes first
             times[name].append(run_trainer(tensors, *ABLATIONS[name]))
     med = {name: statistics.median(values) for name, values in times.items()}
-    hand, plain = med["hand-written CE loop"], med["plain Trainer"]
+    hand = med["hand-written CE loop"]
     print(f"\ndata: {source}, {len(x)} examples; 1 thread; batch {BATCH}; 1 epoch; medians of {cli.repeats}")
     print("'saves': the median over rounds of (plain Trainer - variant) within one round, steadier than a difference")
     print("of medians when the machine's speed drifts.")
