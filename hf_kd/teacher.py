@@ -244,12 +244,10 @@ def add_teacher_logits(
 
     if isinstance(dataset, InMemoryDataset):
         # Already tensors of one shape per column: slice them, no Arrow round trip and no copy of the inputs.
-        chunks = [
-            run_teacher({name: dataset.columns[column][start : start + batch_size] for name, column in zip(names, columns)})[0]
-            .to(out_dtype)
-            .cpu()
-            for start in range(0, len(dataset), batch_size)
-        ]
+        chunks = []
+        for start in range(0, len(dataset), batch_size):
+            batch = {name: dataset.columns[column][start : start + batch_size] for name, column in zip(names, columns)}
+            chunks.append(run_teacher(batch)[0].to(out_dtype).cpu())
         return InMemoryDataset({**dataset.columns, TEACHER_LOGITS_COLUMN: torch.cat(chunks)})
 
     def compute(*values):
