@@ -12,6 +12,8 @@ from accelerate.utils import DistributedType
 from torch import nn
 from transformers.utils import logging
 
+from .data import InMemoryDataset
+
 logger = logging.get_logger(__name__)
 
 
@@ -239,8 +241,6 @@ def add_teacher_logits(
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             outputs = teacher(**batch)
         return logits_of(outputs).float(), batch
-
-    from .data import InMemoryDataset
 
     if isinstance(dataset, InMemoryDataset):
         # Already tensors of one shape per column: slice them, no Arrow round trip and no copy of the inputs.
