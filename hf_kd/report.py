@@ -1,239 +1,110 @@
 """The teacher-vs-student report: how much smaller and faster the student is, and what it costs in accuracy.
 
 [`measure_model`] times and scores one model on the test split; [`DistillationReport`] gathers the teacher, the
-CE-only baseline and the distilled student, and writes `distillation_report.md` / `.json` (and a PNG plot when
-matplotlib is installed) into the run's output directory. The JSON schema is shared with the text examples:
+CE-only baseline and the distilled student, and is the one reader and writer of `distillation_report.md` / `.json`
+(and of the PNG plot when matplotlib is installed) in the run's output directory; the model card renders from it.
+The JSON schema is shared with the text examples (keys marked `?` are optional: absent from older reports):
 
 ```
 {"dataset", "task", "teacher", "metric",
  "settings": {"temperature", "alpha", "loss_type", "teacher_logits", "num_train_epochs", "learning_rate", "seed",
-              "per_device_train_batch_size"},
+              "per_device_train_batch_size", "world_size"?, "max_steps"?, "mixed_precision"?, "teacher_dtype"?},
  "models": [{"name", "label", "path", "parameters", "size_mb", "train_time_s", "eval_time_s", "latency_ms",
-             "accuracy", "agreement_with_teacher"}, ...],
- "plot"}
+             "accuracy", "agreement_with_teacher", "latency_ms_iqr"?}, ...],
+ "plot", "num_test_examples"?, "majority_class_accuracy"?, "teacher_recipe"?, "training_curves"?}
 ```
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from transformers.utils import logging
 
-from .data import collate_batches
-from .teacher import TEACHER_INPUT_PREFIX, TEACHER_LOGITS_COLUMN, logits_of
+from .measure import (  # noqa: F401 - the report's measuring half, importable from here as before
+    LATENCY_PASSES,
+    LATENCY_WARMUP,
+    MODEL_LABELS,
+    ModelResult,
+    count_parameters,
+    dataset_labels,
+    directory_size_mb,
+    label_statistics,
+    latency_ms,
+    measure_model,
+    predict,
+)
+from .utils import atomic_write
+
+logger = logging.get_logger(__name__)
 
 REPORT_JSON = "distillation_report.json"
 REPORT_MD = "distillation_report.md"
 REPORT_PNG = "distillation_report.png"
 
-MODEL_LABELS = {"teacher": "Teacher", "student_ce": "Student (CE only)", "student_kd": "Student (KD)"}
-SETTINGS_KEYS = (
-    "temperature",
-    "alpha",
-    "loss_type",
-    "teacher_logits",
-    "num_train_epochs",
-    "learning_rate",
-    "seed",
-    "per_device_train_batch_size",
-)
-# Recorded when known: the number of processes that trained (data parallel).
-OPTIONAL_SETTINGS_KEYS = ("world_size",)
+# Every setting a run records, with the words the card and the report use for it. The first eight are required; the
+# others are recorded when known. [`run_settings`] reads them from the training arguments.
+SETTING_LABELS = {
+    "temperature": "Temperature `T`",
+    "alpha": "`alpha` (weight of the teacher's term)",
+    "loss_type": "Soft-target loss",
+    "teacher_logits": "Teacher logits",
+    "num_train_epochs": "Epochs",
+    "learning_rate": "Learning rate",
+    "seed": "Seed",
+    "per_device_train_batch_size": "Batch size (per device)",
+    "max_steps": "Training steps",
+    "world_size": "Processes (data parallel)",
+    "mixed_precision": "Mixed precision",
+    "teacher_dtype": "Teacher weights dtype",
+}
+SETTINGS_KEYS = tuple(SETTING_LABELS)[:8]
+OPTIONAL_SETTINGS_KEYS = tuple(SETTING_LABELS)[8:]
+# Differences within this many standard errors are the test set's noise.
+NOISE_Z = 2.0
 
 
-@dataclass
-class ModelResult:
-    """One row of the report. `accuracy` and `agreement_with_teacher` are fractions in [0, 1]."""
-
-    name: str
-    label: str
-    path: str
-    parameters: int
-    size_mb: float
-    train_time_s: float | None
-    eval_time_s: float
-    latency_ms: float
-    accuracy: float
-    agreement_with_teacher: float
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Measuring
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def count_parameters(model: nn.Module) -> int:
-    """All parameters, trainable or not (the teacher is frozen but its size is the point)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def directory_size_mb(path: str | os.PathLike) -> float:
-    """Size on disk of a saved model directory (weights, config, processor), in MB (10**6 bytes). The Trainer's
-    `checkpoint-*` folders are left out: they hold optimizer states of the run, not the model that ships."""
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a directory: save the model with save_pretrained first.")
-    return sum(
-        f.stat().st_size
-        for f in path.rglob("*")
-        if f.is_file() and not any(part.startswith(f"{PREFIX_CHECKPOINT_DIR}-") for part in f.relative_to(path).parts)
-    ) / 1e6
-
-
-def model_inputs(batch: Mapping[str, Any], input_prefix: str = "") -> dict[str, Any]:
-    """One model's inputs from a collated batch: the keys starting with `input_prefix` (prefix removed), e.g.
-    `"teacher_"` for a teacher's own tokenization; without a prefix, every key but the labels and the teacher's."""
-    if input_prefix:
-        return {
-            k[len(input_prefix) :]: v
-            for k, v in batch.items()
-            if k.startswith(input_prefix) and k != TEACHER_LOGITS_COLUMN
-        }
-    return {
-        k: v
-        for k, v in batch.items()
-        if k not in ("labels", TEACHER_LOGITS_COLUMN) and not k.startswith(TEACHER_INPUT_PREFIX)
-    }
-
-
-def _batches(dataset, batch_size: int, data_collator: Callable | None) -> DataLoader:
-    """The dataset in order, collated as a training loop would: an [`~hf_kd.data.InMemoryDataset`] hands whole
-    batches to [`~hf_kd.data.collate_batches`] (the default), a [`~datasets.Dataset`] hands rows to the collator
-    (a padding one for text)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=data_collator or collate_batches)
-
-
-def _on(device: torch.device, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-
-
-def dataset_labels(dataset) -> np.ndarray:
-    """The `labels` column of a [`~datasets.Dataset`] or an [`~hf_kd.data.InMemoryDataset`], as an array."""
-    columns = getattr(dataset, "columns", None)  # hf_kd.data.InMemoryDataset
-    if isinstance(columns, dict):
-        return columns["labels"].numpy()
-    return np.asarray(dataset.with_format("numpy", columns=["labels"])[:]["labels"])
-
-
-@torch.inference_mode()
-def predict(
-    model: nn.Module,
-    dataset,
-    batch_size: int = 256,
-    data_collator: Callable | None = None,
-    input_prefix: str = "",
-) -> tuple[np.ndarray, float]:
-    """Class predictions over `dataset` and the wall time in seconds of the whole pass, collation included (eval
-    mode, no gradients). `data_collator` and `input_prefix` as in [`measure_model`]."""
-    model.eval()
-    device = next(model.parameters()).device
-    predictions = []
-    start = time.perf_counter()
-    for batch in _batches(dataset, batch_size, data_collator):
-        predictions.append(logits_of(model(**_on(device, model_inputs(batch, input_prefix)))).argmax(-1).cpu())
-    elapsed = time.perf_counter() - start
-    return torch.cat(predictions).numpy(), elapsed
-
-
-@torch.inference_mode()
-def latency_ms(
-    model: nn.Module,
-    dataset,
-    num_examples: int = 200,
-    warmup: int = 10,
-    data_collator: Callable | None = None,
-    input_prefix: str = "",
-) -> float:
-    """Median time of one forward pass on one example (batch size 1, unpadded), in milliseconds: what a single
-    request waits. The examples are collated and moved to the device before the clock starts."""
-    model.eval()
-    device = next(model.parameters()).device
-    examples = []
-    for batch in _batches(dataset, 1, data_collator):
-        if len(examples) == num_examples + warmup:
-            break
-        examples.append(_on(device, model_inputs(batch, input_prefix)))
-    times = []
-    for i, example in enumerate(examples):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        model(**example)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup or len(examples) <= warmup:
-            times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-
-
-def measure_model(
-    name: str,
-    model: nn.Module,
-    dataset,
-    compute_accuracy: Callable[[np.ndarray, np.ndarray], float],
-    saved_path: str | os.PathLike,
-    output_dir: str | os.PathLike | None = None,
-    train_time_s: float | None = None,
-    teacher_predictions: np.ndarray | None = None,
-    batch_size: int = 256,
-    latency_examples: int = 200,
-    data_collator: Callable | None = None,
-    input_prefix: str = "",
-) -> tuple[ModelResult, np.ndarray]:
+def run_settings(args: Any, *, teacher_logits: str, world_size: int | None = None, teacher: nn.Module | None = None):
     """
-    Score and time one model on the test split.
+    The `settings` of a run's report and card, the one place they are built.
 
     Args:
-        name (`str`): `"teacher"`, `"student_ce"` or `"student_kd"` (any other name is its own label).
-        model (`nn.Module`): The model, in its final state.
-        dataset: The test split with the model's inputs and `labels` (a [`~datasets.Dataset`] or an
-            [`~hf_kd.data.InMemoryDataset`]).
-        compute_accuracy (`Callable`): `(predictions, references) -> accuracy in [0, 1]`, e.g. an `evaluate` metric.
-        saved_path: The directory the model was saved to (its size on disk is measured).
-        output_dir: Where the report is written; the saved path is recorded relative to it.
-        train_time_s (`float`, *optional*): The training time, `None` when the model was loaded, not trained.
-        teacher_predictions (`np.ndarray`, *optional*): The teacher's predictions, for `agreement_with_teacher`;
-            `None` for the teacher itself (agreement 1).
-        data_collator (`Callable`, *optional*): Builds a batch from the dataset's rows, e.g. a padding collator for
-            tokenized text. Default: [`~hf_kd.data.collate_batches`] (stacks rows; passes an in-memory batch through).
-        input_prefix (`str`, *optional*): Feed the model the batch keys with this prefix (stripped), e.g.
-            `"teacher_"` to score a teacher on its own tokenization; default: every key but labels and `teacher_*`.
-
-    Returns:
-        The [`ModelResult`] and the model's predictions (pass the teacher's to the students).
+        args ([`DistillationConfig`]): The distilled student's training arguments.
+        teacher_logits (`str`): `"live"` (the teacher ran on every batch) or `"precomputed"` (once, up front).
+        world_size (`int`, *optional*): The number of training processes; default `args.world_size`.
+        teacher (`nn.Module`, *optional*): The teacher, for its weights' dtype when `args.teacher_dtype` is unset.
     """
-    references = dataset_labels(dataset)
-    predictions, eval_time = predict(model, dataset, batch_size, data_collator, input_prefix)
-    latency = latency_ms(model, dataset, latency_examples, data_collator=data_collator, input_prefix=input_prefix)
-    agreement = 1.0 if teacher_predictions is None else float(np.mean(predictions == teacher_predictions))
-    path = Path(saved_path)
-    shown_path = os.path.relpath(path, output_dir) if output_dir is not None else str(path)
-    result = ModelResult(
-        name=name,
-        label=MODEL_LABELS.get(name, name),
-        path=shown_path,
-        parameters=count_parameters(model),
-        size_mb=round(directory_size_mb(path), 4),
-        train_time_s=None if train_time_s is None else round(float(train_time_s), 2),
-        eval_time_s=round(eval_time, 4),
-        latency_ms=round(latency, 4),
-        accuracy=float(compute_accuracy(predictions, references)),
-        agreement_with_teacher=agreement,
-    )
-    return result, predictions
+    settings = {key: getattr(args, key) for key in SETTING_LABELS if getattr(args, key, None) is not None}
+    if settings.get("max_steps", -1) <= 0:  # the Trainer's "no limit": the epochs count
+        settings.pop("max_steps", None)
+    settings["teacher_logits"] = teacher_logits
+    settings["mixed_precision"] = "bf16" if getattr(args, "bf16", False) else "fp16" if args.fp16 else "no"
+    if world_size is not None:
+        settings["world_size"] = int(world_size)
+    if "teacher_dtype" not in settings and teacher is not None:
+        settings["teacher_dtype"] = str(next(teacher.parameters()).dtype).removeprefix("torch.")
+    return {key: settings[key] for key in SETTING_LABELS if key in settings}
+
+
+def teacher_recipe(args: Any, **augmentation: Any) -> dict[str, Any]:
+    """How a teacher trained in the run was trained, for the report and the card: its training arguments' epochs,
+    learning rate, batch size and seed, plain cross-entropy, and the `augmentation` (e.g. `max_shift=1`)."""
+    keys = ("num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed")
+    return {**{key: getattr(args, key) for key in keys}, "loss": "cross-entropy", **augmentation}
+
+
+def training_curve(log_history: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """The training losses of a `trainer.state.log_history`, per logged step: `{"step": [...], "loss": [...]}` and
+    the parts a [`DistillationTrainer`] logs (`loss_ce`, `loss_kd`). Evaluation entries are left out."""
+    entries = [e for e in log_history if "loss" in e and "step" in e and not any(k.startswith("eval_") for k in e)]
+    keys = sorted({k for e in entries for k in e if k == "loss" or k.startswith("loss_")})
+    return {"step": [e["step"] for e in entries], **{k: [e.get(k, math.nan) for e in entries] for k in keys}}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -241,20 +112,15 @@ def measure_model(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same directory and `os.replace`: readers see the old
-    file or the new one, never a half-written one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def difference_standard_error(a: float, b: float, n: int) -> float:
+    """Standard error of `a - b`, two accuracies measured on the same `n` test examples, each taken as a binomial
+    proportion and the two as independent: `sqrt(a(1-a)/n + b(1-b)/n)`. Models that err on the same examples have a
+    smaller true error, so this is on the cautious side."""
+    return math.sqrt((a * (1 - a) + b * (1 - b)) / n)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) and math.isfinite(value) else "–"
 
 
 @dataclass
@@ -266,9 +132,15 @@ class DistillationReport:
         dataset (`str`): The dataset's name or path.
         task (`str`): `"image-classification"` or `"text-classification"`.
         teacher (`str`): Where the teacher came from (name or path), or `"trained here"`.
-        settings (`dict`): The distillation settings, the keys of [`SETTINGS_KEYS`].
+        settings (`dict`): The distillation settings, from [`run_settings`] (the keys of [`SETTINGS_KEYS`], and
+            those of [`OPTIONAL_SETTINGS_KEYS`] when known).
         models (`list[ModelResult]`): Teacher first, then the students.
         metric (`str`): The metric's name.
+        num_test_examples, majority_class_accuracy (*optional*): From [`label_statistics`] of the test labels: the
+            report then says when the teacher is no better than always answering the most frequent class, and when
+            distillation lost to the baseline by more than the test set's noise.
+        teacher_recipe (`dict`, *optional*): How the run trained its teacher, from [`teacher_recipe`].
+        training_curves (`dict`, *optional*): Model name -> [`training_curve`] of its trainer's log history.
     """
 
     dataset: str
@@ -278,6 +150,10 @@ class DistillationReport:
     models: list[ModelResult] = field(default_factory=list)
     metric: str = "accuracy"
     plot: str | None = None
+    num_test_examples: int | None = None
+    majority_class_accuracy: float | None = None
+    teacher_recipe: dict[str, Any] | None = None
+    training_curves: dict[str, dict[str, list[float]]] | None = None
 
     def __post_init__(self):
         if self.task not in ("image-classification", "text-classification"):
@@ -286,62 +162,112 @@ class DistillationReport:
         if missing:
             raise ValueError(f"settings is missing {missing}; it needs {list(SETTINGS_KEYS)}.")
 
+    def model(self, name: str) -> ModelResult | None:
+        """The result of the model called `name` (`"teacher"`, `"student_ce"`, `"student_kd"`), if there is one."""
+        return next((m for m in self.models if m.name == name), None)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "task": self.task,
-            "teacher": self.teacher,
-            "metric": self.metric,
-            "settings": {
-                key: self.settings[key] for key in SETTINGS_KEYS + OPTIONAL_SETTINGS_KEYS if key in self.settings
-            },
-            "models": [asdict(model) for model in self.models],
-            "plot": self.plot,
-        }
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["settings"] = {k: self.settings[k] for k in SETTINGS_KEYS + OPTIONAL_SETTINGS_KEYS if k in self.settings}
+        data["models"] = [asdict(model) for model in self.models]
+        optional = ("num_test_examples", "majority_class_accuracy", "teacher_recipe", "training_curves")
+        return {key: value for key, value in data.items() if value is not None or key not in optional}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistillationReport:
-        return cls(
-            dataset=data["dataset"],
-            task=data["task"],
-            teacher=data["teacher"],
-            settings=data["settings"],
-            models=[ModelResult(**model) for model in data["models"]],
-            metric=data.get("metric", "accuracy"),
-            plot=data.get("plot"),
-        )
+        known = {f.name for f in fields(cls)}
+        data = {key: value for key, value in data.items() if key in known}
+        return cls(**{**data, "models": [ModelResult(**model) for model in data["models"]]})
 
     @classmethod
-    def load(cls, output_dir: str | os.PathLike) -> DistillationReport:
-        """Read the `distillation_report.json` of a finished run."""
-        with open(Path(output_dir) / REPORT_JSON, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+    def load(cls, path: str | os.PathLike) -> DistillationReport:
+        """Read a finished run's report: its `distillation_report.json`, or the directory holding it."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / REPORT_JSON
+        if not path.is_file():
+            raise FileNotFoundError(f"no distillation report at {path} (expected a {REPORT_JSON} file).")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}).") from err
+        if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+            raise ValueError(f"{path} is not a distillation report (expected a JSON object with a 'models' list).")
+        return cls.from_dict(data)
+
+    def results_table(self, highlight: str | None = None) -> str:
+        """The models as a Markdown table; the row of the model named `highlight` is marked "(this model)".
+        (`transformers.modelcard.make_markdown_table` is not used: it pads every cell to its column's width and
+        centres the numbers.)"""
+        metric = self.metric.replace("_", " ").capitalize()
+        lines = [
+            f"| Model | Parameters | Size (MB) | {metric} | Agreement with teacher | Latency, batch 1 (ms) "
+            "| Training time (s) | Test-set inference (s) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for m in self.models:
+            label = f"**{m.label}** (this model)" if m.name == highlight else m.label
+            latency = _cell(m.latency_ms, ".3f") + (f" ± {m.latency_ms_iqr:.3f}" if m.latency_ms_iqr else "")
+            lines.append(
+                f"| {label} | {_cell(m.parameters, ',')} | {_cell(m.size_mb, '.3f')} | {_cell(100 * m.accuracy, '.2f')}%"
+                f" | {_cell(100 * m.agreement_with_teacher, '.2f')}% | {latency} | {_cell(m.train_time_s, '.1f')} "
+                f"| {_cell(m.eval_time_s, '.3f')} |"
+            )
+        return "\n".join(lines)
+
+    def recipe_text(self) -> str | None:
+        """How the teacher was trained, in one line, when the run trained it."""
+        if not self.teacher_recipe:
+            return None
+        words = {"max_shift": "random shifts of up to (pixels)", "loss": "loss"}
+        parts = [f"{SETTING_LABELS.get(k, words.get(k, k)).lower()} {v}" for k, v in self.teacher_recipe.items()]
+        return "The teacher was trained in this run: " + ", ".join(parts) + "."
+
+    def notes(self) -> list[str]:
+        """Warnings about the run's results: a teacher no better than the majority class, and distillation that
+        lost to the baseline by more than the test set's noise ([`NOISE_Z`] binomial standard errors, see
+        [`difference_standard_error`]). Only for the accuracy metric, and with `num_test_examples` known."""
+        teacher, kd, ce = self.model("teacher"), self.model("student_kd"), self.model("student_ce")
+        n = self.num_test_examples
+        if self.metric != "accuracy" or not n:
+            return []
+        notes, majority = [], self.majority_class_accuracy
+        if teacher is not None and majority is not None:
+            noise = NOISE_Z * difference_standard_error(teacher.accuracy, majority, n)
+            if teacher.accuracy - majority <= noise:
+                notes.append(
+                    f"Warning: the teacher ({100 * teacher.accuracy:.2f}%) is no better than always answering the most "
+                    f"frequent class ({100 * majority:.2f}%) beyond the test set's noise ({100 * noise:.2f} points): "
+                    "it has little to teach; train it longer or choose another one."
+                )
+        if kd is not None and ce is not None:
+            noise = NOISE_Z * difference_standard_error(kd.accuracy, ce.accuracy, n)
+            if ce.accuracy - kd.accuracy > noise:
+                notes.append(
+                    f"Warning: distillation lost to the baseline by {100 * (ce.accuracy - kd.accuracy):.2f} points, "
+                    f"more than the test set's noise ({100 * noise:.2f} points, {NOISE_Z:g} standard errors)."
+                )
+        return notes
 
     def to_markdown(self) -> str:
-        settings = self.settings
-        teacher = next((m for m in self.models if m.name == "teacher"), None)
+        s = self.settings
         lines = [
             "# Distillation report",
             "",
             f"Dataset: `{self.dataset}` ({self.task}). Teacher: {self.teacher}. Metric: {self.metric} on the test "
-            "split.",
-            f"Distillation: T={settings['temperature']}, alpha={settings['alpha']}, loss={settings['loss_type']}, "
-            f"teacher logits {settings['teacher_logits']}; {settings['num_train_epochs']} epochs, "
-            f"lr {settings['learning_rate']}, batch {settings['per_device_train_batch_size']}, "
-            f"seed {settings['seed']}.",
+            "split" + (f" ({self.num_test_examples:,} examples)." if self.num_test_examples else "."),
+            f"Distillation (`hf_kd.losses.distillation_loss`): T={s['temperature']}, alpha={s['alpha']}, "
+            f"loss={s['loss_type']}, teacher logits {s['teacher_logits']}; {s['num_train_epochs']} epochs, "
+            f"lr {s['learning_rate']}, batch {s['per_device_train_batch_size']}, seed {s['seed']}.",
+            *([self.recipe_text()] if self.teacher_recipe else []),
             "",
-            "| model | parameters | size (MB) | train time (s) | test-set inference (s) | latency, batch 1 (ms) "
-            f"| {self.metric} | agreement with teacher |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            self.results_table(),
+            "",
+            f"Latency: one example at a time, after {LATENCY_WARMUP} warm-up calls; the median of {LATENCY_PASSES} "
+            "passes' medians, ± the interquartile range of the single calls. Timings depend on the machine and its "
+            "load: compare models within one report.",
         ]
-        for m in self.models:
-            train = "-" if m.train_time_s is None else f"{m.train_time_s:.1f}"
-            lines.append(
-                f"| {m.label} | {m.parameters:,} | {m.size_mb:.2f} | {train} | {m.eval_time_s:.3f} | "
-                f"{m.latency_ms:.3f} | {100 * m.accuracy:.2f}% | {100 * m.agreement_with_teacher:.2f}% |"
-            )
-        kd = next((m for m in self.models if m.name == "student_kd"), None)
-        ce = next((m for m in self.models if m.name == "student_ce"), None)
+        teacher, kd, ce = self.model("teacher"), self.model("student_kd"), self.model("student_ce")
         if kd is not None and teacher is not None:
             lines += [
                 "",
@@ -351,59 +277,103 @@ class DistillationReport:
             ]
             if ce is not None:
                 gain = 100 * (kd.accuracy - ce.accuracy)
+                noise = ""
+                if self.num_test_examples:
+                    se = 100 * difference_standard_error(kd.accuracy, ce.accuracy, self.num_test_examples)
+                    noise = f" One binomial standard error of this difference is {se:.2f} points."
                 lines.append(
                     f"Distillation {'gained' if gain >= 0 else 'lost'} {abs(gain):.2f} points over the same student "
-                    "trained on the labels alone (same seed and epochs)."
+                    f"trained on the labels alone (same seed and epochs).{noise}"
                 )
+        if self.majority_class_accuracy is not None:
+            lines.append(f"Always answering the most frequent class scores {100 * self.majority_class_accuracy:.2f}%.")
+        lines += [line for note in self.notes() for line in ("", f"**{note}**")]
         if self.plot:
-            lines += ["", f"![accuracy vs size and latency]({self.plot})"]
+            lines += ["", f"![accuracy vs size and latency, and the training curves]({self.plot})"]
         return "\n".join(lines) + "\n"
-
-    def plot_to(self, path: str | os.PathLike) -> bool:
-        """Accuracy against parameters and against latency, one point per model. False when matplotlib is missing."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")  # no display needed; also safe in worker threads
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return False
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-        for ax, attribute, xlabel in (
-            (axes[0], "parameters", "parameters"),
-            (axes[1], "latency_ms", "latency at batch 1 (ms)"),
-        ):
-            for model in self.models:
-                x, y = getattr(model, attribute), 100 * model.accuracy
-                ax.scatter(x, y, s=60)
-                ax.annotate(model.label, (x, y), textcoords="offset points", xytext=(6, 4))
-            ax.set_xscale("log")
-            ax.margins(x=0.3, y=0.15)  # room for the labels
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(f"{self.metric} (%)")
-            ax.grid(True, alpha=0.3)
-        fig.suptitle(f"{self.dataset}: teacher vs students")
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, dpi=100)
-            os.replace(tmp, path)
-        finally:
-            plt.close(fig)
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return True
 
     def save(self, output_dir: str | os.PathLike, plot: bool = True) -> Path:
         """Write the plot (when asked and matplotlib is installed), then the Markdown and JSON reports, each
-        atomically. The JSON goes last: its presence marks a finished run. Returns the JSON's path."""
+        atomically. The JSON goes last: its presence marks a finished run. The [`notes`] are logged as warnings.
+        Returns the JSON's path."""
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.plot = REPORT_PNG if plot and self.plot_to(output_dir / REPORT_PNG) else None
-        _atomic_write(output_dir / REPORT_MD, self.to_markdown().encode("utf-8"))
-        _atomic_write(output_dir / REPORT_JSON, (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"))
+        self.plot = REPORT_PNG if plot and plot_report(self, output_dir / REPORT_PNG) else None
+        for note in self.notes():
+            logger.warning(note)
+        atomic_write(output_dir / REPORT_MD, self.to_markdown())
+        atomic_write(output_dir / REPORT_JSON, json.dumps(self.to_dict(), indent=2) + "\n")
         return output_dir / REPORT_JSON
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The plot
+# ---------------------------------------------------------------------------------------------------------------------
+
+_CURVE_STYLES = {"loss": "-", "loss_ce": "--", "loss_kd": ":"}
+
+
+def _plain_number(value: float, _position=None) -> str:
+    """Tick labels as people write numbers: 80k, 0.05, 2 (never 6x10^-2)."""
+    if value >= 1e6:
+        return f"{value / 1e6:g}M"
+    return f"{value / 1e3:g}k" if value >= 1e3 else f"{value:g}"
+
+
+def _scatter(ax, report: DistillationReport, attribute: str, xlabel: str) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for model in report.models:
+        x, y = getattr(model, attribute), 100 * model.accuracy
+        ax.scatter(x, y, s=60)
+        ax.annotate(model.label, (x, y), textcoords="offset points", xytext=(6, 4))
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(_plain_number))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.3, y=0.15)  # room for the labels
+    ax.set(xlabel=xlabel, ylabel=f"{report.metric} (%)")
+    ax.grid(True, alpha=0.3)
+
+
+def _curves(ax, report: DistillationReport) -> None:
+    for name, curve in (report.training_curves or {}).items():
+        label = MODEL_LABELS.get(name, name)
+        for key in [k for k in curve if k != "step"]:
+            if key == "loss" and {"loss_ce", "loss_kd"} <= set(curve):
+                continue  # the weighted total of the two parts shown
+            ax.plot(curve["step"], curve[key], _CURVE_STYLES.get(key, "-"), marker=".", label=f"{label}: {key}")
+    ax.set(xlabel="training step", ylabel="training loss", title="Training curves")
+    ax.legend(fontsize="small")
+    ax.grid(True, alpha=0.3)
+
+
+def plot_report(report: DistillationReport, path: str | os.PathLike) -> bool:
+    """Accuracy against parameters and against batch-1 latency (one point per model) and, when the report has them,
+    the training curves; written atomically to `path`. False, with a warning, when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display needed; also safe in worker threads
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning(
+            f"matplotlib is not installed: no {Path(path).name} is drawn. Install it with `pip install matplotlib` "
+            '(or `pip install -e ".[plot]"` in a checkout of hf_kd).'
+        )
+        return False
+    panels = 3 if report.training_curves else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), constrained_layout=True)
+    _scatter(axes[0], report, "parameters", "parameters")
+    _scatter(axes[1], report, "latency_ms", "latency at batch 1 (ms)")
+    if report.training_curves:
+        _curves(axes[2], report)
+    fig.suptitle(f"{report.dataset}: teacher vs students")
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+    return True
 
 
 def has_finished_report(output_dir: str | os.PathLike) -> bool:
