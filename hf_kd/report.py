@@ -223,6 +223,15 @@ class DistillationReport:
         parts = [f"{SETTING_LABELS.get(k, words.get(k, k)).lower()} {v}" for k, v in self.teacher_recipe.items()]
         return "The teacher was trained in this run: " + ", ".join(parts) + "."
 
+    @staticmethod
+    def latency_method() -> str:
+        """How the batch-1 latency was measured, in words."""
+        return (
+            f"Latency: one example at a time, after {LATENCY_WARMUP} warm-up calls; the median of {LATENCY_PASSES} "
+            "passes' medians, ± the interquartile range of the single calls. Timings depend on the machine and its "
+            "load: compare models within one report."
+        )
+
     def notes(self) -> list[str]:
         """Warnings about the run's results: a teacher no better than the majority class, and distillation that
         lost to the baseline by more than the test set's noise ([`NOISE_Z`] binomial standard errors, see
@@ -263,9 +272,7 @@ class DistillationReport:
             "",
             self.results_table(),
             "",
-            f"Latency: one example at a time, after {LATENCY_WARMUP} warm-up calls; the median of {LATENCY_PASSES} "
-            "passes' medians, ± the interquartile range of the single calls. Timings depend on the machine and its "
-            "load: compare models within one report.",
+            self.latency_method(),
         ]
         teacher, kd, ce = self.model("teacher"), self.model("student_kd"), self.model("student_ce")
         if kd is not None and teacher is not None:

@@ -457,7 +457,8 @@ def test_card_without_report_names_base_model_and_teacher(tmp_path, tiny_task):
     assert (result.metric_type, result.dataset_type) == ("accuracy", "hf-kd-tests/tiny-task")
     assert result.metric_value == pytest.approx(accuracy, abs=1e-6)
     assert "[hf-kd-tests/tiny-teacher](https://huggingface.co/hf-kd-tests/tiny-teacher)" in card.text
-    assert 'pipeline("text-classification", model="tiny-kd")' in card.text  # no remote code for this model
+    # Not pushed: the snippet loads the student's local directory (no remote code for this model).
+    assert f'pipeline("text-classification", model="{tmp_path / "tiny-kd"}")' in card.text
     assert (
         "| Teacher logits | precomputed" in card.text
         and "`mse`" in card.text
