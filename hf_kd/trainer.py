@@ -339,15 +339,17 @@ class DistillationTrainer(Trainer):
         private: bool | None = None,
         **kwargs,
     ):
-        """[`~transformers.Trainer.push_to_hub`] with the distillation card. The student and its card are saved locally
-        first; if the Hub cannot be reached or refuses the push, a [`hf_kd.modelcard.HubPushError`] says what failed.
-        `kwargs` go to the card (e.g. `report=`, `dataset_tags=`)."""
-        from .modelcard import push_to_hub
+        """[`~transformers.Trainer.push_to_hub`] (save the student, write the distillation card, upload the output
+        directory). If no token is found, or the Hub cannot be reached or refuses the push, the student and its card
+        are saved locally and a [`hf_kd.modelcard.HubPushError`] says what failed. `kwargs` go to the card (e.g.
+        `report=`, `dataset_tags=`, `license=`)."""
+        from .modelcard import hub_push_errors
 
-        return push_to_hub(
-            self, commit_message=commit_message, blocking=blocking, token=token, revision=revision, private=private,
-            **kwargs,
-        )
+        with hub_push_errors(self, token=token, card_kwargs=kwargs):
+            return super().push_to_hub(
+                commit_message=commit_message, blocking=blocking, token=token, revision=revision, private=private,
+                **kwargs,
+            )  # fmt: skip
 
     def create_model_card(
         self,
@@ -360,14 +362,15 @@ class DistillationTrainer(Trainer):
         dataset_tags: str | list[str] | None = None,
         dataset: str | list[str] | None = None,
         dataset_args: str | list[str] | None = None,
-        report: str | dict | None = None,
+        report: Any = None,
         **kwargs,
     ) -> None:
         """Write the distillation model card to `args.output_dir/README.md` (see [`hf_kd.modelcard`]).
 
-        `report` is a distillation report (path or dict) whose results table and plot go into the card; it defaults
-        to `distillation_report.json` in the output directory. `kwargs` go to [`hf_kd.modelcard.create_model_card`]
-        (e.g. `eval_split`). The other arguments are the Trainer's.
+        `report` is a [`~hf_kd.report.DistillationReport`] (or its JSON path, directory or dict) whose results table,
+        notes and plot go into the card; it defaults to `distillation_report.json` in the output directory. `kwargs` go
+        to [`hf_kd.modelcard.create_model_card`] (`eval_split`, `repo_id`: the id the card's snippet loads). `license`
+        defaults to Apache-2.0. The other arguments are the Trainer's.
         """
         from .modelcard import create_model_card
 
