@@ -202,12 +202,11 @@ def _results(card_data: ModelCardData, report, eval_metrics, dataset_name, datas
     kd = report.model("student_kd") if report else None
     results = {metric: kd.accuracy} if kd is not None else dict(eval_metrics or {})
     if results and card_data.pipeline_tag and dataset_name:
+        task, dataset_type = card_data.pipeline_tag, (card_data.datasets or [dataset_name])[0]
         card_data.eval_results = [
-            EvalResult(
-                task_type=card_data.pipeline_tag, task_name=card_data.pipeline_tag.replace("-", " ").capitalize(),
-                dataset_type=(card_data.datasets or [dataset_name])[0], dataset_name=dataset_name, dataset_split=eval_split,
-                metric_type=name, metric_name=name.replace("_", " ").capitalize(), metric_value=round(value, 6),
-            )  # fmt: skip
+            EvalResult(task_type=task, task_name=task.replace("-", " ").capitalize(), dataset_type=dataset_type,
+                       dataset_name=dataset_name, dataset_split=eval_split, metric_type=name,
+                       metric_name=name.replace("_", " ").capitalize(), metric_value=round(value, 6))
             for name, value in results.items()
         ]
         card_data.metrics = list(results)

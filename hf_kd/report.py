@@ -201,8 +201,10 @@ class DistillationReport:
         centres the numbers.)"""
         metric = self.metric.replace("_", " ").capitalize()
         lines = [
-            f"| Model | Parameters | Size (MB) | {metric} | Agreement with teacher | Latency, batch 1 (ms) "
-            "| Training time (s) | Test-set inference (s) |",
+            (
+                f"| Model | Parameters | Size (MB) | {metric} | Agreement with teacher | Latency, batch 1 (ms) "
+                "| Training time (s) | Test-set inference (s) |"
+            ),
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for m in self.models:
@@ -219,8 +221,8 @@ class DistillationReport:
         """How the teacher was trained, in one line, when the run trained it."""
         if not self.teacher_recipe:
             return None
-        words = {"max_shift": "random shifts of up to (pixels)", "loss": "loss"}
-        parts = [f"{SETTING_LABELS.get(k, words.get(k, k)).lower()} {v}" for k, v in self.teacher_recipe.items()]
+        words = {"max_shift": "random translation (max pixels)", "loss": "loss"}
+        parts = [f"{SETTING_LABELS.get(k, words.get(k, k)).lower()}: {v}" for k, v in self.teacher_recipe.items()]
         return "The teacher was trained in this run: " + ", ".join(parts) + "."
 
     @staticmethod
@@ -263,11 +265,13 @@ class DistillationReport:
         lines = [
             "# Distillation report",
             "",
-            f"Dataset: `{self.dataset}` ({self.task}). Teacher: {self.teacher}. Metric: {self.metric} on the test "
-            "split" + (f" ({self.num_test_examples:,} examples)." if self.num_test_examples else "."),
-            f"Distillation (`hf_kd.losses.distillation_loss`): T={s['temperature']}, alpha={s['alpha']}, "
-            f"loss={s['loss_type']}, teacher logits {s['teacher_logits']}; {s['num_train_epochs']} epochs, "
-            f"lr {s['learning_rate']}, batch {s['per_device_train_batch_size']}, seed {s['seed']}.",
+            f"Dataset: `{self.dataset}` ({self.task}). Teacher: {self.teacher}. Metric: {self.metric} on the test split"
+            + (f" ({self.num_test_examples:,} examples)." if self.num_test_examples else "."),
+            (
+                f"Distillation (`hf_kd.losses.distillation_loss`): T={s['temperature']}, alpha={s['alpha']}, "
+                f"loss={s['loss_type']}, teacher logits {s['teacher_logits']}; {s['num_train_epochs']} epochs, "
+                f"lr {s['learning_rate']}, batch {s['per_device_train_batch_size']}, seed {s['seed']}."
+            ),
             *([self.recipe_text()] if self.teacher_recipe else []),
             "",
             self.results_table(),
@@ -278,9 +282,11 @@ class DistillationReport:
         if kd is not None and teacher is not None:
             lines += [
                 "",
-                f"The distilled student has {teacher.parameters / kd.parameters:.1f}x fewer parameters than the "
-                f"teacher, answers {teacher.latency_ms / kd.latency_ms:.1f}x faster at batch 1, and keeps "
-                f"{100 * kd.accuracy / teacher.accuracy:.1f}% of its {self.metric}.",
+                (
+                    f"The distilled student has {teacher.parameters / kd.parameters:.1f}x fewer parameters than the "
+                    f"teacher, answers {teacher.latency_ms / kd.latency_ms:.1f}x faster at batch 1, and keeps "
+                    f"{100 * kd.accuracy / teacher.accuracy:.1f}% of its {self.metric}."
+                ),
             ]
             if ce is not None:
                 gain = 100 * (kd.accuracy - ce.accuracy)
@@ -330,9 +336,9 @@ def _plain_number(value: float, _position=None) -> str:
 def _scatter(ax, report: DistillationReport, attribute: str, xlabel: str) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    for model in report.models:
+    for i, model in enumerate(report.models):
         x, y = getattr(model, attribute), 100 * model.accuracy
-        ax.scatter(x, y, s=60)
+        ax.scatter(x, y, s=60, color=f"C{i}")
         ax.annotate(model.label, (x, y), textcoords="offset points", xytext=(6, 4))
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -344,12 +350,14 @@ def _scatter(ax, report: DistillationReport, attribute: str, xlabel: str) -> Non
 
 
 def _curves(ax, report: DistillationReport) -> None:
+    colors = {model.name: f"C{i}" for i, model in enumerate(report.models)}  # as in the other panels
     for name, curve in (report.training_curves or {}).items():
-        label = MODEL_LABELS.get(name, name)
+        label, color = MODEL_LABELS.get(name, name), colors.get(name)
         for key in [k for k in curve if k != "step"]:
             if key == "loss" and {"loss_ce", "loss_kd"} <= set(curve):
                 continue  # the weighted total of the two parts shown
-            ax.plot(curve["step"], curve[key], _CURVE_STYLES.get(key, "-"), marker=".", label=f"{label}: {key}")
+            style = _CURVE_STYLES.get(key, "-")
+            ax.plot(curve["step"], curve[key], style, color=color, marker=".", label=f"{label}: {key}")
     ax.set(xlabel="training step", ylabel="training loss", title="Training curves")
     ax.legend(fontsize="small")
     ax.grid(True, alpha=0.3)

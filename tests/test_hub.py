@@ -96,7 +96,9 @@ class HubStandIn:
                 if (self.command, path) == ("POST", "/api/repos/create"):
                     request = json.loads(body)
                     stand_in.created.append(request)
-                    return self._reply(200, {"url": f"{stand_in.url}/{request['organization']}/{request['name']}"})
+                    # Without a namespace, the Hub creates the repository in the token owner's: ours is REPO_ID's.
+                    namespace = request.get("organization") or REPO_ID.split("/")[0]
+                    return self._reply(200, {"url": f"{stand_in.url}/{namespace}/{request['name']}"})
                 if (self.command, path) == ("POST", "/api/validate-yaml"):
                     return self._reply(200, {"errors": [], "warnings": []})
                 if (self.command, path) == ("POST", f"{repo}/preupload/main"):
@@ -524,3 +526,68 @@ def test_example_pushes_only_the_distilled_student(tmp_path, hub_endpoint):
     for label in ("| Teacher |", "| Student (CE only) |", "| **Student (KD)** (this model) |"):
         assert label in card.text
     assert "](distillation_report.png)" in card.text and "trained in the same run" in card.text
+
+
+def _snippet_model_id(card: ModelCard) -> str:
+    import re
+
+    (model_id,) = re.findall(r'pipeline\("image-classification", model="([^"]+)", trust_remote_code=True\)', card.text)
+    return model_id
+
+
+def test_card_snippet_runs_on_the_saved_student(tmp_path):
+    """First-hour issue: the card's snippet named the output directory (`distill-mnist`) while the student is in
+    `distill-mnist/student_kd`. Not pushed, the snippet loads the student's own directory, and it runs."""
+    from transformers import pipeline
+
+    trainer = _experiment(tmp_path)
+    trainer.save_model()
+    old = os.umask(0o022)
+    try:
+        trainer.create_model_card(report=tmp_path / "distillation_report.json", model_name="distill-mnist")
+    finally:
+        os.umask(old)
+    readme = tmp_path / "student_kd" / "README.md"
+    assert readme.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    model_id = _snippet_model_id(ModelCard.load(readme))
+    assert model_id == str(tmp_path / "student_kd")
+    image = Image.fromarray((torch.rand(28, 28, generator=torch.Generator().manual_seed(3)) * 255).byte().numpy())
+    predictions = pipeline("image-classification", model=model_id, trust_remote_code=True)(image)
+    labels = set(trainer.model.config.id2label.values())
+    assert len(predictions) == 5 and all(p["label"] in labels for p in predictions)
+    assert sum(p["score"] for p in predictions) <= 1 + 1e-5
+
+
+def test_push_without_namespace_names_the_repository_the_hub_created(tmp_path, hub_endpoint):
+    """`--hub_model_id mnist-mlp-student-kd` (no namespace): the card names the id `create_repo` returned."""
+    trainer = _experiment(tmp_path)
+    trainer.args.hub_model_id = REPO_ID.split("/")[1]
+    with HubStandIn() as hub:
+        hub_endpoint(hub.url)
+        trainer.push_to_hub(report=tmp_path / "distillation_report.json")
+    assert hub.created[0]["name"] == REPO_ID.split("/")[1] and not hub.created[0].get("organization")
+    card = ModelCard(hub.files["README.md"].decode())
+    assert _snippet_model_id(card) == REPO_ID and card.data.model_name == REPO_ID.split("/")[1]
+
+
+def test_card_license_and_teacher_recipe(tmp_path):
+    """The card records how the run trained its teacher, and a license: hf_kd's Apache-2.0 unless the user's."""
+    from hf_kd.report import DistillationReport
+
+    trainer = _experiment(tmp_path)
+    report = DistillationReport.load(tmp_path)
+    report.teacher_recipe = {"num_train_epochs": 3, "learning_rate": 1e-3, "loss": "cross-entropy", "max_shift": 1}
+    report.num_test_examples, report.majority_class_accuracy = 64, 0.9  # a teacher no better than the majority
+    report.models[0].accuracy = 0.9
+    report.save(tmp_path, plot=False)
+
+    trainer.create_model_card(report=tmp_path)
+    card = ModelCard.load(tmp_path / "student_kd" / "README.md")
+    assert card.data.license == "apache-2.0"
+    assert "The teacher was trained in this run: epochs: 3, learning rate: 0.001" in card.text
+    assert "random translation (max pixels): 1" in card.text
+    assert "**Warning: the teacher (90.00%) is no better than always answering the most frequent class" in card.text
+    assert "hf_kd.losses.distillation_loss" in card.text
+    assert "median of 5 passes' medians" in card.text  # how latency was measured
+    trainer.create_model_card(license="mit", report=report)  # a report object is rendered as it is
+    assert ModelCard.load(tmp_path / "student_kd" / "README.md").data.license == "mit"

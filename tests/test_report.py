@@ -210,3 +210,152 @@ def test_examples_refuse_sharded_training(tmp_path, monkeypatch, env, refused):
     else:
         with pytest.raises(ValueError, match=f"do not support {refused} yet.*multi_gpu.yaml"):
             check_unsharded(config)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Settings, file modes, the plot, latency, warnings, curves
+
+
+def test_run_settings_is_the_one_settings_builder():
+    from hf_kd import DistillationConfig
+    from hf_kd.report import OPTIONAL_SETTINGS_KEYS, SETTINGS_KEYS, run_settings
+
+    args = DistillationConfig(
+        output_dir="unused", report_to="none", temperature=2.0, alpha=0.7, learning_rate=5e-4, seed=3,
+        per_device_train_batch_size=16, num_train_epochs=2, teacher_dtype="bfloat16",
+    )  # fmt: skip
+    settings = run_settings(args, teacher_logits="precomputed", world_size=2)
+    assert set(SETTINGS_KEYS) <= set(settings) <= set(SETTINGS_KEYS + OPTIONAL_SETTINGS_KEYS)
+    assert (settings["temperature"], settings["alpha"], settings["teacher_logits"]) == (2.0, 0.7, "precomputed")
+    assert (settings["num_train_epochs"], settings["seed"], settings["per_device_train_batch_size"]) == (2, 3, 16)
+    assert settings["world_size"] == 2 and "max_steps" not in settings  # -1: no step limit
+    assert settings["mixed_precision"] == "no" and settings["teacher_dtype"] == "bfloat16"
+    # Without teacher_dtype, the teacher's own weights say it; max_steps is recorded when it limits the run.
+    args = DistillationConfig(output_dir="unused", report_to="none", max_steps=7)
+    settings = run_settings(args, teacher_logits="live", teacher=model_from_preset("mnist-mlp-teacher").half())
+    assert settings["teacher_dtype"] == "float16" and settings["max_steps"] == 7
+    DistillationReport(dataset="d", task="image-classification", teacher="t", settings=settings)  # valid as it is
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_get_the_usual_mode(tmp_path, umask):
+    """mkstemp creates files 0600; the report's files must be as readable as any file the user writes."""
+    pytest.importorskip("matplotlib")
+    old = os.umask(umask)
+    try:
+        _report().save(tmp_path)
+    finally:
+        os.umask(old)
+    for name in ("distillation_report.json", "distillation_report.md", "distillation_report.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_missing_matplotlib_is_said_once(tmp_path, monkeypatch, caplog):
+    import logging
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    with caplog.at_level(logging.WARNING, logger="hf_kd.report"):
+        path = _report().save(tmp_path)
+    assert json.loads(path.read_text())["plot"] is None and not (tmp_path / "distillation_report.png").exists()
+    said = [r.getMessage() for r in caplog.records if "matplotlib" in r.getMessage()]
+    assert len(said) == 1 and "pip install matplotlib" in said[0] and '.[plot]' in said[0]
+
+
+def test_latency_is_a_median_of_passes_with_its_spread(tmp_path):
+    from hf_kd.report import LATENCY_PASSES, latency_ms
+
+    torch.manual_seed(0)
+    model = model_from_preset("mnist-mlp-student")
+    dataset = InMemoryDataset({"pixel_values": torch.randn(8, 1, 28, 28), "labels": torch.arange(8)})
+    median, iqr = latency_ms(model, dataset, num_examples=8)
+    assert median > 0 and iqr >= 0
+    model.save_pretrained(tmp_path / "m")
+    result, _ = measure_model("student_kd", model, dataset, lambda p, r: 0.5, tmp_path / "m", latency_examples=4)
+    assert result.latency_ms > 0 and result.latency_ms_iqr is not None and result.latency_ms_iqr >= 0
+    report = _report()
+    report.models[2] = result
+    markdown = report.to_markdown()
+    assert f"median of {LATENCY_PASSES} passes' medians" in markdown and "warm-up" in markdown
+    assert f"{result.latency_ms:.3f} ± {result.latency_ms_iqr:.3f}" in markdown
+
+
+def test_label_statistics():
+    from hf_kd.report import label_statistics
+
+    stats = label_statistics(np.array([1, 1, 1, 0, 2, -100]))
+    assert stats == {"num_test_examples": 5, "majority_class_accuracy": pytest.approx(0.6)}
+
+
+def test_report_warns_about_a_teacher_no_better_than_the_majority_class(tmp_path, caplog):
+    """The case from the first-hour issue: a 59.8% teacher on a task whose majority class is 57.8% (1,066 examples)."""
+    import logging
+
+    report = _report(num_test_examples=1066, majority_class_accuracy=0.578)
+    report.models[0].accuracy = 0.598
+    markdown = report.to_markdown()
+    assert "Always answering the most frequent class scores 57.80%." in markdown
+    assert "the teacher (59.80%) is no better than always answering the most frequent class (57.80%)" in markdown
+    with caplog.at_level(logging.WARNING, logger="hf_kd.report"):
+        report.save(tmp_path, plot=False)
+    assert any("no better than always answering" in r.getMessage() for r in caplog.records)
+    data = json.loads((tmp_path / REPORT_JSON).read_text())
+    assert (data["num_test_examples"], data["majority_class_accuracy"]) == (1066, 0.578)
+    assert DistillationReport.load(tmp_path).to_dict() == data
+    # A teacher well above the majority class: no warning.
+    assert not _report(num_test_examples=1066, majority_class_accuracy=0.578).notes()
+
+
+def test_report_warns_when_distillation_loses_beyond_the_noise():
+    from hf_kd.report import difference_standard_error
+
+    # 10,000 examples: one standard error of a 97% vs 98% difference is sqrt((.97*.03 + .98*.02) / 1e4) = 0.22 points.
+    assert difference_standard_error(0.97, 0.98, 10_000) == pytest.approx(0.002207, abs=1e-6)
+    losing = _report(num_test_examples=10_000, majority_class_accuracy=0.11)
+    losing.models[1].accuracy, losing.models[2].accuracy = 0.98, 0.97  # CE-only beats KD by 1 point
+    (note,) = losing.notes()
+    assert "distillation lost to the baseline by 1.00 points, more than the test set's noise (0.44 points" in note
+    assert f"**{note}**" in losing.to_markdown()
+    # The same 1-point loss on 100 examples is within the noise: no warning.
+    small = _report(num_test_examples=100)
+    small.models[1].accuracy, small.models[2].accuracy = 0.98, 0.97
+    assert small.notes() == [] and "One binomial standard error of this difference is 2.21 points." in small.to_markdown()
+
+
+def test_training_curves_and_teacher_recipe_in_the_report(tmp_path):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from hf_kd import DistillationConfig
+    from hf_kd.report import teacher_recipe, training_curve
+
+    log_history = [
+        {"loss": 2.0, "loss_ce": 2.2, "loss_kd": 1.0, "learning_rate": 1e-3, "epoch": 0.5, "step": 10},
+        {"eval_loss": 1.5, "eval_accuracy": 0.5, "epoch": 0.5, "step": 10},
+        {"loss": 1.0, "loss_ce": 1.1, "loss_kd": 0.5, "learning_rate": 5e-4, "epoch": 1.0, "step": 20},
+        {"train_runtime": 3.0, "train_loss": 1.5, "epoch": 1.0, "step": 20},
+    ]
+    curve = training_curve(log_history)
+    assert curve == {"step": [10, 20], "loss": [2.0, 1.0], "loss_ce": [2.2, 1.1], "loss_kd": [1.0, 0.5]}
+    args = DistillationConfig(output_dir="unused", report_to="none", num_train_epochs=3, learning_rate=2e-3)
+    recipe = teacher_recipe(args, max_shift=1)
+    assert recipe["num_train_epochs"] == 3 and recipe["learning_rate"] == 2e-3 and recipe["max_shift"] == 1
+    curves = {"teacher": {"step": [10, 20], "loss": [1.0, 0.5]}, "student_kd": curve}
+    report = _report(teacher_recipe=recipe, training_curves=curves)
+    path = report.save(tmp_path)
+    data = json.loads(path.read_text())
+    assert data["training_curves"] == curves and data["teacher_recipe"] == recipe
+    assert "The teacher was trained in this run: epochs: 3, learning rate: 0.002" in report.to_markdown()
+    assert "random translation (max pixels): 1" in report.to_markdown()
+    two_panels = tmp_path / "two"
+    _report().save(two_panels)
+    width = Image.open(tmp_path / "distillation_report.png").size[0]
+    assert width > 1.4 * Image.open(two_panels / "distillation_report.png").size[0]  # the third panel: the curves
+
+
+def test_plot_ticks_are_plain_numbers():
+    from hf_kd.report import _plain_number
+
+    assert [_plain_number(v) for v in (0.06, 0.2, 5.0, 80_000.0, 200_000.0, 1_500_000.0)] == [
+        "0.06", "0.2", "5", "80k", "200k", "1.5M",
+    ]  # fmt: skip
