@@ -3,20 +3,27 @@
 Importing this package registers them with the Auto classes:
 
 - `AutoConfig`: model types `"hf_kd_mlp"` and `"hf_kd_cnn"`;
+- `AutoModel`: [`MLPModel`], [`CNNModel`], the classifiers' feature layers without the classifier (same parameter
+  names, so either loads from the other's checkpoint);
 - `AutoModelForImageClassification`: [`MLPForImageClassification`], [`CNNForImageClassification`];
 - `AutoImageProcessor`: [`HfKdImageProcessor`] for both.
 
 It also calls `register_for_auto_class` on each, so `save_pretrained` copies the configuration, modeling and image
-processing files next to the weights and records them in `auto_map`: a saved (or pushed) model then loads with
-`trust_remote_code=True` where hf_kd is not installed.
+processing files next to the weights and records them in `auto_map` (under the Auto class of the saved model's own
+class): a saved (or pushed) model then loads with `trust_remote_code=True` where hf_kd is not installed.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+)
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
-from .cnn import CNNConfig, CNNForImageClassification, CNNPreTrainedModel
+from .cnn import CNNConfig, CNNForImageClassification, CNNModel, CNNPreTrainedModel
 from .image_processing_hf_kd import HfKdImageProcessor
-from .mlp import MLPConfig, MLPForImageClassification, MLPPreTrainedModel
+from .mlp import MLPConfig, MLPForImageClassification, MLPModel, MLPPreTrainedModel
 from .presets import (
     CIFAR10_LABELS,
     CIFAR10_PROCESSOR_KWARGS,
@@ -30,8 +37,12 @@ from .presets import (
 )
 
 # `exist_ok`: a module reload (or a second copy of the package) must not fail on the existing registration.
-for _config_class, _model_class in ((MLPConfig, MLPForImageClassification), (CNNConfig, CNNForImageClassification)):
+for _config_class, _base_class, _model_class in (
+    (MLPConfig, MLPModel, MLPForImageClassification),
+    (CNNConfig, CNNModel, CNNForImageClassification),
+):
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    AutoModel.register(_config_class, _base_class, exist_ok=True)
     AutoModelForImageClassification.register(_config_class, _model_class, exist_ok=True)
     # Under both backend names: the processor needs only PIL and NumPy, and where torchvision is installed,
     # `AutoImageProcessor` asks for the "torchvision" backend first and would warn about falling back to "pil".
@@ -47,9 +58,10 @@ for _config_class, _model_class in ((MLPConfig, MLPForImageClassification), (CNN
     # not `transformers.AutoVideoProcessor`, which is a placeholder that raises where torchvision is missing.)
     AutoVideoProcessor.register(_config_class, video_processor_classes={}, exist_ok=True)
     _config_class.register_for_auto_class("AutoConfig")
+    _base_class.register_for_auto_class("AutoModel")
     _model_class.register_for_auto_class("AutoModelForImageClassification")
 HfKdImageProcessor.register_for_auto_class("AutoImageProcessor")
-del _config_class, _model_class
+del _config_class, _base_class, _model_class
 
 
 __all__ = [
@@ -57,10 +69,12 @@ __all__ = [
     "CIFAR10_PROCESSOR_KWARGS",
     "CNNConfig",
     "CNNForImageClassification",
+    "CNNModel",
     "CNNPreTrainedModel",
     "HfKdImageProcessor",
     "MLPConfig",
     "MLPForImageClassification",
+    "MLPModel",
     "MLPPreTrainedModel",
     "MNIST_LABELS",
     "MNIST_PROCESSOR_KWARGS",

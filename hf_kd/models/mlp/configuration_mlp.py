@@ -9,6 +9,9 @@ with `trust_remote_code=True` where `hf_kd` is not installed: it must import not
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+# The values `transformers`' classification loss knows; `None` lets the first labels decide (see `forward`).
+_PROBLEM_TYPES = (None, "single_label_classification", "multi_label_classification", "regression")
+
 
 def _check_positive_int(name: str, value) -> None:
     # `bool` is an `int` subclass: `True` would silently mean 1.
@@ -41,6 +44,12 @@ class MLPConfig(PreTrainedConfig):
             Dropout probability applied after every hidden activation (not to the input or the logits).
         num_labels (`int`, *optional*, defaults to 10):
             Number of classes. Stored through `id2label`, as for every `transformers` config.
+        problem_type (`str`, *optional*):
+            The loss computed from `labels`, as in `transformers`' classification heads:
+            `"single_label_classification"` (cross-entropy on class indices), `"multi_label_classification"` (binary
+            cross-entropy with logits on float labels) or `"regression"` (mean squared error). When unset, the first
+            call with labels sets it: `"regression"` for `num_labels=1`, single-label for integer labels, multi-label
+            otherwise.
 
     The flattened input size is `num_channels * height * width`, available as `config.input_size`.
 
@@ -103,6 +112,9 @@ class MLPConfig(PreTrainedConfig):
             _check_positive_int(f"hidden_sizes[{index}]", value)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}.")
+        # Checked here rather than at the first forward with labels, where the loss would fail on an unknown value.
+        if self.problem_type not in _PROBLEM_TYPES:
+            raise ValueError(f"`problem_type` must be one of {_PROBLEM_TYPES}, got {self.problem_type!r}.")
 
 
 __all__ = ["MLPConfig"]
