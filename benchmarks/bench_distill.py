@@ -131,7 +131,7 @@ def hand_written_loop(x: torch.Tensor, y: torch.Tensor, device: torch.device, mo
         if distil:
             with torch.no_grad():
                 teacher_logits = teacher(inputs).logits
-            loss, _, _ = distillation_loss(student(inputs).logits, teacher_logits, labels, TEMPERATURE, ALPHA)
+            loss = distillation_loss(student(inputs).logits, teacher_logits, labels, TEMPERATURE, ALPHA)["loss"]
         else:
             loss = student(inputs, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)

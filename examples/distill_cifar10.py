@@ -7,7 +7,11 @@ The CNNs are those of PyTorch's knowledge-distillation tutorial; its reference a
 CE-only student 69.9%, distilled student 70.8%. Output: ./distill-cifar10. `--help` lists every argument.
 """
 
-from hf_kd.experiment import parse_image_arguments, run_image_distillation
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # the generic script beside this one
+from distill_image_classification import main as distill_image_classification  # noqa: E402
 
 DEFAULTS = {
     "dataset_name": "uoft-cs/cifar10",
@@ -29,7 +33,7 @@ DEFAULTS = {
 
 
 def main(argv=None):
-    return run_image_distillation(*parse_image_arguments(DEFAULTS, argv))
+    return distill_image_classification(DEFAULTS, argv)
 
 
 if __name__ == "__main__":

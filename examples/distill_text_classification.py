@@ -17,7 +17,22 @@ Sentence pairs (`sentence1`/`sentence2`, `premise`/`hypothesis`, ...) are detect
 tokenizer: the teacher then reads its own tokenization of the same text. `--help` lists every argument.
 """
 
-from hf_kd.text import parse_text_arguments, run_text_distillation
+from hf_kd import DistillationTrainer
+from hf_kd.arguments import parse_text_arguments
+from hf_kd.experiment import (
+    STUDENT_KD_DIR,
+    TEACHER_DIR,
+    Trained,
+    compute_metrics_for,
+    finish_training,
+    prepare_run,
+    report_run,
+    stage_args,
+    train_baseline,
+    train_teacher,
+)
+from hf_kd.metrics import load_metric
+from hf_kd.recipes import text_setup
 
 # Measured on Rotten Tomatoes with all-MiniLM-L6-v2 on CPU: see README.md, "Text classification".
 DEFAULTS = {
@@ -47,7 +62,46 @@ DEFAULTS = {
 
 
 def main(argv=None):
-    return run_text_distillation(*parse_text_arguments(DEFAULTS, argv))
+    # 1. Arguments: data, run, text (columns, tokenization, student) + the DistillationConfig.
+    data_args, experiment_args, text_args, config = parse_text_arguments(DEFAULTS, argv)
+    prepare_run(config, experiment_args)
+    metric = load_metric(experiment_args.metric_name_or_path)
+
+    # 2. Data and models: columns detected, each model's tokenization done once (the student's data carries the
+    #    teacher's own `teacher_input_ids` when the tokenizers differ), the teacher loaded as a sequence classifier.
+    setup = text_setup(data_args, text_args, config)
+    compute_metrics = compute_metrics_for(metric, setup.extra_metrics)
+
+    # 3. Teacher: fine-tuned here on the labels when its classification head is new.
+    teacher = Trained(TEACHER_DIR, setup.teacher, setup.teacher_data)
+    if setup.train_teacher:
+        teacher = train_teacher(setup.teacher, setup.teacher_data, config, experiment_args, compute_metrics)
+    teacher.model.eval()
+
+    # 4. The student (derived from the teacher, or pretrained), distilled by a DistillationTrainer.
+    data = setup.student_data
+    trainer = DistillationTrainer(
+        model=setup.build_student(teacher.model),
+        teacher_model=teacher.model,
+        args=stage_args(config, STUDENT_KD_DIR, data.train_dataset),
+        train_dataset=data.train_dataset,
+        eval_dataset=data.eval_dataset,
+        data_collator=data.data_collator,
+        processing_class=data.processing_class,
+        compute_metrics=compute_metrics,
+    )
+    distilled = finish_training(STUDENT_KD_DIR, trainer, data)
+
+    # 5. The baseline: the same student, from the same weights, on the labels alone.
+    runs = [teacher]
+    if not experiment_args.skip_baseline:
+        runs.append(train_baseline(setup.build_student(teacher.model), data, config, compute_metrics))
+    runs.append(distilled)
+
+    # 6. Report (accuracy, and F1 beside it for two classes) and the distilled student's card, on the main process.
+    return report_run(
+        runs, setup.task, setup.teacher_name, metric, data_args, experiment_args, config, setup.extra_metrics
+    )
 
 
 if __name__ == "__main__":

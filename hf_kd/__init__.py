@@ -1,64 +1,47 @@
-"""hf_kd: knowledge distillation for the Hugging Face stack."""
+"""hf_kd: knowledge distillation for the Hugging Face stack.
 
-__version__ = "0.1.0"
+The names below are what a user calls; each is imported on first use (PEP 562), so `import hf_kd` does not pay for
+transformers' Trainer, datasets and torch until they are needed. Everything else stays importable from its module
+(`hf_kd.losses`, `hf_kd.teacher`, `hf_kd.batch`, `hf_kd.data`, `hf_kd.experiment`, ...).
+"""
 
-from . import models
-from .configuration_distillation import DistillationConfig
-from .data import InMemoryDataset, RandomShiftCollator, collate_batches, load_image_classification_dataset
-from .losses import (
-    distillation_loss,
-    hard_label_loss,
-    logit_mse_loss,
-    reverse_kl_loss,
-    soft_loss,
-    soft_target_loss,
-)
-from .teacher import add_teacher_logits, freeze, load_teacher, prepare_teacher, teacher_fingerprint
-from .models import (
-    PRESET_NAMES,
-    CNNConfig,
-    CNNForImageClassification,
-    HfKdImageProcessor,
-    MLPConfig,
-    MLPForImageClassification,
-    config_from_preset,
-    image_processor_for_preset,
-    model_from_preset,
-)
-from .report import DistillationReport, ModelResult
-from .text import DataCollatorWithTeacherPadding, derive_student, tokenize_dataset
-from .trainer import DistillationTrainer
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 
-__all__ = [
-    "PRESET_NAMES",
-    "CNNConfig",
-    "DistillationReport",
-    "ModelResult",
-    "RandomShiftCollator",
-    "load_image_classification_dataset",
-    "CNNForImageClassification",
-    "DataCollatorWithTeacherPadding",
-    "HfKdImageProcessor",
-    "InMemoryDataset",
-    "MLPConfig",
-    "MLPForImageClassification",
-    "collate_batches",
-    "config_from_preset",
-    "derive_student",
-    "image_processor_for_preset",
-    "model_from_preset",
-    "DistillationConfig",
-    "DistillationTrainer",
-    "add_teacher_logits",
-    "distillation_loss",
-    "freeze",
-    "hard_label_loss",
-    "load_teacher",
-    "logit_mse_loss",
-    "prepare_teacher",
-    "reverse_kl_loss",
-    "soft_loss",
-    "soft_target_loss",
-    "teacher_fingerprint",
-    "tokenize_dataset",
-]
+try:
+    __version__ = version("hf_kd")  # declared once, in setup.py
+except PackageNotFoundError:  # a source tree that was not installed
+    __version__ = "0.0.0"
+
+_EXPORTS = {
+    "DistillationConfig": "configuration_distillation",
+    "DistillationTrainer": "trainer",
+    "distillation_loss": "losses",
+    "add_teacher_logits": "teacher",
+    "load_teacher": "teacher",
+    "DistillationReport": "report",
+    "InMemoryDataset": "data",
+    "RandomShiftCollator": "data",
+    "DataCollatorWithTeacherPadding": "data",
+    "load_image_classification_dataset": "data",
+    "tokenize_dataset": "data",
+    "derive_student": "student",
+    "model_from_preset": "models",
+    "image_processor_for_preset": "models",
+    "MLPForImageClassification": "models",
+    "CNNForImageClassification": "models",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,50 +1,33 @@
-"""The teacher -> student experiment that the examples run: train (or load) the teacher, distil the student, train the
-same student on the labels alone as the baseline, measure all three, write the report and the student's model card.
+"""The experiment as stages: train a teacher, distil a student, train the baseline, measure, report, publish.
 
-[`run_distillation`] runs that sequence for any modality; a [`DistillationTask`] supplies what differs (data,
-collators, processors, teacher, how to build the student): [`image_distillation_task`] here,
-[`hf_kd.text.text_distillation_task`] for text.
-An example script only names its dataset and models (as argument defaults) and calls [`run_image_distillation`]:
+Each stage is a small function that takes what the previous ones produced ([`Trained`] models and the
+[`ModelData`] they read) and returns its own result, so runs other than teacher -> student compose from the same
+pieces: a chain teacher -> assistant -> student is `distil` twice, the second with the first's result as teacher.
+[`run_distillation`] composes them for the examples' sequence; the examples write the same sequence out.
 
-```python
-from hf_kd.experiment import parse_image_arguments, run_image_distillation
-
-DEFAULTS = {"dataset_name": "ylecun/mnist", "teacher": "mnist-mlp-teacher", "student": "mnist-mlp-student",
-            "output_dir": "distill-mnist"}
-
-def main(argv=None):
-    return run_image_distillation(*parse_image_arguments(DEFAULTS, argv))
-```
+Every training of a run writes under `output_dir/<name>` (`teacher`, `student_kd`, `student_ce`), and the report
+(`distillation_report.{md,json,png}`) is written last, atomically: its JSON marks a finished run.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import PartialState
-from transformers import (
-    AutoImageProcessor,
-    AutoModelForImageClassification,
-    HfArgumentParser,
-    PreTrainedModel,
-    Trainer,
-    set_seed,
-)
+from transformers import PreTrainedModel, Trainer, set_seed
 from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
+from .arguments import DataArguments, ExperimentArguments
 from .configuration_distillation import DistillationConfig
-from .data import InMemoryDataset, RandomShiftCollator, collate_batches, load_image_classification_dataset
-from .metrics import compute_metrics_fn, load_metric, metric_value
-from .modelcard import push_to_hub
-from .models import PRESET_NAMES, image_processor_for_preset, model_from_preset
+from .data import InMemoryDataset
+from .metrics import compute_metrics_fn, metric_value
 from .report import (
     REPORT_JSON,
     REPORT_MD,
@@ -53,9 +36,12 @@ from .report import (
     ModelResult,
     dataset_labels,
     has_finished_report,
+    label_statistics,
     measure_model,
+    run_settings,
+    teacher_recipe,
+    training_curve,
 )
-from .teacher import add_teacher_logits, load_teacher
 from .trainer import DistillationTrainer
 
 logger = logging.get_logger(__name__)
@@ -63,135 +49,32 @@ logger = logging.get_logger(__name__)
 TEACHER_DIR, STUDENT_KD_DIR, STUDENT_CE_DIR = "teacher", "student_kd", "student_ce"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Arguments
-# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class ModelData:
+    """What one model reads: its training and test splits, the collator that batches them, and the processor (image
+    processor or tokenizer) saved beside it. A teacher with its own tokenizer has its own `ModelData`."""
+
+    train_dataset: Any
+    eval_dataset: Any
+    data_collator: Callable | None
+    processing_class: Any
 
 
 @dataclass
-class DataArguments:
-    """Which data, and which of its columns and splits. Image columns are detected when not given."""
+class Trained:
+    """A model a stage produced (or loaded), under the name the report gives it, with the data it reads."""
 
-    dataset_name: str = field(
-        default=None,
-        metadata={
-            "help": "The dataset: a Hub id (ylecun/mnist), a local directory load_dataset reads (imagefolder, "
-            "parquet, ...) or a directory written by save_to_disk."
-        },
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
-    train_split: str = field(default="train", metadata={"help": "The split to train on."})
-    eval_split: str = field(default="test", metadata={"help": "The split every model is evaluated and reported on."})
-    image_column: str | None = field(
-        default=None, metadata={"help": "The image column (default: the column with the Image feature)."}
-    )
-    label_column: str | None = field(
-        default=None, metadata={"help": "The label column (default: the column with the ClassLabel feature)."}
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Train on the first N training examples only (quick runs, tests)."}
-    )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N test examples only."})
-    preprocessing_num_workers: int | None = field(
-        default=None, metadata={"help": "Processes for the one-time image preprocessing (Dataset.map num_proc)."}
-    )
-    dataset_cache_dir: str | None = field(
-        default=None, metadata={"help": "Where load_dataset caches (default: HF_DATASETS_CACHE)."}
-    )
-
-
-@dataclass
-class ExperimentArguments:
-    """The models and the sequence around the distillation: teacher training, baseline, evaluation, report.
-
-    The distillation itself (temperature, alpha, loss_type, teacher_model_name_or_path) and the student's training
-    (epochs, learning rate, batch size, seed) are `DistillationConfig` arguments; the teacher and the CE-only
-    baseline reuse the student's training settings unless overridden here.
-    """
-
-    teacher: str = field(
-        default=None,
-        metadata={
-            "help": f"Architecture of the teacher trained here: a preset ({', '.join(PRESET_NAMES)}) or a directory "
-            "holding a model config. Ignored when --teacher_model_name_or_path names a trained teacher to load."
-        },
-    )
-    student: str = field(
-        default=None,
-        metadata={
-            "help": "Architecture of the student: a preset or a directory holding a model config (and processor)."
-        },
-    )
-    teacher_num_train_epochs: float | None = field(
-        default=None, metadata={"help": "Epochs of the teacher's training (default: --num_train_epochs)."}
-    )
-    teacher_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of the teacher's training (default: --learning_rate)."}
-    )
-    teacher_max_shift: int = field(
-        default=0,
-        metadata={
-            "help": "Train the teacher on images translated by up to this many pixels at random (Hinton et al.'s "
-            "jitter; 0 = off). Students see the original images."
-        },
-    )
-    skip_baseline: bool = field(
-        default=False,
-        metadata={"help": "Do not train the CE-only student (the baseline that shows what distillation adds)."},
-    )
-    metric_name_or_path: str = field(
-        default="accuracy",
-        metadata={
-            "help": "The evaluate metric: a Hub name or a local metric module directory (for machines without "
-            "Hub access). 'accuracy' falls back to a built-in copy when the Hub cannot be reached."
-        },
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Run even if output_dir holds the report of a finished run (its results are replaced)."},
-    )
-    latency_examples: int = field(
-        default=200, metadata={"help": "Test examples timed one at a time for the batch-1 latency."}
-    )
-    plot: bool = field(default=True, metadata={"help": "Draw distillation_report.png (needs matplotlib)."})
-    torch_num_threads: int | None = field(
-        default=None,
-        metadata={
-            "help": "CPU threads for torch's operations (default: torch's choice). Small models train faster on one: "
-            "their matrices are too small to split, and on a busy machine threads wait on each other at every op."
-        },
-    )
-
-
-def parse_image_arguments(
-    defaults: dict[str, Any] | None = None, argv: list[str] | None = None
-) -> tuple[DataArguments, ExperimentArguments, DistillationConfig]:
-    """Parse `argv` (default: `sys.argv[1:]`) into the three argument groups, with an example's `defaults` (any
-    argument of any group) replacing the dataclasses' own. A single `.json` / `.yaml` argument is read as a file."""
-    parser = HfArgumentParser((DataArguments, ExperimentArguments, DistillationConfig))
-    if defaults:
-        unknown = sorted(set(defaults) - {action.dest for action in parser._actions})
-        if unknown:
-            raise ValueError(f"Unknown argument names in the example's defaults: {unknown}.")
-        parser.set_defaults(**defaults)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
-    data_args, experiment_args, config = parser.parse_args_into_dataclasses(args=argv)
-    for name, value in (("dataset_name", data_args.dataset_name), ("student", experiment_args.student)):
-        if not value:
-            raise ValueError(f"--{name} is required.")
-    if not experiment_args.teacher and not config.teacher_model_name_or_path:
-        raise ValueError(
-            "Give --teacher (an architecture to train) or --teacher_model_name_or_path (a trained teacher)."
-        )
-    return data_args, experiment_args, config
+    name: str
+    model: PreTrainedModel
+    data: ModelData
+    train_time_s: float | None = None
+    log_history: list[dict] = field(default_factory=list)
+    trainer: Trainer | None = None
+    recipe: dict[str, Any] | None = None  # how it was trained, when a stage trained it on the labels
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Pieces
+# Before training
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -209,8 +92,11 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> None:
 
 
 def check_unsharded(config: DistillationConfig) -> None:
-    """Refuse FSDP and DeepSpeed ZeRO-3: [`run_distillation`] measures and saves the models on the main process alone,
-    which needs each process to hold whole weights (DDP and ZeRO-1/2 do; ZeRO-3 and FSDP keep a shard per process)."""
+    """Refuse FSDP and DeepSpeed ZeRO-3: [`measure`] reads the models on the main process alone, which needs each
+    process to hold whole weights (DDP and ZeRO-1/2 do; ZeRO-3 and FSDP keep a shard per process).
+
+    The launch environment is read rather than `PartialState().distributed_type`, on purpose: on a CPU accelerate
+    turns an FSDP launch into plain DDP, and the refusal must not depend on the device."""
     from accelerate.utils import parse_flag_from_env
 
     sharded = None
@@ -229,143 +115,36 @@ def check_unsharded(config: DistillationConfig) -> None:
         )
 
 
-def _labels_kwargs(label_names: list[str]) -> dict[str, Any]:
-    return {
-        "num_labels": len(label_names),
-        "id2label": dict(enumerate(label_names)),
-        "label2id": {name: index for index, name in enumerate(label_names)},
-    }
+def prepare_run(config: DistillationConfig, experiment_args: ExperimentArguments) -> None:
+    """Checks before anything is trained (sharding, a finished run in `output_dir`), and the torch thread count."""
+    check_unsharded(config)
+    state = PartialState()
+    if state.is_main_process:
+        check_output_dir(config.output_dir, experiment_args.overwrite_output_dir)
+    state.wait_for_everyone()
+    if experiment_args.torch_num_threads:
+        torch.set_num_threads(experiment_args.torch_num_threads)
 
 
-def build_image_model(name_or_path: str, label_names: list[str], seed: int) -> PreTrainedModel:
-    """A freshly initialised classifier (seeded) for the dataset's classes, from a preset or a config directory."""
-    set_seed(seed)
-    if name_or_path in PRESET_NAMES:
-        return model_from_preset(name_or_path, **_labels_kwargs(label_names))
-    from transformers import AutoConfig
+def stage_args(config: DistillationConfig, name: str, train_dataset: Any = None, **changes) -> DistillationConfig:
+    """A copy of the run's arguments for one of its trainings, writing to `output_dir/name`.
 
-    config = AutoConfig.from_pretrained(name_or_path, **_labels_kwargs(label_names))
-    return AutoModelForImageClassification.from_config(config)
-
-
-def image_processor_for(name_or_path: str):
-    """The image processor of a preset, or the one saved in a model directory."""
-    if name_or_path in PRESET_NAMES:
-        return image_processor_for_preset(name_or_path)
-    return AutoImageProcessor.from_pretrained(name_or_path)
-
-
-def _replace_args(config: DistillationConfig, output_dir: str, **changes) -> DistillationConfig:
-    """A copy of the run's arguments for one of its trainings (its own output dir, the teacher's epochs...)."""
+    No training of the run creates a repository or pushes checkpoints: with --push_to_hub, the distilled student
+    alone is published, once, by [`publish`]. The teacher's init kwargs were applied when it was loaded. Data served
+    from memory keeps its columns (the Trainer's column removal iterates over rows; the in-memory columns are exactly
+    the model's inputs)."""
     args = copy.deepcopy(config)
-    args.output_dir = output_dir
-    # No training of the run creates a repository or pushes checkpoints: with --push_to_hub, the distilled student
-    # alone is published, once, at the end of `run_distillation`.
+    args.output_dir = str(Path(config.output_dir) / name)
     args.push_to_hub = False
+    args.teacher_model_init_kwargs = None
+    if isinstance(train_dataset, InMemoryDataset):
+        args.remove_unused_columns = False
     for key, value in changes.items():
         setattr(args, key, value)
     return args
 
 
-def distillation_train_dataset(
-    train_dataset, teacher: torch.nn.Module, config: DistillationConfig, data_collator: Callable | None = None
-):
-    """
-    The student's training data, and how the teacher's logits reach the loss (`"live"` or `"precomputed"`).
-
-    With `precompute_teacher_logits`, [`add_teacher_logits`] runs the teacher once and adds a `teacher_logits` column
-    (cached by fingerprint); [`DistillationTrainer`] then reads it instead of running the teacher at every step. It is
-    done here rather than by the trainer because the trainer gets the in-memory copy of the data. `data_collator`
-    batches the teacher's inputs (e.g. pads its own tokenization); default: rows stacked as they are.
-    """
-    if config.precompute_teacher_logits:
-        dataset = add_teacher_logits(
-            train_dataset,
-            teacher,
-            batch_size=config.teacher_batch_size,
-            dtype=config.teacher_logits_dtype,
-            data_collator=data_collator,
-        )
-        return dataset, "precomputed"
-    return train_dataset, "live"
-
-
-def _fill_value(image_processor) -> list[float]:
-    """The normalised value of a black pixel, per channel, for the border that a shift uncovers."""
-    mean = getattr(image_processor, "image_mean", None)
-    std = getattr(image_processor, "image_std", None)
-    if not getattr(image_processor, "do_normalize", False) or mean is None or std is None:
-        return [0.0]
-    mean, std = (
-        list(mean) if isinstance(mean, (list, tuple)) else [mean],
-        list(std) if isinstance(std, (list, tuple)) else [std],
-    )
-    return [-m / s for m, s in zip(mean, std)]
-
-
-def _train(trainer: Trainer) -> float:
-    output = trainer.train()
-    return float(output.metrics["train_runtime"])
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The run, for any modality
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DistillationTask:
-    """
-    What a modality supplies to [`run_distillation`]: its prepared data, collators, processors and models. The
-    sequence around them (teacher training, KD student, CE-only baseline, save, measure, report, model card) is the
-    same for every modality.
-
-    Args:
-        task (`str`): The report's task, `"image-classification"` or `"text-classification"`.
-        train_dataset (`datasets.Dataset`): The student's training split, model-ready (inputs and `labels`);
-            precomputed teacher logits are added to it as a column.
-        eval_dataset (`datasets.Dataset`): The student's test split, for evaluation during training and the report.
-        data_collator (`Callable`): Builds the student's batches (and, by default, the teacher's).
-        processing_class: The student's image processor or tokenizer, saved with both students.
-        teacher (`PreTrainedModel`): The teacher: loaded, or freshly built to be trained here.
-        teacher_name (`str`): Where the teacher came from, as the report says it (`"trained here"`, ...).
-        train_teacher (`bool`): Train the teacher (cross-entropy) before distilling.
-        build_student (`Callable[[PreTrainedModel], PreTrainedModel]`): Builds the student, given the ready teacher
-            (a student derived from it needs it). Called twice, for the KD student and the baseline, which must come
-            out identical: seed inside.
-        teacher_train_dataset, teacher_eval_dataset, teacher_data_collator, teacher_processing_class: The teacher's
-            own, when it reads other inputs than the student (its own tokenizer); default: the student's. The
-            teacher's collator also batches the precomputation of its logits (default: rows stacked as they are).
-        teacher_train_collator (`Callable`, *optional*): Collates the teacher's training batches only, e.g. random
-            shifts. The teacher is then not evaluated during training: the Trainer would collate the test split
-            with it too.
-        in_memory (`bool`): Serve the datasets from memory ([`InMemoryDataset`]) for fixed-shape inputs such as
-            images: every training reads them many times. `data_collator` must then pass its batches through
-            ([`collate_batches`]), and the plain Trainers' column removal, which iterates over rows, is off (the
-            in-memory columns are exactly the model's inputs).
-        extra_metrics (`dict`): Metrics reported beside the main one in the training logs and the run's output,
-            by display name (e.g. `{"F1": f1}`); the report's schema keeps the main one only.
-    """
-
-    task: str
-    train_dataset: Any
-    eval_dataset: Any
-    data_collator: Callable
-    processing_class: Any
-    teacher: PreTrainedModel
-    teacher_name: str
-    train_teacher: bool
-    build_student: Callable[[PreTrainedModel], PreTrainedModel]
-    teacher_train_dataset: Any = None
-    teacher_eval_dataset: Any = None
-    teacher_data_collator: Callable | None = None
-    teacher_processing_class: Any = None
-    teacher_train_collator: Callable | None = None
-    in_memory: bool = False
-    extra_metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def _compute_metrics(metric, extra_metrics: dict[str, Any]) -> Callable:
+def compute_metrics_for(metric, extra_metrics: dict[str, Any] | None = None) -> Callable:
     """The Trainers' `compute_metrics`: the main metric, then the extra ones (logged as `eval_<name lowercased>`)."""
     main = compute_metrics_fn(metric)
     if not extra_metrics:
@@ -382,288 +161,230 @@ def _compute_metrics(metric, extra_metrics: dict[str, Any]) -> Callable:
     return compute_metrics
 
 
-def run_distillation(
-    prepare: Callable[[PartialState], DistillationTask],
-    data_args: DataArguments,
-    experiment_args: ExperimentArguments,
-    config: DistillationConfig,
-) -> DistillationReport | None:
-    """
-    Teacher, distilled student and CE-only baseline, then the report: the sequence every modality shares.
+# ---------------------------------------------------------------------------------------------------------------------
+# Training stages
+# ---------------------------------------------------------------------------------------------------------------------
 
-    1. Refuse an output directory holding a finished run (unless `--overwrite_output_dir`), then `prepare(state)`
-       the modality's [`DistillationTask`]: data prepared once, teacher loaded or built, how to build the student.
-    2. Teacher: trained here (plain cross-entropy, `--teacher_num_train_epochs` / `--teacher_learning_rate`) when
-       the task says so; frozen in eval mode from then on.
-    3. Student (KD): [`DistillationTrainer`] with `config`'s temperature, alpha and loss; the teacher's logits are
-       precomputed once with `--precompute_teacher_logits`.
-    4. Student (CE only): the same architecture, initial weights, seed, data order, epochs and schedule, trained on
-       the labels alone (skipped with `skip_baseline`).
-    5. On the main process: save the three models with their processors into
-       `output_dir/{teacher,student_kd,student_ce}`, measure them on the test split, write
-       `distillation_report.{md,json}` (+ `.png`), then the KD student's model card, pushed to the Hub with
-       `--push_to_hub`. Returns the report on the main process, `None` on the others.
-    """
-    check_unsharded(config)
-    state = PartialState()
-    output_dir = Path(config.output_dir)
-    if state.is_main_process:
-        check_output_dir(output_dir, experiment_args.overwrite_output_dir)
-    state.wait_for_everyone()
-    if experiment_args.torch_num_threads:
-        torch.set_num_threads(experiment_args.torch_num_threads)
-    seed = config.seed
 
-    task = prepare(state)
-    metric = load_metric(experiment_args.metric_name_or_path)
-    compute_metrics = _compute_metrics(metric, task.extra_metrics)
-    collator = task.data_collator
-    teacher_collator = task.teacher_data_collator or collator
-    teacher_processing_class = task.teacher_processing_class or task.processing_class
-    # Every training reads the training set many times: an in-memory task serves its splits as tensors, read once.
-    serve = InMemoryDataset.from_dataset if task.in_memory else (lambda dataset: dataset)
-    plain_args = {"remove_unused_columns": False} if task.in_memory else {}
-    eval_dataset = serve(task.eval_dataset)
-    teacher_eval = eval_dataset if task.teacher_eval_dataset is None else serve(task.teacher_eval_dataset)
-    served_train = None
+def finish_training(name: str, trainer: Trainer, data: ModelData) -> Trained:
+    """Run `trainer.train()` and keep what the report needs: the model, its training time and log."""
+    output = trainer.train()
+    return Trained(
+        name, trainer.model, data, float(output.metrics["train_runtime"]), list(trainer.state.log_history), trainer
+    )
 
-    def train_dataset():
-        nonlocal served_train  # served once, for the teacher's training and the baseline's
-        if served_train is None:
-            served_train = serve(task.train_dataset)
-        return served_train
 
-    # --- Teacher ---------------------------------------------------------------------------------------------------
-    teacher, teacher_time = task.teacher, None
-    if task.train_teacher:
-        augment = task.teacher_train_collator is not None
-        teacher_args = _replace_args(
-            config,
-            str(output_dir / TEACHER_DIR),
-            num_train_epochs=experiment_args.teacher_num_train_epochs or config.num_train_epochs,
-            learning_rate=experiment_args.teacher_learning_rate or config.learning_rate,
-            **plain_args,
-            **({"eval_strategy": IntervalStrategy.NO} if augment else {}),
-        )
-        set_seed(seed)
-        teacher_trainer = Trainer(
-            model=teacher,
-            args=teacher_args,
-            train_dataset=train_dataset() if task.teacher_train_dataset is None else serve(task.teacher_train_dataset),
-            # An augmenting collator applies to training batches only: the test split is scored by `measure_model`
-            # below, never through this trainer's evaluation loop.
-            eval_dataset=None if augment else teacher_eval,
-            data_collator=task.teacher_train_collator if augment else teacher_collator,
-            processing_class=teacher_processing_class,
-            compute_metrics=None if augment else compute_metrics,
-        )
-        teacher_time = _train(teacher_trainer)
-        teacher = teacher_trainer.model
-    teacher.eval()
+def train_with_labels(
+    name: str, model: PreTrainedModel, data: ModelData, config: DistillationConfig, compute_metrics: Callable,
+    train_collator: Callable | None = None, **changes,
+) -> Trained:  # fmt: skip
+    """Train `model` on the labels alone (a plain Trainer, the model's own cross-entropy): the teacher, or the
+    baseline. `train_collator` collates training batches only (e.g. random shifts); the model is then not evaluated
+    during training, since the Trainer would collate the test split with it too."""
+    args = stage_args(config, name, data.train_dataset, **changes)
+    if train_collator is not None:
+        args.eval_strategy = IntervalStrategy.NO
+    set_seed(config.seed)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data.train_dataset,
+        eval_dataset=None if train_collator is not None else data.eval_dataset,
+        data_collator=train_collator or data.data_collator,
+        processing_class=data.processing_class,
+        compute_metrics=None if train_collator is not None else compute_metrics,
+    )
+    trained = finish_training(name, trainer, data)
+    trained.recipe = teacher_recipe(args, **getattr(train_collator, "recipe", {}))
+    return trained
 
-    # --- Student (KD) ----------------------------------------------------------------------------------------------
-    with state.main_process_first():  # precomputed logits: one process computes and caches, the others read
-        kd_train, teacher_logits = distillation_train_dataset(
-            task.train_dataset, teacher, config, data_collator=task.teacher_data_collator
-        )
-    student = task.build_student(teacher)
-    # The trainer gets the loaded teacher itself; its init kwargs were applied when loading it.
-    kd_args = _replace_args(config, str(output_dir / STUDENT_KD_DIR), teacher_model_init_kwargs=None)
-    kd_trainer = DistillationTrainer(
+
+def train_teacher(
+    model: PreTrainedModel, data: ModelData, config: DistillationConfig, experiment_args: ExperimentArguments,
+    compute_metrics: Callable, augmentation: Callable | None = None,
+) -> Trained:  # fmt: skip
+    """The teacher, trained here on the labels with its own epochs and learning rate (default: the student's)."""
+    return train_with_labels(
+        TEACHER_DIR, model, data, config, compute_metrics, augmentation,
+        num_train_epochs=experiment_args.teacher_num_train_epochs or config.num_train_epochs,
+        learning_rate=experiment_args.teacher_learning_rate or config.learning_rate,
+    )  # fmt: skip
+
+
+def train_baseline(student: PreTrainedModel, data: ModelData, config: DistillationConfig, compute_metrics) -> Trained:
+    """The same student trained on the labels alone: what the user would get without distillation. Built with the
+    same seed as the distilled one, it starts from the same weights and sees the same data order (the sampler is
+    seeded from `args.seed`); only the loss differs."""
+    return train_with_labels(STUDENT_CE_DIR, student, data, config, compute_metrics)
+
+
+def distil(
+    student: PreTrainedModel, teacher: Trained | PreTrainedModel, data: ModelData, config: DistillationConfig,
+    compute_metrics: Callable, name: str = STUDENT_KD_DIR,
+) -> Trained:  # fmt: skip
+    """Distil `teacher` (a [`Trained`] stage result, e.g. an assistant, or a model) into `student` with a
+    [`DistillationTrainer`]; its logits are computed once up front with `config.precompute_teacher_logits`."""
+    teacher_model = teacher.model if isinstance(teacher, Trained) else teacher
+    trainer = DistillationTrainer(
         model=student,
-        teacher_model=teacher,
-        args=kd_args,
-        train_dataset=serve(kd_train),
-        eval_dataset=eval_dataset,
-        data_collator=collator,
-        processing_class=task.processing_class,
+        teacher_model=teacher_model,
+        args=stage_args(config, name, data.train_dataset),
+        train_dataset=data.train_dataset,
+        eval_dataset=data.eval_dataset,
+        data_collator=data.data_collator,
+        processing_class=data.processing_class,
         compute_metrics=compute_metrics,
     )
-    kd_time = _train(kd_trainer)
-    teacher.eval()
+    return finish_training(name, trainer, data)
 
-    # --- Student (CE only): the baseline -----------------------------------------------------------------------------
-    # A plain Trainer, the model's own cross-entropy: what the user would get without distillation, and no teacher
-    # forward pass to pay for. Same seed, so the same initial weights (built after the same set_seed) and the same
-    # data order (the sampler's generator is seeded from args.seed); only the loss differs from the KD student.
-    baseline, ce_time = None, None
-    if not experiment_args.skip_baseline:
-        ce_args = _replace_args(
-            config, str(output_dir / STUDENT_CE_DIR), teacher_model_init_kwargs=None, **plain_args
-        )
-        ce_trainer = Trainer(
-            model=task.build_student(teacher),
-            args=ce_args,
-            train_dataset=train_dataset(),
-            eval_dataset=eval_dataset,
-            data_collator=collator,
-            processing_class=task.processing_class,
-            compute_metrics=compute_metrics,
-        )
-        ce_time = _train(ce_trainer)
-        baseline = ce_trainer.model
 
-    if not state.is_main_process:
-        state.wait_for_everyone()
-        return None
+# ---------------------------------------------------------------------------------------------------------------------
+# After training (main process)
+# ---------------------------------------------------------------------------------------------------------------------
 
-    # --- Save, measure, report (main process) -------------------------------------------------------------------------
-    student_side = (eval_dataset, collator, task.processing_class)
-    runs = [("teacher", teacher, teacher_time, TEACHER_DIR, (teacher_eval, teacher_collator, teacher_processing_class))]
-    if baseline is not None:
-        runs.append(("student_ce", baseline, ce_time, STUDENT_CE_DIR, student_side))
-    runs.append(("student_kd", kd_trainer.model, kd_time, STUDENT_KD_DIR, student_side))
-    references = dataset_labels(eval_dataset)
-    results: list[ModelResult] = []
-    teacher_predictions, extra_scores = None, {name: {} for name in task.extra_metrics}
-    for name, model, train_time, folder, (dataset, data_collator, processing_class) in runs:
-        path = output_dir / folder
-        model.save_pretrained(path)
-        processing_class.save_pretrained(path)
+
+def measure(
+    runs: Sequence[Trained], output_dir: str | os.PathLike, metric, batch_size: int, latency_examples: int,
+    extra_metrics: dict[str, Any] | None = None,
+) -> tuple[list[ModelResult], dict[str, dict[str, float]]]:  # fmt: skip
+    """Save each model with its processor into `output_dir/<name>` and score it on its test split; the first run is
+    the reference for `agreement_with_teacher`. Returns the results and the extra metrics' scores by model."""
+    results, teacher_predictions = [], None
+    extra_scores = {metric_name: {} for metric_name in extra_metrics or {}}
+    for run in runs:
+        path = Path(output_dir) / run.name
+        run.model.save_pretrained(path)
+        run.data.processing_class.save_pretrained(path)
         result, predictions = measure_model(
-            name,
-            model,
-            dataset,
+            run.name, run.model, run.data.eval_dataset,
             lambda predictions, references: metric_value(metric, predictions, references),
-            saved_path=path,
-            output_dir=output_dir,
-            train_time_s=train_time,
-            teacher_predictions=teacher_predictions,
-            batch_size=config.per_device_eval_batch_size,
-            latency_examples=experiment_args.latency_examples,
-            data_collator=data_collator,
-        )
-        for metric_name, extra in task.extra_metrics.items():
-            extra_scores[metric_name][name] = metric_value(extra, predictions, references)
-        if name == "teacher":
-            teacher_predictions = predictions
+            saved_path=path, output_dir=output_dir, train_time_s=run.train_time_s,
+            teacher_predictions=teacher_predictions, batch_size=batch_size, latency_examples=latency_examples,
+            data_collator=run.data.data_collator,
+        )  # fmt: skip
+        references = dataset_labels(run.data.eval_dataset)
+        for metric_name, extra in (extra_metrics or {}).items():
+            extra_scores[metric_name][run.name] = metric_value(extra, predictions, references)
+        teacher_predictions = predictions if teacher_predictions is None else teacher_predictions
         results.append(result)
+    return results, extra_scores
 
+
+def write_report(
+    runs: Sequence[Trained], results: list[ModelResult], task: str, teacher_name: str, metric,
+    data_args: DataArguments, config: DistillationConfig, plot: bool = True,
+) -> DistillationReport:  # fmt: skip
+    """Write `distillation_report.{md,json}` (+ `.png`) into `config.output_dir` and print it. `runs` (teacher first)
+    give the teacher's recipe when the run trained it, the training curves and the test labels' statistics."""
+    teacher, distilled = runs[0], runs[-1]
+    teacher_logits = "precomputed" if config.precompute_teacher_logits else "live"
     report = DistillationReport(
         dataset=str(data_args.dataset_name),
-        task=task.task,
-        teacher=task.teacher_name,
+        task=task,
+        teacher=teacher_name,
         metric=metric.name,
-        settings={
-            "temperature": float(config.temperature),
-            "alpha": float(config.alpha),
-            "loss_type": config.loss_type,
-            "teacher_logits": teacher_logits,
-            "num_train_epochs": float(config.num_train_epochs),
-            "learning_rate": float(config.learning_rate),
-            "seed": int(seed),
-            "per_device_train_batch_size": int(config.per_device_train_batch_size),
-            "world_size": int(kd_trainer.args.world_size),
-        },
+        settings=run_settings(
+            config, teacher_logits=teacher_logits, world_size=PartialState().num_processes, teacher=teacher.model
+        ),
         models=results,
+        teacher_recipe=teacher.recipe,
+        training_curves={run.name: training_curve(run.log_history) for run in runs if run.log_history},
+        **label_statistics(dataset_labels(distilled.data.eval_dataset)),
     )
-    report.save(output_dir, plot=experiment_args.plot)
+    report.save(config.output_dir, plot=plot)
     print("\n" + report.to_markdown())
-    for metric_name, scores in extra_scores.items():
-        print(f"{metric_name}: " + ", ".join(f"{name} {score:.4f}" for name, score in scores.items()))
-    print(f"Report and models written to {os.path.abspath(output_dir)}")
+    return report
 
-    # The distilled student's model card, with the report's table and plot; with --push_to_hub, the student's
-    # directory (not the teacher's or the baseline's) goes to the Hub, to --hub_model_id or, as in transformers'
-    # examples, a repository named after the output directory.
+
+def publish(distilled: Trained, data_args: DataArguments, config: DistillationConfig) -> None:
+    """The distilled student's model card, with the report's table and plot; with --push_to_hub, the student's
+    directory (not the teacher's or the baseline's) goes to the Hub, to --hub_model_id or, as in transformers'
+    examples, a repository named after the output directory."""
+    output_dir = Path(config.output_dir)
     hub_model_id = config.hub_model_id or output_dir.absolute().name
     card_kwargs = {"report": output_dir / REPORT_JSON, "eval_split": data_args.eval_split}
     if config.push_to_hub:
-        kd_trainer.args.hub_model_id = hub_model_id
-        commit = push_to_hub(kd_trainer, **card_kwargs)
+        distilled.trainer.args.hub_model_id = hub_model_id
+        commit = distilled.trainer.push_to_hub(**card_kwargs)
         print(f"Distilled student pushed to {commit.commit_url}")
     else:
-        kd_trainer.create_model_card(model_name=hub_model_id.split("/")[-1], **card_kwargs)
+        distilled.trainer.create_model_card(model_name=hub_model_id.split("/")[-1], **card_kwargs)
+    print(f"Report and models written to {os.path.abspath(output_dir)}")
+
+
+def report_run(
+    runs: Sequence[Trained], task: str, teacher_name: str, metric, data_args: DataArguments,
+    experiment_args: ExperimentArguments, config: DistillationConfig, extra_metrics: dict[str, Any] | None = None,
+) -> DistillationReport | None:  # fmt: skip
+    """The end of a run: on the main process, [`measure`] every model (teacher first, distilled student last), write
+    the report, print the extra metrics, then [`publish`] the distilled student. Returns the report on the main
+    process, `None` on the others (which wait for it)."""
+    state = PartialState()
+    report = None
+    if state.is_main_process:
+        results, extra_scores = measure(
+            runs, config.output_dir, metric, config.per_device_eval_batch_size, experiment_args.latency_examples,
+            extra_metrics,
+        )  # fmt: skip
+        report = write_report(runs, results, task, teacher_name, metric, data_args, config, experiment_args.plot)
+        for metric_name, scores in extra_scores.items():
+            print(f"{metric_name}: " + ", ".join(f"{name} {score:.4f}" for name, score in scores.items()))
+        publish(runs[-1], data_args, config)
     state.wait_for_everyone()
     return report
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Images
+# The examples' sequence
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def image_distillation_task(
-    state: PartialState, data_args: DataArguments, experiment_args: ExperimentArguments, config: DistillationConfig
-) -> DistillationTask:
-    """The image side of [`run_distillation`]: the dataset decoded and normalised once with the student's image
-    processor and served from memory; the teacher loaded from `config.teacher_model_name_or_path` or built from
-    `experiment_args.teacher` to be trained here (with random shifts when `teacher_max_shift > 0`)."""
-    seed = config.seed
-    image_processor = image_processor_for(experiment_args.student)
-    with state.main_process_first():  # one process fills the datasets cache, the others read it
-        datasets, label_names = load_image_classification_dataset(
-            data_args.dataset_name,
-            image_processor,
-            dataset_config_name=data_args.dataset_config_name,
-            train_split=data_args.train_split,
-            eval_split=data_args.eval_split,
-            image_column=data_args.image_column,
-            label_column=data_args.label_column,
-            max_train_samples=data_args.max_train_samples,
-            max_eval_samples=data_args.max_eval_samples,
-            preprocessing_num_workers=data_args.preprocessing_num_workers,
-            cache_dir=data_args.dataset_cache_dir,
+@dataclass
+class DistillationSetup:
+    """What a modality prepares for [`run_distillation`] (see [`hf_kd.recipes`]).
+
+    Args:
+        task (`str`): The report's task, `"image-classification"` or `"text-classification"`.
+        student_data, teacher_data ([`ModelData`]): What each model reads; the same object when they read the same
+            inputs. With two tokenizers, the student's data also carries the teacher's own inputs (`teacher_*`).
+        teacher (`PreTrainedModel`): Loaded, or freshly built to be trained here (`train_teacher`).
+        teacher_name (`str`): Where the teacher came from, as the report says it.
+        build_student (`Callable`): Builds the student given the ready teacher (a derived student needs it). Called
+            for the distilled student and the baseline, which must come out identical: seed inside.
+        teacher_augmentation (`Callable`, *optional*): Collates the teacher's training batches (random shifts).
+        extra_metrics (`dict`): Metrics logged and printed beside the main one, by display name.
+    """
+
+    task: str
+    student_data: ModelData
+    teacher_data: ModelData
+    teacher: PreTrainedModel
+    teacher_name: str
+    train_teacher: bool
+    build_student: Callable[[PreTrainedModel], PreTrainedModel]
+    teacher_augmentation: Callable | None = None
+    extra_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def run_distillation(
+    setup: DistillationSetup, metric, data_args: DataArguments, experiment_args: ExperimentArguments,
+    config: DistillationConfig,
+) -> DistillationReport | None:  # fmt: skip
+    """Teacher (trained or loaded) -> distilled student -> CE-only baseline -> measure -> report -> card / push.
+    Returns the report on the main process, `None` on the others."""
+    compute_metrics = compute_metrics_for(metric, setup.extra_metrics)
+    teacher = Trained(TEACHER_DIR, setup.teacher, setup.teacher_data)
+    if setup.train_teacher:
+        teacher = train_teacher(
+            setup.teacher, setup.teacher_data, config, experiment_args, compute_metrics, setup.teacher_augmentation
         )
-
-    teacher_source = config.teacher_model_name_or_path
-    shift_collator = None
-    if teacher_source:
-        probe = build_image_model(experiment_args.student, label_names, seed)
-        teacher = load_teacher(teacher_source, probe, config.teacher_model_init_kwargs)
-        teacher_processor = image_processor
-        try:
-            teacher_processor = image_processor_for(teacher_source)
-        except (OSError, ValueError):  # a teacher saved without its processor: nothing to compare
-            pass
-        if teacher_processor.to_dict() != image_processor.to_dict():
-            logger.warning(
-                f"The teacher {teacher_source} comes with a different image processor than the student's; both models "
-                "are fed the student's preprocessing."
-            )
-    else:
-        teacher = build_image_model(experiment_args.teacher, label_names, seed)
-        if experiment_args.teacher_max_shift:
-            shift_collator = RandomShiftCollator(
-                experiment_args.teacher_max_shift, fill=_fill_value(image_processor), seed=seed
-            )
-
-    return DistillationTask(
-        task="image-classification",
-        train_dataset=datasets["train"],
-        eval_dataset=datasets["eval"],
-        # InMemoryDataset serves whole batches: pass them through.
-        data_collator=collate_batches,
-        processing_class=image_processor,
-        teacher=teacher,
-        teacher_name=teacher_source or "trained here",
-        train_teacher=not teacher_source,
-        build_student=lambda teacher: build_image_model(experiment_args.student, label_names, seed),
-        teacher_train_collator=shift_collator,
-        in_memory=True,
-    )
-
-
-def run_image_distillation(
-    data_args: DataArguments, experiment_args: ExperimentArguments, config: DistillationConfig
-) -> DistillationReport | None:
-    """
-    Teacher, distilled student and CE-only baseline on an image-classification dataset, then the report
-    ([`run_distillation`] with [`image_distillation_task`]).
-
-    1. Load the dataset and decode + normalise it once with the student's image processor.
-    2. Teacher: load `config.teacher_model_name_or_path`, or train `experiment_args.teacher` (plain cross-entropy,
-       with random shifts when `teacher_max_shift > 0`).
-    3. Student (KD): [`DistillationTrainer`] with `config`'s temperature, alpha and loss.
-    4. Student (CE only): the same architecture, initial weights, seed, data order, epochs and schedule, trained on
-       the labels alone (skipped with `skip_baseline`).
-    5. Save the three models with their processor into `output_dir/{teacher,student_kd,student_ce}`, measure them on
-       the test split and write `distillation_report.{md,json}` (+ `.png`) and the KD student's model card (pushed
-       with `--push_to_hub`). Returns the report on the main process, `None` on the others.
-    """
-    return run_distillation(
-        lambda state: image_distillation_task(state, data_args, experiment_args, config),
-        data_args,
-        experiment_args,
-        config,
+    teacher.model.eval()
+    data = setup.student_data
+    distilled = distil(setup.build_student(teacher.model), teacher, data, config, compute_metrics)
+    runs = [teacher]
+    if not experiment_args.skip_baseline:
+        runs.append(train_baseline(setup.build_student(teacher.model), data, config, compute_metrics))
+    runs.append(distilled)
+    return report_run(
+        runs, setup.task, setup.teacher_name, metric, data_args, experiment_args, config, setup.extra_metrics
     )

@@ -176,21 +176,25 @@ def distillation_loss(
     alpha: float = 0.5,
     loss_type: str = "kl",
     ignore_index: int = IGNORE_INDEX,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """The full objective: `(1 - alpha) * CE(s, labels) + alpha * soft(s, t)`.
+) -> dict[str, torch.Tensor]:
+    """The logit-distillation objective, the one definition every other place refers to:
 
-    `alpha` is the weight of the teacher's term. Positions labelled `ignore_index` are left out of both terms.
-    With `labels=None` the objective must be pure distillation (`alpha == 1`); the soft term then covers every
-    position.
+        loss = (1 - alpha) * CE(s, labels) + alpha * soft(s, t)
+
+    with `soft` the term named by `loss_type`; for `"kl"`, Hinton et al.'s
+    `T**2 * KL(softmax(t / T) || softmax(s / T))`, averaged over the valid examples (`batchmean`). `alpha` is the
+    weight of the teacher's term. Positions labelled `ignore_index` are left out of both terms. With `labels=None`
+    the objective must be pure distillation (`alpha == 1`); the soft term then covers every position.
 
     Returns:
-        `(loss, hard, soft)`: the weighted total and the unweighted parts (`hard` is `None` without labels).
+        `dict[str, torch.Tensor]`: `"loss"`, the weighted total, and the unweighted terms by name: `"ce"` (absent
+        without labels) and `"kd"`. A trainer logs every term as `loss_<name>`.
     """
     if labels is None:
         if alpha != 1.0:
             raise ValueError(f"labels are required when alpha < 1 (alpha={alpha}): the hard-label term needs them.")
         soft = soft_loss(loss_type, student_logits, teacher_logits, temperature)
-        return soft, None, soft
+        return {"loss": soft, "kd": soft}
     _check_pair(student_logits, teacher_logits)
     hard_rows, flat_labels = _hard_rows(student_logits, labels, ignore_index)
     mask = flat_labels != ignore_index
@@ -199,8 +203,5 @@ def distillation_loss(
     soft_rows, scale = _soft_rows(loss_type, student_logits, teacher_logits, temperature)
     soft = _mean_over_valid(soft_rows, mask, scale, weights)  # exactly `soft_loss(..., mask=labels != ignore_index)`
     # Exact endpoints: alpha=0 is plain CE and alpha=1 plain distillation, bit for bit.
-    if alpha == 0.0:
-        return hard, hard, soft
-    if alpha == 1.0:
-        return soft, hard, soft
-    return torch.lerp(hard, soft, alpha), hard, soft
+    total = hard if alpha == 0.0 else soft if alpha == 1.0 else torch.lerp(hard, soft, alpha)
+    return {"loss": total, "ce": hard, "kd": soft}

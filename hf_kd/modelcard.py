@@ -441,8 +441,3 @@ def hub_push_errors(trainer: Any, token: str | None = None, card_kwargs: Mapping
     except (HfHubHTTPError, LocalTokenNotFoundError, _TransportError, OSError) as err:
         # The repository is created before the student is saved: make sure the local output is complete.
         raise fail(_explain(err)) from err
-
-
-def push_to_hub(trainer: Any, **kwargs):
-    """`trainer.push_to_hub(**kwargs)`: kept for callers of the former helper; call the trainer's method instead."""
-    return trainer.push_to_hub(**kwargs)

@@ -8,11 +8,13 @@ from typing import Any
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, extract_model_from_parallel
 from torch import nn
 from transformers.utils import logging
 
-from .data import InMemoryDataset
+from . import batch as batch_convention
+from .batch import TEACHER_LOGITS as TEACHER_LOGITS_COLUMN
+from .data import InMemoryDataset, generic_labels
 
 logger = logging.get_logger(__name__)
 
@@ -64,6 +66,33 @@ def freeze(model: nn.Module) -> nn.Module:
     model.requires_grad_(False)
     model.eval()
     return model
+
+
+def check_compatible(student: nn.Module, teacher: nn.Module) -> None:
+    """Refuse a teacher whose outputs do not line up with the student's classes."""
+    if teacher is student:
+        raise ValueError(
+            "teacher_model is the student model itself (the same object): pass a separate, frozen teacher model."
+        )
+    s_cfg, t_cfg = getattr(student, "config", None), getattr(teacher, "config", None)
+    if s_cfg is None or t_cfg is None:
+        return
+    s_name, t_name = type(student).__name__, type(teacher).__name__
+    s_n, t_n = getattr(s_cfg, "num_labels", None), getattr(t_cfg, "num_labels", None)
+    if s_n is not None and t_n is not None and s_n != t_n:
+        raise ValueError(
+            f"The student ({s_name}) has num_labels={s_n} but the teacher ({t_name}) has num_labels={t_n}: "
+            "their logits cannot be compared."
+        )
+    s_labels = {int(k): v for k, v in (getattr(s_cfg, "id2label", None) or {}).items()}
+    t_labels = {int(k): v for k, v in (getattr(t_cfg, "id2label", None) or {}).items()}
+    # Generic names say nothing about the order of the classes; only two real label lists can disagree.
+    if not generic_labels(s_labels) and not generic_labels(t_labels) and s_labels != t_labels:
+        raise ValueError(
+            f"The student ({s_name}) and the teacher ({t_name}) order their classes differently: student "
+            f"id2label={s_labels}, teacher id2label={t_labels}. Distilling would train against the wrong classes; "
+            "give both models the same id2label."
+        )
 
 
 def _prepare_deepspeed(model: nn.Module, accelerator: Accelerator) -> nn.Module:
@@ -125,10 +154,6 @@ def prepare_teacher(model: nn.Module, accelerator: Accelerator, dtype: torch.dty
     return freeze(model)
 
 
-TEACHER_LOGITS_COLUMN = "teacher_logits"
-# Batch keys that belong to the teacher: its own tokenization (`teacher_input_ids`, ...) when the two models do not
-# share a tokenizer. They are fed to the teacher with the prefix removed, never to the student.
-TEACHER_INPUT_PREFIX = "teacher_"
 TEACHER_LOGITS_DTYPES = ("float32", "float16")
 TEACHER_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -146,7 +171,7 @@ def teacher_fingerprint(teacher: nn.Module) -> str:
     never reuses stale logits."""
     import xxhash
 
-    model = getattr(teacher, "module", teacher)  # a DDP / DeepSpeed wrapper hashes like the model it wraps
+    model = extract_model_from_parallel(teacher)  # a DDP / DeepSpeed wrapper hashes like the model it wraps
     digest = xxhash.xxh64()
     digest.update(type(model).__qualname__.encode())
     config = getattr(model, "config", None)
@@ -159,16 +184,15 @@ def teacher_fingerprint(teacher: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def teacher_input_columns(dataset, teacher: nn.Module) -> list[str]:
-    """The dataset columns the teacher reads: its own `teacher_*` columns when there are any, otherwise the columns
-    its `forward` accepts (labels excluded: the teacher's loss is never needed)."""
+def teacher_input_columns(columns: list[str], teacher: nn.Module) -> list[str]:
+    """The columns the teacher reads: its own `teacher_*` columns when there are any, otherwise the columns its
+    `forward` accepts (labels excluded: the teacher's loss is never needed)."""
     import inspect
 
-    columns = list(dataset.column_names)
-    own = [c for c in columns if c.startswith(TEACHER_INPUT_PREFIX) and c != TEACHER_LOGITS_COLUMN]
+    own = batch_convention.teacher_input_columns(columns)
     if own:
         return own
-    model = getattr(teacher, "module", teacher)
+    model = extract_model_from_parallel(teacher)
     accepted = set(inspect.signature(model.forward).parameters) - {"labels", "label", "return_dict"}
     found = [c for c in columns if c in accepted]
     if not found:
@@ -177,6 +201,44 @@ def teacher_input_columns(dataset, teacher: nn.Module) -> list[str]:
             f"takes {sorted(accepted)}): prepare the dataset (decode / tokenize) before computing teacher logits."
         )
     return found
+
+
+def teacher_outputs(teacher: nn.Module, inputs: dict[str, Any], **forward_kwargs):
+    """The frozen teacher's outputs (a `ModelOutput`) for its inputs, without gradients; float inputs are cast to the
+    teacher's dtype. `forward_kwargs` (e.g. `output_hidden_states=True`) go to its `forward`."""
+    with torch.no_grad():
+        return teacher(**cast_floating_inputs(inputs, teacher), **forward_kwargs)
+
+
+class _TeacherLogits:
+    """The teacher's logits for one collated batch, for the precompute: the batch is split by the batch convention
+    (so the teacher reads its own `teacher_*` inputs when there are any), moved to `device`, and run in inference
+    mode, with bf16 autocast on a GPU that supports it."""
+
+    def __init__(self, teacher: nn.Module, device: torch.device, out_dtype: torch.dtype):
+        self.teacher, self.device, self.out_dtype = teacher, device, out_dtype
+        self.autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        inputs = batch_convention.split_batch(batch).inputs_for_teacher()
+        inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = logits_of(teacher_outputs(self.teacher, inputs)).float()
+        return logits, inputs
+
+
+def _check_precompute_arguments(dataset, dtype: str, batch_size: int) -> None:
+    if has_transform(dataset):
+        raise ValueError(
+            "Cannot precompute teacher logits: the dataset has an on-the-fly transform (set_transform / "
+            "with_transform). Logits computed once would not match the inputs the student sees when the transform "
+            "is random (augmentation). Apply deterministic preprocessing with Dataset.map instead, or keep the "
+            "teacher live (precompute_teacher_logits=False)."
+        )
+    if dtype not in TEACHER_LOGITS_DTYPES:
+        raise ValueError(f"dtype must be one of {TEACHER_LOGITS_DTYPES}, got {dtype!r}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
 
 
 def add_teacher_logits(
@@ -189,81 +251,74 @@ def add_teacher_logits(
 ):
     """Run the frozen teacher once over `dataset` and return it with a `teacher_logits` column.
 
-    The teacher runs in batched inference mode (`eval()`, no grad, bf16 autocast on a GPU that supports it). The
-    result is cached by `datasets`' fingerprinting: the cache key combines the dataset's fingerprint with
-    [`teacher_fingerprint`], so a second run with the same teacher and data reuses the cached column, and a teacher
-    with other weights never does. [`DistillationTrainer`] then reads the logits from the batch and never runs the
-    teacher during training.
+    The one precompute path of hf_kd ([`DistillationTrainer`] calls it with `precompute_teacher_logits=True`). The
+    teacher runs in batched inference mode (`eval()`, no grad, bf16 autocast on a GPU that supports it). For a
+    `datasets.Dataset` the result is cached by `datasets`' fingerprinting: the cache key combines the dataset's
+    fingerprint with [`teacher_fingerprint`], so a second run with the same teacher and data reuses the cached
+    column, and a teacher with other weights never does.
 
-    An [`hf_kd.data.InMemoryDataset`] is read slice by slice from its tensors and comes back as an
-    `InMemoryDataset` with the extra column, sharing the other columns' memory; it has no cache file (it lives in
-    memory only), so the teacher runs again on the next call.
+    An [`hf_kd.data.InMemoryDataset`] comes back as an `InMemoryDataset` with the extra column, sharing the other
+    columns' memory. When it was read from a `datasets.Dataset` (`InMemoryDataset.from_dataset`), the logits are
+    computed on that dataset, so they are cached across runs too; otherwise they are computed from its tensors,
+    slice by slice, and live in memory only.
 
     Args:
         dataset (`datasets.Dataset` or [`~hf_kd.data.InMemoryDataset`]): model-ready inputs (decoded pixels, token
             ids), no on-the-fly transform.
-        teacher (`nn.Module`): the teacher; its `teacher_*` columns are used when present (prefix stripped).
+        teacher (`nn.Module`): the teacher; it reads its own `teacher_*` columns when there are any.
         batch_size (`int`): inference batch size (no gradients are kept, so it can be large).
         dtype (`str`): storage precision of the column, `"float32"` or `"float16"` (half the disk and memory; the
             losses upcast to float32).
-        data_collator (*optional*): builds a batch from a list of rows, e.g. `DataCollatorWithPadding` for text.
-            By default rows are stacked as they are.
+        data_collator (*optional*): builds a batch from a list of rows (with their column names as in the dataset),
+            e.g. the training collator that pads the student's and the teacher's tokens. Batches whose columns are
+            already stacked tensors are used as they are.
         device (*optional*): where to run the teacher; defaults to the device of its parameters.
     """
+    _check_precompute_arguments(dataset, dtype, batch_size)
+    freeze(teacher)
+    device = torch.device(device) if device is not None else next(iter(teacher.parameters())).device
+    run = _TeacherLogits(teacher, device, getattr(torch, dtype))
+    columns = teacher_input_columns(list(dataset.column_names), teacher)
+    if isinstance(dataset, InMemoryDataset):
+        return _add_logits_in_memory(dataset, run, columns, batch_size, dtype, data_collator)
+    return _add_logits_to_dataset(dataset, run, columns, batch_size, dtype, data_collator)
+
+
+def _add_logits_in_memory(dataset: InMemoryDataset, run: _TeacherLogits, columns, batch_size, dtype, data_collator):
+    if dataset.source is not None:
+        # Computed on the Arrow dataset it was read from, for the cache across runs; only the new column is read.
+        source = _add_logits_to_dataset(dataset.source, run, columns, batch_size, dtype, data_collator)
+        logits = InMemoryDataset.from_dataset(source, [TEACHER_LOGITS_COLUMN]).columns[TEACHER_LOGITS_COLUMN]
+        logits = logits.to(run.out_dtype)  # the torch format reads float16 back as float32
+        return dataset.with_column(TEACHER_LOGITS_COLUMN, logits)
+    # Already tensors of one shape per column: slice them, no Arrow round trip and no copy of the inputs.
+    chunks = [
+        run({name: dataset.columns[name][start : start + batch_size] for name in columns})[0].to(run.out_dtype).cpu()
+        for start in range(0, len(dataset), batch_size)
+    ]
+    return dataset.with_column(TEACHER_LOGITS_COLUMN, torch.cat(chunks))
+
+
+def _add_logits_to_dataset(dataset, run: _TeacherLogits, columns, batch_size, dtype, data_collator):
     from datasets.fingerprint import Hasher
     from transformers import default_data_collator
 
-    if has_transform(dataset):
-        raise ValueError(
-            "Cannot precompute teacher logits: the dataset has an on-the-fly transform (set_transform / "
-            "with_transform). Logits computed once would not match the inputs the student sees when the transform "
-            "is random (augmentation). Apply deterministic preprocessing with Dataset.map instead, or keep the "
-            "teacher live (precompute_teacher_logits=False)."
-        )
-    if dtype not in TEACHER_LOGITS_DTYPES:
-        raise ValueError(f"dtype must be one of {TEACHER_LOGITS_DTYPES}, got {dtype!r}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    freeze(teacher)
-    columns = teacher_input_columns(dataset, teacher)
-    prefix = TEACHER_INPUT_PREFIX if columns[0].startswith(TEACHER_INPUT_PREFIX) else ""
-    if device is None:
-        device = next(iter(teacher.parameters())).device
-    device = torch.device(device)
-    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
     collate = data_collator or default_data_collator
-    out_dtype = getattr(torch, dtype)
-
-    names = [name[len(prefix) :] for name in columns]
-
-    def run_teacher(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        batch = cast_floating_inputs({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, teacher)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            outputs = teacher(**batch)
-        return logits_of(outputs).float(), batch
-
-    if isinstance(dataset, InMemoryDataset):
-        # Already tensors of one shape per column: slice them, no Arrow round trip and no copy of the inputs.
-        chunks = []
-        for start in range(0, len(dataset), batch_size):
-            batch = {name: dataset.columns[column][start : start + batch_size] for name, column in zip(names, columns)}
-            chunks.append(run_teacher(batch)[0].to(out_dtype).cpu())
-        return InMemoryDataset({**dataset.columns, TEACHER_LOGITS_COLUMN: torch.cat(chunks)})
 
     def compute(*values):
-        if data_collator is None and all(torch.is_tensor(v) for v in values):
-            batch = dict(zip(names, values))  # already stacked by the torch format: no per-row round trip
+        if all(torch.is_tensor(v) for v in values):
+            batch = dict(zip(columns, values))  # already stacked by the torch format: no per-row round trip
         else:
-            batch = collate([dict(zip(names, row)) for row in zip(*values)])
-        logits, batch = run_teacher(batch)
-        if logits.dim() > 2 and "attention_mask" in batch:
+            batch = collate([dict(zip(columns, row)) for row in zip(*values)])
+        logits, inputs = run(batch)
+        if logits.dim() > 2 and "attention_mask" in inputs:
             # Token-level logits: keep each row's own length, not the batch's padding.
-            lengths = batch["attention_mask"].sum(-1).tolist()
-            return {TEACHER_LOGITS_COLUMN: [row[:n].to(out_dtype).cpu().numpy() for row, n in zip(logits, lengths)]}
-        return {TEACHER_LOGITS_COLUMN: logits.to(out_dtype).cpu().numpy()}
+            lengths = inputs["attention_mask"].sum(-1).tolist()
+            return {TEACHER_LOGITS_COLUMN: [row[:n].to(run.out_dtype).cpu().numpy() for row, n in zip(logits, lengths)]}
+        return {TEACHER_LOGITS_COLUMN: logits.to(run.out_dtype).cpu().numpy()}
 
     original_format = dict(dataset.format)
-    fingerprint = Hasher.hash([dataset._fingerprint, teacher_fingerprint(teacher), dtype, columns, batch_size])
+    fingerprint = Hasher.hash([dataset._fingerprint, teacher_fingerprint(run.teacher), dtype, columns, batch_size])
     result = dataset.with_format("torch").map(
         compute,
         batched=True,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import datasets
@@ -21,54 +21,22 @@ from transformers import (
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import logging
 
+from .batch import TEACHER_LOGITS, DistillationBatch, distillation_columns, split_batch
 from .configuration_distillation import DistillationConfig
 from .data import InMemoryDataset, collate_batches
 from .losses import distillation_loss
 from .teacher import (
-    TEACHER_INPUT_PREFIX,
-    TEACHER_LOGITS_COLUMN,
     add_teacher_logits,
-    cast_floating_inputs,
+    check_compatible,
     check_teacher_logits,
     has_transform,
     load_teacher,
     logits_of,
     prepare_teacher,
+    teacher_outputs,
 )
 
 logger = logging.get_logger(__name__)
-
-
-def generic_labels(id2label: dict | None) -> bool:
-    """True for the `LABEL_0, LABEL_1, ...` names a config gets when nobody named the labels."""
-    return not id2label or all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
-
-
-def check_compatible(student: nn.Module, teacher: nn.Module) -> None:
-    """Refuse a teacher whose outputs do not line up with the student's classes."""
-    if teacher is student:
-        raise ValueError(
-            "teacher_model is the student model itself (the same object): pass a separate, frozen teacher model."
-        )
-    s_cfg, t_cfg = getattr(student, "config", None), getattr(teacher, "config", None)
-    if s_cfg is None or t_cfg is None:
-        return
-    s_name, t_name = type(student).__name__, type(teacher).__name__
-    s_n, t_n = getattr(s_cfg, "num_labels", None), getattr(t_cfg, "num_labels", None)
-    if s_n is not None and t_n is not None and s_n != t_n:
-        raise ValueError(
-            f"The student ({s_name}) has num_labels={s_n} but the teacher ({t_name}) has num_labels={t_n}: "
-            "their logits cannot be compared."
-        )
-    s_labels = {int(k): v for k, v in (getattr(s_cfg, "id2label", None) or {}).items()}
-    t_labels = {int(k): v for k, v in (getattr(t_cfg, "id2label", None) or {}).items()}
-    # Generic names say nothing about the order of the classes; only two real label lists can disagree.
-    if not generic_labels(s_labels) and not generic_labels(t_labels) and s_labels != t_labels:
-        raise ValueError(
-            f"The student ({s_name}) and the teacher ({t_name}) order their classes differently: student "
-            f"id2label={s_labels}, teacher id2label={t_labels}. Distilling would train against the wrong classes; "
-            "give both models the same id2label."
-        )
 
 
 def _collate_keeping(features, keep: frozenset, row_collator: Callable):
@@ -174,7 +142,10 @@ class DistillationTrainer(Trainer):
             self.teacher_model = prepare_teacher(teacher_model, self.accelerator, dtype=dtype)
         self.train_dataset = self._with_teacher_logits(self.train_dataset)
         # Unweighted loss parts, accumulated per step and averaged over each logging window (see `log`).
-        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
         self._num_parameters: tuple[nn.Module, int] | None = None  # see `floating_point_ops`
 
     def _with_teacher_logits(self, dataset):
@@ -182,35 +153,16 @@ class DistillationTrainer(Trainer):
         args: DistillationConfig = self.args
         if dataset is None:
             return dataset
-        if args.precompute_teacher_logits and TEACHER_LOGITS_COLUMN not in (getattr(dataset, "column_names", None) or []):
-            if not isinstance(dataset, (datasets.Dataset, InMemoryDataset)):
-                raise ValueError(
-                    "precompute_teacher_logits needs the train dataset as a datasets.Dataset or an "
-                    f"hf_kd.data.InMemoryDataset (whose rows it can read in batches), got {type(dataset).__name__}: "
-                    "add a teacher_logits column yourself (hf_kd.add_teacher_logits), or keep the teacher live."
-                )
-            if self.teacher_model is None:
-                raise ValueError("precompute_teacher_logits=True needs a teacher_model to compute them with.")
-            if has_transform(dataset):
-                raise ValueError(
-                    "precompute_teacher_logits=True, but the train dataset has an on-the-fly transform "
-                    "(set_transform / with_transform, e.g. random augmentation): logits computed once would not "
-                    "match the inputs the student trains on. Turn the augmentation off, or set "
-                    "precompute_teacher_logits=False to run the teacher on every batch."
-                )
-            # Rank 0 computes and caches; the other processes then load the cache instead of recomputing.
-            with args.main_process_first(desc="teacher logits"):
-                dataset = add_teacher_logits(
-                    dataset, self.teacher_model, batch_size=args.teacher_batch_size, dtype=args.teacher_logits_dtype
-                )
+        if args.precompute_teacher_logits and TEACHER_LOGITS not in (getattr(dataset, "column_names", None) or []):
+            dataset = self._precompute_teacher_logits(dataset)
         columns = getattr(dataset, "column_names", None)
         if columns is None:  # a plain torch Dataset: its batches are checked in `compute_loss`
             return dataset
         num_labels = getattr(getattr(self.model, "config", None), "num_labels", None)
-        if isinstance(dataset, InMemoryDataset) and TEACHER_LOGITS_COLUMN in columns:
-            check_teacher_logits(dataset.columns[TEACHER_LOGITS_COLUMN], num_labels)
-        elif TEACHER_LOGITS_COLUMN in columns:
-            check_teacher_logits(dataset.with_format("numpy")[TEACHER_LOGITS_COLUMN][:], num_labels)
+        if isinstance(dataset, InMemoryDataset) and TEACHER_LOGITS in columns:
+            check_teacher_logits(dataset.columns[TEACHER_LOGITS], num_labels)
+        elif TEACHER_LOGITS in columns:
+            check_teacher_logits(dataset.with_format("numpy")[TEACHER_LOGITS][:], num_labels)
         elif self.teacher_model is None:
             raise ValueError(
                 "DistillationTrainer needs a teacher: pass teacher_model (or args.teacher_model_name_or_path), or a "
@@ -218,14 +170,40 @@ class DistillationTrainer(Trainer):
             )
         return dataset
 
+    def _precompute_teacher_logits(self, dataset):
+        """hf_kd's one precompute path ([`add_teacher_logits`]), batched by the trainer's own collator."""
+        args: DistillationConfig = self.args
+        if not isinstance(dataset, (datasets.Dataset, InMemoryDataset)):
+            raise ValueError(
+                "precompute_teacher_logits needs the train dataset as a datasets.Dataset or an "
+                f"hf_kd.data.InMemoryDataset (whose rows it can read in batches), got {type(dataset).__name__}: "
+                "add a teacher_logits column yourself (hf_kd.add_teacher_logits), or keep the teacher live."
+            )
+        if self.teacher_model is None:
+            raise ValueError("precompute_teacher_logits=True needs a teacher_model to compute them with.")
+        if has_transform(dataset):
+            raise ValueError(
+                "precompute_teacher_logits=True, but the train dataset has an on-the-fly transform "
+                "(set_transform / with_transform, e.g. random augmentation): logits computed once would not "
+                "match the inputs the student trains on. Turn the augmentation off, or set "
+                "precompute_teacher_logits=False to run the teacher on every batch."
+            )
+        # Rank 0 computes and caches; the other processes then load the cache instead of recomputing.
+        with args.main_process_first(desc="teacher logits"):
+            return add_teacher_logits(
+                dataset,
+                self.teacher_model,
+                batch_size=args.teacher_batch_size,
+                dtype=args.teacher_logits_dtype,
+                data_collator=self.data_collator,
+            )
+
     def _set_signature_columns_if_needed(self):
         # Keep the teacher's columns when `remove_unused_columns` drops what the student's forward does not take.
         if self._signature_columns is None:
             super()._set_signature_columns_if_needed()
             dataset_columns = getattr(self.train_dataset, "column_names", None) or []
-            self._signature_columns += [TEACHER_LOGITS_COLUMN] + [
-                c for c in dataset_columns if c.startswith(TEACHER_INPUT_PREFIX)
-            ]
+            self._signature_columns += [TEACHER_LOGITS, *distillation_columns(dataset_columns)]
 
     def _get_collator_with_removed_columns(self, data_collator: Callable, description: str | None = None) -> Callable:
         # The Trainer's column-removing wrapper iterates over rows; a whole batch from an InMemoryDataset gets
@@ -235,15 +213,43 @@ class DistillationTrainer(Trainer):
             return data_collator
         return partial(_collate_keeping, keep=frozenset(self._signature_columns), row_collator=removing)
 
-    def _teacher_logits(self, student_inputs: dict[str, Any], teacher_inputs: dict[str, Any]) -> torch.Tensor:
+    def teacher_outputs(self, batch: DistillationBatch):
+        """The teacher's outputs for a batch: the `teacher_logits` it carries, or the live teacher's forward on its
+        inputs (its own `teacher_*` ones when there are any)."""
+        if batch.teacher_logits is not None:
+            return {"logits": batch.teacher_logits}
         if self.teacher_model is None:
             raise ValueError(
                 "The batch has no 'teacher_logits' and the trainer has no teacher: pass teacher_model (or "
                 "args.teacher_model_name_or_path), or add teacher logits to the dataset."
             )
-        with torch.no_grad():
-            outputs = self.teacher_model(**cast_floating_inputs(teacher_inputs or student_inputs, self.teacher_model))
-        return logits_of(outputs)
+        outputs = teacher_outputs(self.teacher_model, batch.inputs_for_teacher())
+        if not torch.isfinite(logits_of(outputs)).all():
+            raise ValueError(
+                f"The teacher's logits contain NaN or inf at step {self.state.global_step} (live teacher): "
+                "check the teacher's weights and dtype (fp16 overflows above 65504)."
+            )
+        return outputs
+
+    def compute_loss_terms(self, student_outputs, teacher_outputs, batch: DistillationBatch) -> dict[str, torch.Tensor]:
+        """The loss terms of one batch: `"loss"`, the weighted total, and each unweighted term by name (logged as
+        `loss_<name>`). Here the logit objective of [`hf_kd.losses.distillation_loss`]; a subclass adds its terms."""
+        args: DistillationConfig = self.args
+        student_logits, teacher_logits = logits_of(student_outputs), logits_of(teacher_outputs)
+        if teacher_logits.shape != student_logits.shape:
+            raise ValueError(
+                f"The batch's teacher_logits have shape {tuple(teacher_logits.shape)} but the student's logits "
+                f"have shape {tuple(student_logits.shape)}: the teacher logits must have one column per label "
+                f"({student_logits.shape[-1]})."
+            )
+        return distillation_loss(
+            student_logits,
+            teacher_logits,
+            batch.labels,
+            temperature=args.temperature,
+            alpha=args.alpha,
+            loss_type=args.loss_type,
+        )
 
     def compute_loss(
         self,
@@ -253,51 +259,19 @@ class DistillationTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         args: DistillationConfig = self.args
-        labels = inputs.get("labels")
-        if labels is None and args.alpha < 1.0:
+        batch = split_batch(inputs)
+        if batch.labels is None and args.alpha < 1.0:
             raise ValueError(
                 f"The batch has no 'labels', but alpha={args.alpha} < 1 gives the hard-label term weight "
                 f"{1 - args.alpha}: provide labels, or set alpha=1.0 for pure distillation. Batch keys: "
                 f"{sorted(inputs)}."
             )
-        teacher_logits = inputs.get(TEACHER_LOGITS_COLUMN)
-        student_inputs, teacher_inputs = {}, {}
-        for key, value in inputs.items():
-            if key == "labels" or key == TEACHER_LOGITS_COLUMN:
-                continue
-            if key.startswith(TEACHER_INPUT_PREFIX):
-                teacher_inputs[key[len(TEACHER_INPUT_PREFIX) :]] = value
-            else:
-                student_inputs[key] = value
-
-        outputs = model(**student_inputs)
-        student_logits = logits_of(outputs)
-        if teacher_logits is None:
-            teacher_logits = self._teacher_logits(student_inputs, teacher_inputs)
-            if not torch.isfinite(teacher_logits).all():
-                raise ValueError(
-                    f"The teacher's logits contain NaN or inf at step {self.state.global_step} (live teacher): "
-                    "check the teacher's weights and dtype (fp16 overflows above 65504)."
-                )
-        if teacher_logits.shape != student_logits.shape:
-            raise ValueError(
-                f"The batch's teacher_logits have shape {tuple(teacher_logits.shape)} but the student's logits "
-                f"have shape {tuple(student_logits.shape)}: the teacher logits must have one column per label "
-                f"({student_logits.shape[-1]})."
-            )
-
-        loss, hard, soft = distillation_loss(
-            student_logits,
-            teacher_logits,
-            labels,
-            temperature=args.temperature,
-            alpha=args.alpha,
-            loss_type=args.loss_type,
-        )
+        outputs = model(**batch.student_inputs)
+        terms = self.compute_loss_terms(outputs, self.teacher_outputs(batch), batch)
+        loss = terms.pop("loss")
         metrics = self._metrics["train" if model.training else "eval"]
-        if hard is not None:
-            metrics["loss_ce"].append(hard.detach())
-        metrics["loss_kd"].append(soft.detach())
+        for name, value in terms.items():
+            metrics[f"loss_{name}"].append(value.detach())
         return (loss, outputs) if return_outputs else loss
 
     def floating_point_ops(self, inputs: dict[str, torch.Tensor | Any]) -> int:

@@ -15,7 +15,12 @@ import pytest
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ from test_examples_image import make_image_dataset
 
 from hf_kd.data import (
     InMemoryDataset,
-    collate_batches,
     RandomShiftCollator,
+    collate_batches,
     detect_image_columns,
     label_names,
     load_image_classification_dataset,
@@ -39,8 +39,10 @@ def test_detect_columns_errors_list_the_columns():
 def test_label_names_from_classlabel_or_integers():
     assert label_names(make_image_dataset(4, 28, "L"), "label")[:2] == ["class_0", "class_1"]
     assert label_names(Dataset.from_dict({"label": [1, 0, 2]}), "label") == ["0", "1", "2"]
+    # One reading of class names for every modality: strings are names (sorted), encoded by the preprocessing.
+    assert label_names(Dataset.from_dict({"label": ["dog", "cat", "dog"]}), "label") == ["cat", "dog"]
     with pytest.raises(ValueError, match="class_encode_column"):
-        label_names(Dataset.from_dict({"label": ["cat", "dog"]}), "label")
+        label_names(Dataset.from_dict({"label": [1, 5]}), "label")
 
 
 def test_load_raw_dataset_sources(tmp_path):

@@ -8,10 +8,9 @@ import subprocess
 import sys
 
 import torch
+from conftest import REPO_ROOT
 from datasets import DatasetDict
 from safetensors.torch import load_file
-
-from conftest import REPO_ROOT
 from test_examples_image import LOCAL_ACCURACY, make_image_dataset
 
 GLOBAL_BATCH = 16

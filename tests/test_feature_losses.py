@@ -20,6 +20,8 @@ from hf_kd.feature_losses import (
     overhaul_margin_from_stats,
     overhaul_negative_stats,
     pkd_loss,
+)
+from hf_kd.relation_losses import (
     rkd_angle_loss,
     rkd_distance_loss,
     rkd_loss,

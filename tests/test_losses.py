@@ -91,11 +91,11 @@ def test_identical_logits_give_zero(logits, loss_type):
 def test_alpha_endpoints_are_exact(logits):
     s, t = logits
     labels = torch.tensor([0, 1, 2, 3, 4, 0])
-    loss0, hard, soft = distillation_loss(s, t, labels, temperature=2.0, alpha=0.0)
+    loss0, hard, soft = distillation_loss(s, t, labels, temperature=2.0, alpha=0.0).values()
     assert torch.equal(loss0, hard_label_loss(s, labels))
-    loss1, _, _ = distillation_loss(s, t, labels, temperature=2.0, alpha=1.0)
+    loss1 = distillation_loss(s, t, labels, temperature=2.0, alpha=1.0)["loss"]
     assert torch.equal(loss1, soft_target_loss(s, t, 2.0))
-    mixed, hard, soft = distillation_loss(s, t, labels, temperature=2.0, alpha=0.3)
+    mixed, hard, soft = distillation_loss(s, t, labels, temperature=2.0, alpha=0.3).values()
     manual = 0.7 * _manual_ce(s.tolist(), labels.tolist()) + 0.3 * _manual_kl(s.tolist(), t.tolist(), 2.0)
     assert mixed.item() == pytest.approx(manual, rel=1e-5)
 
@@ -106,7 +106,7 @@ def test_minus_100_positions_are_excluded_from_both_terms():
     labels = torch.randint(0, 3, (2, 7), generator=g)
     labels[0, 2:] = -100
     labels[1, 5:] = -100
-    loss, hard, soft = distillation_loss(s, t, labels, temperature=2.0, alpha=0.5)
+    loss, hard, soft = distillation_loss(s, t, labels, temperature=2.0, alpha=0.5).values()
     valid = labels != -100
     s_rows, t_rows = s[valid].tolist(), t[valid].tolist()
     assert soft.item() == pytest.approx(_manual_kl(s_rows, t_rows, 2.0), rel=1e-5)
@@ -114,7 +114,7 @@ def test_minus_100_positions_are_excluded_from_both_terms():
     # Garbage at the masked positions changes nothing.
     s2, t2 = s.clone(), t.clone()
     s2[~valid], t2[~valid] = 1e3, -1e3
-    loss2, _, _ = distillation_loss(s2, t2, labels, temperature=2.0, alpha=0.5)
+    loss2 = distillation_loss(s2, t2, labels, temperature=2.0, alpha=0.5)["loss"]
     assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
 
 
@@ -122,7 +122,7 @@ def test_minus_100_positions_are_excluded_from_both_terms():
 def test_large_logits_stay_finite_and_are_float32(dtype):
     s = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 5.0]]).to(dtype)
     t = torch.tensor([[-1e4, 1e4, 0.0], [1e4, -1e4, 0.0]]).to(dtype)
-    loss, hard, soft = distillation_loss(s, t, torch.tensor([0, 1]), temperature=1.0, alpha=0.5)
+    loss, hard, soft = distillation_loss(s, t, torch.tensor([0, 1]), temperature=1.0, alpha=0.5).values()
     for value in (loss, hard, soft, reverse_kl_loss(s, t), logit_mse_loss(s, t)):
         assert value.dtype == torch.float32
         assert torch.isfinite(value)
@@ -143,8 +143,8 @@ def test_soft_term_gradient_is_t_times_probability_difference_over_n(logits, T):
 
 def test_no_labels_needs_alpha_one(logits):
     s, t = logits
-    loss, hard, soft = distillation_loss(s, t, None, temperature=2.0, alpha=1.0)
-    assert hard is None and torch.equal(loss, soft)
+    terms = distillation_loss(s, t, None, temperature=2.0, alpha=1.0)
+    assert "ce" not in terms and torch.equal(terms["loss"], terms["kd"])
     with pytest.raises(ValueError, match="labels are required when alpha < 1"):
         distillation_loss(s, t, None, alpha=0.5)
 
@@ -162,7 +162,7 @@ def test_full_objective_gradient_matches_its_formula(logits, alpha):
     T = 3.0
     labels = torch.tensor([0, 4, -100, 2, 1, -100])
     s = s.clone().requires_grad_(True)
-    distillation_loss(s, t, labels, temperature=T, alpha=alpha)[0].backward()
+    distillation_loss(s, t, labels, temperature=T, alpha=alpha)["loss"].backward()
     valid = labels != -100
     onehot = torch.zeros_like(t)
     onehot[valid, labels[valid]] = 1.0

@@ -4,11 +4,10 @@ import copy
 
 import pytest
 import torch
-
-from hf_kd import DistillationTrainer
-
 from conftest import make_student
 from test_trainer import agreement, config
+
+from hf_kd import DistillationTrainer
 
 
 def train_and_score(tmp_path, teacher, train, test, **overrides):

@@ -13,7 +13,13 @@ from datasets import Dataset
 from hf_kd.data import InMemoryDataset
 from hf_kd.experiment import check_output_dir
 from hf_kd.models import model_from_preset
-from hf_kd.report import REPORT_JSON, REPORT_MD, DistillationReport, ModelResult, measure_model
+from hf_kd.report import (
+    REPORT_JSON,
+    REPORT_MD,
+    DistillationReport,
+    ModelResult,
+    measure_model,
+)
 
 SETTINGS = {
     "temperature": 4.0,

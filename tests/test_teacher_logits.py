@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, load_from_disk
-
-from hf_kd import DistillationTrainer, add_teacher_logits, teacher_fingerprint
-
 from conftest import make_student
+from datasets import Dataset, load_from_disk
 from test_trainer import agreement, config
+
+from hf_kd import DistillationTrainer, add_teacher_logits
+from hf_kd.teacher import teacher_fingerprint
 
 
 class CallCounter:

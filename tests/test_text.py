@@ -8,21 +8,25 @@ import random
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, Value
-from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertTokenizer
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertTokenizer,
+)
 
 from hf_kd import DistillationConfig, DistillationTrainer
-from hf_kd.losses import distillation_loss
-from hf_kd.text import (
+from hf_kd.data import (
     DataCollatorWithTeacherPadding,
-    derive_student,
     detect_label_column,
     detect_text_columns,
     label_mapping,
     label_names,
     same_tokenizer,
-    spread_layers,
     tokenize_dataset,
 )
+from hf_kd.losses import distillation_loss
+from hf_kd.student import derive_student, spread_layers
 
 POSITIVE = ["good", "great", "fine", "superb"]
 NEGATIVE = ["bad", "awful", "poor", "dull"]
@@ -228,8 +232,8 @@ def test_distillation_feeds_the_teacher_its_own_tokenization(tmp_path, student_t
             batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_token_type_ids"]
         ).logits
         wrong = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
-    expected, _, _ = distillation_loss(s_logits, t_logits, batch["labels"], temperature=2.0, alpha=1.0)
-    misfed, _, _ = distillation_loss(s_logits, wrong, batch["labels"], temperature=2.0, alpha=1.0)
+    expected = distillation_loss(s_logits, t_logits, batch["labels"], temperature=2.0, alpha=1.0)["loss"]
+    misfed = distillation_loss(s_logits, wrong, batch["labels"], temperature=2.0, alpha=1.0)["loss"]
     assert torch.allclose(loss, expected, atol=1e-6), (loss, expected)
     assert not torch.allclose(loss, misfed, atol=1e-3)
     assert torch.equal(seen[0], batch["teacher_input_ids"])
@@ -317,7 +321,7 @@ def test_token_classification_masks_ignored_positions(tmp_path, student_tokenize
     kl = torch.nn.functional.kl_div(
         torch.log_softmax(s_logits[keep] / 2.0, -1), torch.softmax(t_logits[keep] / 2.0, -1), reduction="batchmean"
     ) * 4.0  # fmt: skip
-    loss, hard, soft = distillation_loss(s_logits, t_logits, labels, temperature=2.0, alpha=0.5)
+    loss, hard, soft = distillation_loss(s_logits, t_logits, labels, temperature=2.0, alpha=0.5).values()
     assert torch.allclose(hard, ce, atol=1e-5) and torch.allclose(soft, kl, atol=1e-5)
     assert torch.allclose(loss, 0.5 * ce + 0.5 * kl, atol=1e-5)
     with torch.no_grad():
@@ -508,11 +512,11 @@ def test_rotten_tomatoes_with_minilm(tmp_path):
 
 def test_student_derived_from_the_pretrained_encoder(tmp_path, teacher_tokenizer):
     """--student_init_from pretrained: the student starts from the encoder as loaded, not as fine-tuned later."""
-    from accelerate import PartialState
+    from conftest import REPO_ROOT
     from transformers import BertModel
 
-    from conftest import REPO_ROOT
-    from hf_kd.text import parse_text_arguments, text_distillation_task
+    from hf_kd.arguments import parse_text_arguments
+    from hf_kd.recipes import text_setup
 
     data = _save_text_data(tmp_path / "data", n_train=32, n_test=16)
     encoder = tmp_path / "encoder"
@@ -525,9 +529,8 @@ def test_student_derived_from_the_pretrained_encoder(tmp_path, teacher_tokenizer
     ]  # fmt: skip
     new_heads = []
     for init_from in ("pretrained", "fine-tuned"):
-        task = text_distillation_task(
-            PartialState(), *parse_text_arguments(None, [*argv, "--student_init_from", init_from])
-        )
+        data_args, _, text_args, config = parse_text_arguments(None, [*argv, "--student_init_from", init_from])
+        task = text_setup(data_args, text_args, config)
         assert task.train_teacher  # the encoder has no classification head
         loaded = {k: v.clone() for k, v in task.teacher.state_dict().items()}
         new_heads.append(loaded["classifier.weight"])

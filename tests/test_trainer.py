@@ -5,13 +5,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_student, make_teacher
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    AutoModelForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.losses import soft_target_loss
-
-from conftest import make_student, make_teacher
 
 
 def config(tmp_path, **overrides):

@@ -1,87 +1,18 @@
-"""Datasets to model inputs, prepared once.
-
-Image classification (this section): load a dataset from the Hub, a local directory or memory, find its image and
-label columns, and decode + normalise every image ONCE with `Dataset.map` and the model's image processor. The result
-is cached by fingerprint (a second run, or the teacher/student/baseline trainings of one run, read the cache) and
-served as torch tensors, so no training step ever decodes a PNG.
-"""
+"""Image classification data: find the image and label columns, and decode + normalise every image ONCE with
+`Dataset.map` and the model's image processor. The result is cached by fingerprint (a second run, or the
+teacher/student/baseline trainings of one run, read the cache) and served as torch tensors, so no training step ever
+decodes a PNG."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from datasets import (
-    Array3D,
-    ClassLabel,
-    Dataset,
-    DatasetDict,
-    Features,
-    Image,
-    Value,
-    load_dataset,
-    load_from_disk,
-)
-from transformers.utils import logging
+from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
-logger = logging.get_logger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Loading (any modality)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _is_saved_to_disk(path: str) -> bool:
-    """A directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (which `load_dataset` cannot read)."""
-    return os.path.isfile(os.path.join(path, "dataset_dict.json")) or os.path.isfile(os.path.join(path, "state.json"))
-
-
-def load_raw_dataset(
-    dataset: str | Dataset | DatasetDict,
-    dataset_config_name: str | None = None,
-    cache_dir: str | None = None,
-    **load_kwargs: Any,
-) -> DatasetDict:
-    """
-    Load a dataset as a [`~datasets.DatasetDict`], whatever its source.
-
-    Args:
-        dataset (`str`, [`~datasets.Dataset`] or [`~datasets.DatasetDict`]):
-            A Hub id (`"ylecun/mnist"`), a local directory that `load_dataset` reads (an imagefolder, parquet / csv /
-            json files, a dataset repository clone), a directory written by `save_to_disk`, or a dataset object. A
-            lone `Dataset` becomes the `"train"` split.
-        dataset_config_name (`str`, *optional*): The configuration of a Hub dataset.
-        cache_dir (`str`, *optional*): Where `load_dataset` caches (defaults to `HF_DATASETS_CACHE`).
-        load_kwargs: Passed to `load_dataset`.
-    """
-    if isinstance(dataset, DatasetDict):
-        return dataset
-    if isinstance(dataset, Dataset):
-        return DatasetDict({"train": dataset})
-    if not isinstance(dataset, str) or not dataset:
-        raise ValueError(
-            f"dataset_name must be a Hub id, a local directory or a datasets.Dataset/DatasetDict, got {dataset!r}."
-        )
-    if os.path.isdir(dataset) and _is_saved_to_disk(dataset):
-        loaded = load_from_disk(dataset)
-    else:
-        loaded = load_dataset(dataset, dataset_config_name, cache_dir=cache_dir, **load_kwargs)
-    return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
-
-
-def select_split(datasets: DatasetDict, split: str, argument: str) -> Dataset:
-    """`datasets[split]`, or an error naming the argument and the splits there are."""
-    if split not in datasets:
-        raise ValueError(f"{argument}={split!r} is not a split of the dataset; its splits are {sorted(datasets)}.")
-    return datasets[split]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Image classification
-# ---------------------------------------------------------------------------------------------------------------------
+from .loading import is_string, label_names, load_raw_dataset, select_split
+from .memory import collate_batches
 
 # Tried in order when a column is not named and no feature type identifies it (the names popular Hub datasets use).
 IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "pixel_values")
@@ -133,21 +64,6 @@ def _describe(feature) -> str:
     return type(feature).__name__
 
 
-def label_names(dataset: Dataset, label_column: str) -> list[str]:
-    """The class names: a `ClassLabel`'s names, else the sorted distinct values (which must be `0..n-1` integers)."""
-    feature = dataset.features[label_column]
-    if isinstance(feature, ClassLabel):
-        return list(feature.names)
-    values = sorted(set(dataset[:][label_column]))
-    if values != list(range(len(values))):
-        shown = values if len(values) <= 20 else values[:20] + ["..."]
-        raise ValueError(
-            f"The label column {label_column!r} is not a ClassLabel and its values are not the integers 0..n-1 "
-            f"(got {shown}): cast it with dataset.class_encode_column({label_column!r})."
-        )
-    return [str(value) for value in values]
-
-
 def preprocess_image_dataset(
     dataset: Dataset,
     image_processor: Callable,
@@ -156,6 +72,7 @@ def preprocess_image_dataset(
     batch_size: int = 1000,
     num_proc: int | None = None,
     desc: str | None = None,
+    label2id: dict[str, int] | None = None,
 ) -> Dataset:
     """
     Decode and normalise every image of `dataset` once: `pixel_values` (a fixed-shape `float32` `Array3D`) and
@@ -171,7 +88,8 @@ def preprocess_image_dataset(
 
     def transform(batch: dict[str, list]) -> dict[str, Any]:
         pixel_values = image_processor(batch[image_column], return_tensors="np")["pixel_values"]
-        return {"pixel_values": pixel_values, "labels": batch[label_column]}
+        labels = batch[label_column]
+        return {"pixel_values": pixel_values, "labels": [label2id[v] for v in labels] if label2id else labels}
 
     processed = dataset.map(
         transform,
@@ -221,6 +139,8 @@ def load_image_classification_dataset(
     evaluation = select_split(raw, eval_split, "eval_split")
     image_column, label_column = detect_image_columns(train, image_column, label_column)
     names = label_names(train, label_column)
+    # String labels are encoded here, in the order of `names`, instead of asking for `class_encode_column`.
+    label2id = {name: i for i, name in enumerate(names)} if is_string(train.features[label_column]) else None
 
     splits = {}
     for key, split, limit, argument in (
@@ -238,69 +158,9 @@ def load_image_classification_dataset(
             label_column,
             num_proc=preprocessing_num_workers,
             desc=f"Decoding and normalising the {key} images",
+            label2id=label2id,
         )
     return DatasetDict(splits), names
-
-
-# --- Serving ----------------------------------------------------------------------------------------------------------
-
-
-class InMemoryDataset(torch.utils.data.Dataset):
-    """
-    The columns of a prepared [`~datasets.Dataset`] held as torch tensors, for training loops that read it many times.
-
-    Random access to an Arrow table with the torch format costs ~170 ms per batch of 128 MNIST images (Arrow `take`
-    over the cache's record batches, then per-row formatting): over a minute an epoch, ten times the model's own
-    time. Reading the columns once, contiguously, takes ~2 s; after that a batch is a tensor index. The memory cost
-    is the cache's size (188 MB for MNIST, 614 MB for CIFAR-10, per process).
-
-    The DataLoader fetches through `__getitems__`, which indexes each column once and returns the batch dict itself
-    (splitting it into rows for a collator to stack again cost 4x more than the indexing); [`collate_batches`] passes
-    such a batch through, and [`DistillationTrainer`] uses it by default. With a plain [`~transformers.Trainer`],
-    pass `data_collator=collate_batches` and `remove_unused_columns=False` (its column removal iterates over rows).
-
-    Args:
-        columns (`dict[str, torch.Tensor]`): Equal-length tensors, one per column.
-    """
-
-    def __init__(self, columns: dict[str, torch.Tensor]):
-        lengths = {name: len(tensor) for name, tensor in columns.items()}
-        if not columns or len(set(lengths.values())) != 1:
-            raise ValueError(f"InMemoryDataset needs at least one column, all of the same length; got {lengths}.")
-        self.columns = dict(columns)
-
-    @classmethod
-    def from_dataset(cls, dataset: Dataset, columns: Sequence[str] | None = None) -> InMemoryDataset:
-        """Read `columns` (default: all) of `dataset` into memory as torch tensors, in one contiguous read."""
-        columns = list(columns) if columns is not None else dataset.column_names
-        missing = [name for name in columns if name not in dataset.column_names]
-        if missing:
-            raise ValueError(f"Columns {missing} are not in the dataset; its columns are {dataset.column_names}.")
-        table = dataset.with_format("torch", columns=columns)[:]
-        ragged = [name for name in columns if not torch.is_tensor(table[name])]
-        if ragged:
-            raise ValueError(
-                f"Columns {ragged} hold rows of different shapes and cannot be one tensor: pad them first, or train "
-                "on the datasets.Dataset with a padding collator."
-            )
-        return cls({name: table[name] for name in columns})
-
-    @property
-    def column_names(self) -> list[str]:
-        return list(self.columns)
-
-    def __len__(self) -> int:
-        return len(next(iter(self.columns.values())))
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {name: tensor[index] for name, tensor in self.columns.items()}
-
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        index = torch.as_tensor(indices)
-        return {name: tensor[index] for name, tensor in self.columns.items()}
-
-
-# --- Augmentation -----------------------------------------------------------------------------------------------------
 
 
 class RandomShiftCollator:
@@ -360,17 +220,12 @@ class RandomShiftCollator:
         index = table[choice].unsqueeze(1).expand(batch, channels, -1)
         return padded.flatten(2).gather(2, index).reshape(batch, channels, height, width)
 
+    @property
+    def recipe(self) -> dict[str, int]:
+        """The augmentation as a training recipe records it (the report and the model card)."""
+        return {"max_shift": self.max_shift}
+
     def __call__(self, examples: list[dict[str, Any]] | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = dict(collate_batches(examples))
         batch["pixel_values"] = self.shift(batch["pixel_values"])
         return batch
-
-
-def collate_batches(features, fallback: Callable | None = None):
-    """Collator that passes through a batch already built by [`InMemoryDataset`] (a dict of tensors) and hands a
-    list of rows to `fallback` (default: `transformers.default_data_collator`)."""
-    if isinstance(features, dict):
-        return features
-    if fallback is None:
-        from transformers import default_data_collator as fallback
-    return fallback(features)

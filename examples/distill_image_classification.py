@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Distil an image classifier into a smaller one, train the same student on the labels alone, and report.
+
+    accelerate launch examples/distill_image_classification.py --dataset_name ylecun/mnist \
+        --teacher mnist-mlp-teacher --student mnist-mlp-student --output_dir distill-mnist
+
+The run, top to bottom: arguments -> data (decoded once, served from memory) -> teacher (trained here, or loaded with
+--teacher_model_name_or_path) -> the student distilled by a `DistillationTrainer` -> the CE-only baseline -> the
+report (`distillation_report.{md,json,png}`) and the distilled student's model card (pushed with --push_to_hub).
+`distill_mnist.py` and `distill_cifar10.py` run this script with their datasets' tuned defaults.
+"""
+
+from hf_kd import DistillationTrainer
+from hf_kd.arguments import parse_image_arguments
+from hf_kd.data import RandomShiftCollator
+from hf_kd.experiment import (
+    STUDENT_KD_DIR,
+    TEACHER_DIR,
+    Trained,
+    compute_metrics_for,
+    finish_training,
+    prepare_run,
+    report_run,
+    stage_args,
+    train_baseline,
+    train_teacher,
+)
+from hf_kd.metrics import load_metric
+from hf_kd.recipes import (
+    build_image_model,
+    fill_value,
+    image_processor_for,
+    load_image_data,
+    load_image_teacher,
+)
+
+
+def main(defaults=None, argv=None):
+    # 1. Arguments: data, models and run (DataArguments, ExperimentArguments) + the DistillationConfig.
+    data_args, experiment_args, config = parse_image_arguments(defaults, argv)
+    prepare_run(config, experiment_args)
+    metric = load_metric(experiment_args.metric_name_or_path)
+    compute_metrics = compute_metrics_for(metric)
+
+    # 2. Data: every image decoded and normalised once with the student's image processor, then held in memory.
+    image_processor = image_processor_for(experiment_args.student)
+    data, label_names = load_image_data(data_args, image_processor)
+
+    # 3. Teacher: a trained one loaded, or one trained here on the labels (with random shifts: Hinton et al.'s jitter).
+    if config.teacher_model_name_or_path:
+        probe = build_image_model(experiment_args.student, label_names, config.seed)
+        model = load_image_teacher(
+            config.teacher_model_name_or_path, probe, image_processor, config.teacher_model_init_kwargs
+        )
+        teacher = Trained(TEACHER_DIR, model, data)
+    else:
+        model = build_image_model(experiment_args.teacher, label_names, config.seed)
+        shift = experiment_args.teacher_max_shift
+        augmentation = RandomShiftCollator(shift, fill=fill_value(image_processor), seed=config.seed) if shift else None
+        teacher = train_teacher(model, data, config, experiment_args, compute_metrics, augmentation)
+
+    # 4. The student, distilled: the teacher's logits are computed once up front (--precompute_teacher_logits).
+    student = build_image_model(experiment_args.student, label_names, config.seed)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher.model,
+        args=stage_args(config, STUDENT_KD_DIR, data.train_dataset),
+        train_dataset=data.train_dataset,
+        eval_dataset=data.eval_dataset,
+        data_collator=data.data_collator,
+        processing_class=image_processor,
+        compute_metrics=compute_metrics,
+    )
+    distilled = finish_training(STUDENT_KD_DIR, trainer, data)
+
+    # 5. The baseline: the same student (same seed, so the same initial weights and data order), labels only.
+    runs = [teacher]
+    if not experiment_args.skip_baseline:
+        baseline = build_image_model(experiment_args.student, label_names, config.seed)
+        runs.append(train_baseline(baseline, data, config, compute_metrics))
+    runs.append(distilled)
+
+    # 6. Report and model card, on the main process: every model saved and measured (size, accuracy, latency).
+    teacher_name = config.teacher_model_name_or_path or "trained here"
+    return report_run(runs, "image-classification", teacher_name, metric, data_args, experiment_args, config)
+
+
+if __name__ == "__main__":
+    main()

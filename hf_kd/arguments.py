@@ -1,0 +1,270 @@
+"""The examples' command-line arguments: which data, which models and what runs around the distillation.
+
+The distillation itself (temperature, alpha, loss_type, the teacher to load) and the student's training are
+[`DistillationConfig`] arguments; the dataclasses here hold the rest. [`parse_arguments`] reads all of them with
+[`~transformers.HfArgumentParser`], with an example's defaults in place of the dataclasses' own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import HfArgumentParser
+
+from .configuration_distillation import DistillationConfig
+from .models import PRESET_NAMES
+
+
+@dataclass
+class DataArguments:
+    """Which data, and which of its columns and splits. Image columns are detected when not given."""
+
+    dataset_name: str = field(
+        default=None,
+        metadata={
+            "help": "The dataset: a Hub id (ylecun/mnist), a local directory load_dataset reads (imagefolder, "
+            "parquet, ...) or a directory written by save_to_disk."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    train_split: str = field(default="train", metadata={"help": "The split to train on."})
+    eval_split: str = field(default="test", metadata={"help": "The split every model is evaluated and reported on."})
+    image_column: str | None = field(
+        default=None, metadata={"help": "The image column (default: the column with the Image feature)."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "The label column (default: the column with the ClassLabel feature)."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on the first N training examples only (quick runs, tests)."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N test examples only."})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for the one-time image preprocessing (Dataset.map num_proc)."}
+    )
+    dataset_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where load_dataset caches (default: HF_DATASETS_CACHE)."}
+    )
+
+
+@dataclass
+class ExperimentArguments:
+    """The models and the sequence around the distillation: teacher training, baseline, evaluation, report.
+
+    The distillation itself (temperature, alpha, loss_type, teacher_model_name_or_path) and the student's training
+    (epochs, learning rate, batch size, seed) are `DistillationConfig` arguments; the teacher and the CE-only
+    baseline reuse the student's training settings unless overridden here.
+    """
+
+    teacher: str = field(
+        default=None,
+        metadata={
+            "help": f"Architecture of the teacher trained here: a preset ({', '.join(PRESET_NAMES)}) or a directory "
+            "holding a model config. Ignored when --teacher_model_name_or_path names a trained teacher to load."
+        },
+    )
+    student: str = field(
+        default=None,
+        metadata={
+            "help": "Architecture of the student: a preset or a directory holding a model config (and processor)."
+        },
+    )
+    teacher_num_train_epochs: float | None = field(
+        default=None, metadata={"help": "Epochs of the teacher's training (default: --num_train_epochs)."}
+    )
+    teacher_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the teacher's training (default: --learning_rate)."}
+    )
+    teacher_max_shift: int = field(
+        default=0,
+        metadata={
+            "help": "Train the teacher on images translated by up to this many pixels at random (Hinton et al.'s "
+            "jitter; 0 = off). Students see the original images."
+        },
+    )
+    skip_baseline: bool = field(
+        default=False,
+        metadata={"help": "Do not train the CE-only student (the baseline that shows what distillation adds)."},
+    )
+    metric_name_or_path: str = field(
+        default="accuracy",
+        metadata={
+            "help": "The evaluate metric: a Hub name or a local metric module directory (for machines without "
+            "Hub access). 'accuracy' falls back to a built-in copy when the Hub cannot be reached."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Run even if output_dir holds the report of a finished run (its results are replaced)."},
+    )
+    latency_examples: int = field(
+        default=200, metadata={"help": "Test examples timed one at a time for the batch-1 latency."}
+    )
+    plot: bool = field(default=True, metadata={"help": "Draw distillation_report.png (needs matplotlib)."})
+    torch_num_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU threads for torch's operations (default: torch's choice). Small models train faster on one: "
+            "their matrices are too small to split, and on a busy machine threads wait on each other at every op."
+        },
+    )
+
+
+@dataclass
+class TextArguments:
+    """The text side of a run: columns, tokenization, and where the student comes from.
+
+    The teacher is `--teacher_model_name_or_path` (a [`DistillationConfig`] argument). The student is either
+    `--student_model_name_or_path` (any sequence classifier, with its own tokenizer if it has one) or derived from
+    the teacher's config with `--student_num_layers` layers, initialised from teacher layers (DistilBERT's recipe).
+    """
+
+    student_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A pretrained student (Hub id or directory), with its own tokenizer. Default: derive the student "
+            "from the teacher (see --student_num_layers)."
+        },
+    )
+    student_num_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Layers of the student derived from the teacher's config (default: half the teacher's). Not used "
+            "with --student_model_name_or_path."
+        },
+    )
+    student_layer_indices: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated teacher layers the derived student starts from, e.g. '0,5' (default: evenly "
+            "spread from the first to the last, DistilBERT's 12 -> 6 choice 0,2,4,7,9,11)."
+        },
+    )
+    init_student_from_teacher: bool = field(
+        default=True,
+        metadata={
+            "help": "Initialise the derived student from the teacher's layers, embeddings and head (DistilBERT's "
+            "recipe); --init_student_from_teacher false starts it from random weights."
+        },
+    )
+    student_init_from: str = field(
+        default="fine-tuned",
+        metadata={
+            "help": "Which teacher weights a derived student starts from when the teacher is fine-tuned here: "
+            "'fine-tuned' (the teacher it distils, head included) or 'pretrained' (the encoder before this run "
+            "fine-tunes it, with its new head, as DistilBERT started from pretrained BERT).",
+            "choices": ["fine-tuned", "pretrained"],
+        },
+    )
+    text_column_names: str | None = field(
+        default=None,
+        metadata={
+            "help": "The text column, or two comma-separated for sentence pairs (default: detected, e.g. text, "
+            "sentence1,sentence2, premise,hypothesis)."
+        },
+    )
+    max_length: int = field(default=128, metadata={"help": "Truncate token sequences to this many tokens."})
+    train_teacher: str = field(
+        default="auto",
+        metadata={
+            "help": "Fine-tune the teacher before distilling: 'auto' when its classification head is new (a "
+            "pretrained encoder not yet trained for this task), 'yes' always, 'no' never.",
+            "choices": ["auto", "yes", "no"],
+        },
+    )
+    f1_metric_name_or_path: str | None = field(
+        default="f1",
+        metadata={
+            "help": "The evaluate F1 metric reported beside accuracy for two-class tasks: a Hub name or a local "
+            "module directory (offline). Skipped with a warning when it cannot be loaded; 'none' turns it off."
+        },
+    )
+
+    def __post_init__(self):
+        if self.train_teacher not in ("auto", "yes", "no"):
+            raise ValueError(f"train_teacher must be 'auto', 'yes' or 'no', got {self.train_teacher!r}.")
+        if self.student_init_from not in ("fine-tuned", "pretrained"):
+            raise ValueError(f"student_init_from must be 'fine-tuned' or 'pretrained', got {self.student_init_from!r}.")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8 tokens, got {self.max_length}.")
+        if self.student_model_name_or_path and self.student_layer_indices:
+            raise ValueError(
+                "student_layer_indices picks the teacher layers of a derived student; it cannot be combined with "
+                "student_model_name_or_path."
+            )
+
+    @property
+    def layer_indices(self) -> list[int] | None:
+        if not self.student_layer_indices:
+            return None
+        try:
+            return [int(i) for i in self.student_layer_indices.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"student_layer_indices must be comma-separated integers, got {self.student_layer_indices!r}."
+            ) from None
+
+
+def parse_arguments(dataclass_types: tuple, defaults: dict[str, Any] | None = None, argv: list[str] | None = None):
+    """Parse `argv` (default: `sys.argv[1:]`) into one instance of each of `dataclass_types`, with `defaults` (any
+    argument of any of them) replacing the dataclasses' own. A single `.json` / `.yaml` argument is read as a file."""
+    parser = HfArgumentParser(dataclass_types)
+    if defaults:
+        unknown = sorted(set(defaults) - {action.dest for action in parser._actions})
+        if unknown:
+            raise ValueError(f"Unknown argument names in the example's defaults: {unknown}.")
+        parser.set_defaults(**defaults)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def parse_image_arguments(
+    defaults: dict[str, Any] | None = None, argv: list[str] | None = None
+) -> tuple[DataArguments, ExperimentArguments, DistillationConfig]:
+    """The image examples' arguments: `(DataArguments, ExperimentArguments, DistillationConfig)`."""
+    data_args, experiment_args, config = parse_arguments(
+        (DataArguments, ExperimentArguments, DistillationConfig), defaults, argv
+    )
+    for name, value in (("dataset_name", data_args.dataset_name), ("student", experiment_args.student)):
+        if not value:
+            raise ValueError(f"--{name} is required.")
+    if not experiment_args.teacher and not config.teacher_model_name_or_path:
+        raise ValueError(
+            "Give --teacher (an architecture to train) or --teacher_model_name_or_path (a trained teacher)."
+        )
+    return data_args, experiment_args, config
+
+
+# ExperimentArguments fields that only mean something for images.
+_IMAGE_ONLY = {"teacher": None, "student": None, "teacher_max_shift": 0}
+
+
+def parse_text_arguments(
+    defaults: dict[str, Any] | None = None, argv: list[str] | None = None
+) -> tuple[DataArguments, ExperimentArguments, TextArguments, DistillationConfig]:
+    """The text example's arguments: `(DataArguments, ExperimentArguments, TextArguments, DistillationConfig)`."""
+    data_args, experiment_args, text_args, config = parse_arguments(
+        (DataArguments, ExperimentArguments, TextArguments, DistillationConfig), defaults, argv
+    )
+    if not data_args.dataset_name:
+        raise ValueError("--dataset_name is required.")
+    if not config.teacher_model_name_or_path:
+        raise ValueError(
+            "--teacher_model_name_or_path is required: the teacher (or the pretrained encoder to fine-tune)."
+        )
+    for name, unset in _IMAGE_ONLY.items():
+        if getattr(experiment_args, name) != unset:
+            raise ValueError(
+                f"--{name} applies to image runs only; for text use --teacher_model_name_or_path and "
+                "--student_model_name_or_path / --student_num_layers."
+            )
+    if data_args.image_column is not None:
+        raise ValueError("--image_column applies to image runs only; for text use --text_column_names.")
+    return data_args, experiment_args, text_args, config

@@ -1,0 +1,38 @@
+"""Datasets to model inputs, prepared once: loading from any source ([`loading`]), images ([`image`]), text
+([`text`]), and serving from memory ([`memory`])."""
+
+from .image import (
+    RandomShiftCollator,
+    detect_image_columns,
+    load_image_classification_dataset,
+    preprocess_image_dataset,
+)
+from .loading import generic_labels, label_names, load_raw_dataset, select_split
+from .memory import InMemoryDataset, collate_batches
+from .text import (
+    DataCollatorWithTeacherPadding,
+    detect_label_column,
+    detect_text_columns,
+    label_mapping,
+    same_tokenizer,
+    tokenize_dataset,
+)
+
+__all__ = [
+    "DataCollatorWithTeacherPadding",
+    "InMemoryDataset",
+    "RandomShiftCollator",
+    "collate_batches",
+    "detect_image_columns",
+    "detect_label_column",
+    "detect_text_columns",
+    "generic_labels",
+    "label_mapping",
+    "label_names",
+    "load_image_classification_dataset",
+    "load_raw_dataset",
+    "preprocess_image_dataset",
+    "same_tokenizer",
+    "select_split",
+    "tokenize_dataset",
+]

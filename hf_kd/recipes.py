@@ -1,0 +1,318 @@
+"""What each modality prepares for a run: its data (read once), its teacher (loaded, or built to be trained here) and
+how to build its student, as a [`hf_kd.experiment.DistillationSetup`].
+
+- [`image_setup`]: images decoded and normalised once with the student's image processor and served from memory; the
+  teacher is a preset / config trained here (with random shifts) or a trained model loaded by path.
+- [`text_setup`]: text and label columns detected, each model's tokenization done once; the teacher fine-tuned here
+  when its head is new; the student pretrained, or derived from the teacher ([`hf_kd.student.derive_student`]).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from accelerate import PartialState
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    set_seed,
+)
+from transformers.utils import logging
+
+from .arguments import DataArguments, ExperimentArguments, TextArguments
+from .configuration_distillation import DistillationConfig
+from .data import (
+    DataCollatorWithTeacherPadding,
+    InMemoryDataset,
+    RandomShiftCollator,
+    collate_batches,
+    detect_label_column,
+    detect_text_columns,
+    generic_labels,
+    label_mapping,
+    label_names,
+    load_image_classification_dataset,
+    load_raw_dataset,
+    same_tokenizer,
+    select_split,
+    tokenize_dataset,
+)
+from .experiment import DistillationSetup, ModelData
+from .metrics import load_metric
+from .models import PRESET_NAMES, image_processor_for_preset, model_from_preset
+from .student import derive_student
+from .teacher import load_teacher, resolve_init_kwargs
+
+logger = logging.get_logger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _labels_kwargs(label_names: list[str]) -> dict[str, Any]:
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: index for index, name in enumerate(label_names)},
+    }
+
+
+def build_image_model(name_or_path: str, label_names: list[str], seed: int) -> PreTrainedModel:
+    """A freshly initialised classifier (seeded) for the dataset's classes, from a preset or a config directory."""
+    set_seed(seed)
+    if name_or_path in PRESET_NAMES:
+        return model_from_preset(name_or_path, **_labels_kwargs(label_names))
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path, **_labels_kwargs(label_names))
+    return AutoModelForImageClassification.from_config(config)
+
+
+def image_processor_for(name_or_path: str):
+    """The image processor of a preset, or the one saved in a model directory."""
+    if name_or_path in PRESET_NAMES:
+        return image_processor_for_preset(name_or_path)
+    return AutoImageProcessor.from_pretrained(name_or_path)
+
+
+def fill_value(image_processor) -> list[float]:
+    """The normalised value of a black pixel, per channel, for the border that a shift uncovers."""
+    mean = getattr(image_processor, "image_mean", None)
+    std = getattr(image_processor, "image_std", None)
+    if not getattr(image_processor, "do_normalize", False) or mean is None or std is None:
+        return [0.0]
+    mean, std = (
+        list(mean) if isinstance(mean, (list, tuple)) else [mean],
+        list(std) if isinstance(std, (list, tuple)) else [std],
+    )
+    return [-m / s for m, s in zip(mean, std)]
+
+
+def load_image_teacher(name_or_path: str, student_probe: PreTrainedModel, image_processor, init_kwargs=None):
+    """A trained image teacher, loaded with the Auto class of the student's task. Both models are fed the student's
+    preprocessing: a teacher saved with another image processor gets a warning."""
+    teacher = load_teacher(name_or_path, student_probe, init_kwargs)
+    try:
+        teacher_processor = image_processor_for(name_or_path)
+    except (OSError, ValueError):  # a teacher saved without its processor: nothing to compare
+        return teacher
+    if teacher_processor.to_dict() != image_processor.to_dict():
+        logger.warning(
+            f"The teacher {name_or_path} comes with a different image processor than the student's; both models "
+            "are fed the student's preprocessing."
+        )
+    return teacher
+
+
+def load_image_data(data_args: DataArguments, image_processor) -> tuple[ModelData, list[str]]:
+    """The dataset decoded and normalised once (one process fills the datasets cache, the others read it), both
+    splits served from memory, and the class names."""
+    with PartialState().main_process_first():
+        splits, names = load_image_classification_dataset(
+            data_args.dataset_name,
+            image_processor,
+            dataset_config_name=data_args.dataset_config_name,
+            train_split=data_args.train_split,
+            eval_split=data_args.eval_split,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            max_train_samples=data_args.max_train_samples,
+            max_eval_samples=data_args.max_eval_samples,
+            preprocessing_num_workers=data_args.preprocessing_num_workers,
+            cache_dir=data_args.dataset_cache_dir,
+        )
+    # Every training reads the training set many times: tensors, read once. InMemoryDataset serves whole batches,
+    # which `collate_batches` passes through.
+    train, test = InMemoryDataset.from_dataset(splits["train"]), InMemoryDataset.from_dataset(splits["eval"])
+    return ModelData(train, test, collate_batches, image_processor), names
+
+
+def image_setup(
+    data_args: DataArguments, experiment_args: ExperimentArguments, config: DistillationConfig
+) -> DistillationSetup:
+    """Images: the data read once, the teacher loaded from `config.teacher_model_name_or_path` or built from
+    `experiment_args.teacher` to be trained here (with random shifts when `teacher_max_shift > 0`)."""
+    seed = config.seed
+    image_processor = image_processor_for(experiment_args.student)
+    data, names = load_image_data(data_args, image_processor)
+    teacher_source = config.teacher_model_name_or_path
+    augmentation = None
+    if teacher_source:
+        probe = build_image_model(experiment_args.student, names, seed)
+        teacher = load_image_teacher(teacher_source, probe, image_processor, config.teacher_model_init_kwargs)
+    else:
+        teacher = build_image_model(experiment_args.teacher, names, seed)
+        if experiment_args.teacher_max_shift:
+            augmentation = RandomShiftCollator(
+                experiment_args.teacher_max_shift, fill=fill_value(image_processor), seed=seed
+            )
+    return DistillationSetup(
+        task="image-classification",
+        student_data=data,
+        teacher_data=data,
+        teacher=teacher,
+        teacher_name=teacher_source or "trained here",
+        train_teacher=not teacher_source,
+        build_student=lambda teacher: build_image_model(experiment_args.student, names, seed),
+        teacher_augmentation=augmentation,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_text_teacher(
+    name_or_path: str, names: Sequence[str], init_kwargs: Mapping[str, Any] | None = None
+) -> tuple[PreTrainedModel, dict[str, int], bool]:
+    """Load the teacher as a sequence classifier for the dataset's classes.
+
+    Returns the model, the `label -> id` mapping the data must follow, and whether its classification head is new
+    (missing from the checkpoint, or resized: a pretrained encoder not yet trained for this task), read off
+    `from_pretrained`'s loading info.
+    """
+    kwargs = resolve_init_kwargs(dict(init_kwargs or {}))
+    config = AutoConfig.from_pretrained(name_or_path, **{k: v for k, v in kwargs.items() if k == "revision"})
+    try:
+        label2id = label_mapping(names, config)  # a fine-tuned teacher's own class order
+        head_kwargs = {} if not generic_labels(config.id2label) else None
+    except ValueError:
+        label2id, head_kwargs = None, None  # trained on other classes: a new head for these ones
+        logger.warning(f"The teacher {name_or_path} was trained on other classes; it gets a new classification head.")
+    if head_kwargs is None:
+        label2id = label2id or {name: i for i, name in enumerate(names)}
+        head_kwargs = {
+            "num_labels": len(names),
+            "id2label": {i: name for name, i in label2id.items()},
+            "label2id": dict(label2id),
+            "ignore_mismatched_sizes": True,
+        }
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        name_or_path, output_loading_info=True, **head_kwargs, **kwargs
+    )
+    head_is_new = bool(info.get("missing_keys")) or bool(info.get("mismatched_keys"))
+    return model, label2id, head_is_new
+
+
+def _optional_f1(name_or_path: str | None, num_labels: int):
+    """The F1 metric for two-class tasks, or None (more classes, turned off, or not loadable offline: a warning)."""
+    if num_labels != 2 or not name_or_path or name_or_path.lower() == "none":
+        return None
+    try:
+        return load_metric(name_or_path)
+    except (FileNotFoundError, OSError) as error:
+        logger.warning(f"F1 is skipped: {error} (set --f1_metric_name_or_path to a local module, or 'none').")
+        return None
+
+
+def load_text_splits(data_args: DataArguments):
+    """The raw training and test splits, cut to `max_train_samples` / `max_eval_samples`."""
+    raw = load_raw_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=data_args.dataset_cache_dir)
+    train = select_split(raw, data_args.train_split, "train_split")
+    test = select_split(raw, data_args.eval_split, "eval_split")
+    if data_args.max_train_samples is not None:
+        train = train.select(range(min(data_args.max_train_samples, len(train))))
+    if data_args.max_eval_samples is not None:
+        test = test.select(range(min(data_args.max_eval_samples, len(test))))
+    return train, test
+
+
+def text_student_builder(
+    text_args: TextArguments, teacher: PreTrainedModel, label2id: dict, seed: int, fine_tuned: bool
+):
+    """How the text student is built, given the ready teacher: `--student_model_name_or_path`, or derived from the
+    teacher with `--student_num_layers` layers. A student derived from the *pretrained* encoder
+    (`--student_init_from pretrained`) is taken now, before the run fine-tunes the teacher."""
+    layers = text_args.student_num_layers or max(1, teacher.config.num_hidden_layers // 2)
+    if (
+        not text_args.student_model_name_or_path
+        and text_args.init_student_from_teacher
+        and text_args.student_init_from == "pretrained"
+        and fine_tuned
+    ):
+        pretrained = derive_student(teacher, layers, text_args.layer_indices)
+        return lambda teacher: copy.deepcopy(pretrained)
+
+    def build_student(teacher: PreTrainedModel) -> PreTrainedModel:
+        set_seed(seed)
+        if text_args.student_model_name_or_path:
+            return AutoModelForSequenceClassification.from_pretrained(
+                text_args.student_model_name_or_path,
+                num_labels=len(label2id),
+                id2label={i: n for n, i in label2id.items()},
+                label2id=dict(label2id),
+                ignore_mismatched_sizes=True,
+            )
+        return derive_student(teacher, layers, text_args.layer_indices, text_args.init_student_from_teacher)
+
+    return build_student
+
+
+def text_setup(data_args: DataArguments, text_args: TextArguments, config: DistillationConfig) -> DistillationSetup:
+    """Text: the text and label columns detected; the teacher (`config.teacher_model_name_or_path`) loaded as a
+    sequence classifier, to be fine-tuned here when its head is new (`--train_teacher auto`); each model's
+    tokenization done once; with two tokenizers the student's data carries the teacher's own inputs."""
+    train_raw, test_raw = load_text_splits(data_args)
+    label_column = detect_label_column(train_raw, data_args.label_column)
+    text_columns = detect_text_columns(train_raw, text_args.text_column_names, label_column)
+    names = label_names(train_raw, label_column)
+    logger.info(f"Text columns {text_columns}, label column {label_column!r}, classes {names}.")
+
+    source = config.teacher_model_name_or_path
+    set_seed(config.seed)  # a new classification head is initialised at random: the same seed gives the same teacher
+    teacher, label2id, head_is_new = load_text_teacher(source, names, config.teacher_model_init_kwargs)
+    teacher_tokenizer = AutoTokenizer.from_pretrained(source)
+    fine_tune = text_args.train_teacher == "yes" or (text_args.train_teacher == "auto" and head_is_new)
+    if head_is_new and not fine_tune:
+        logger.warning("The teacher's classification head is new but --train_teacher no: it distils an untrained head.")
+
+    def tokenize(tokenizer, other=None):
+        with PartialState().main_process_first():  # one process fills the datasets cache, the others read it
+            return [
+                tokenize_dataset(
+                    split,
+                    tokenizer,
+                    text_columns,
+                    label_column,
+                    label2id,
+                    max_length=text_args.max_length,
+                    teacher_tokenizer=other,
+                    num_proc=data_args.preprocessing_num_workers,
+                )  # fmt: skip
+                for split in (train_raw, test_raw)
+            ]
+
+    teacher_data = ModelData(
+        *tokenize(teacher_tokenizer), DataCollatorWithTeacherPadding(teacher_tokenizer), teacher_tokenizer
+    )
+    student_data = teacher_data
+    if text_args.student_model_name_or_path:
+        student_tokenizer = AutoTokenizer.from_pretrained(text_args.student_model_name_or_path)
+        collator = DataCollatorWithTeacherPadding(student_tokenizer)
+        student_data = ModelData(teacher_data.train_dataset, teacher_data.eval_dataset, collator, student_tokenizer)
+        if not same_tokenizer(student_tokenizer, teacher_tokenizer):
+            logger.info(
+                "Teacher and student tokenize differently: the teacher gets its own inputs (teacher_input_ids, ...)."
+            )
+            collator = DataCollatorWithTeacherPadding(student_tokenizer, teacher_tokenizer)
+            student_data = ModelData(*tokenize(student_tokenizer, teacher_tokenizer), collator, student_tokenizer)
+    f1 = _optional_f1(text_args.f1_metric_name_or_path, len(names))
+    return DistillationSetup(
+        task="text-classification",
+        student_data=student_data,
+        teacher_data=teacher_data,
+        teacher=teacher,
+        teacher_name=source + (" (fine-tuned here)" if fine_tune else ""),
+        train_teacher=fine_tune,
+        build_student=text_student_builder(text_args, teacher, label2id, config.seed, fine_tune),
+        extra_metrics={"F1": f1} if f1 is not None else {},
+    )
