@@ -1,0 +1,237 @@
+"""The feature term of a white-box distillation run: the chosen pairs, their connectors (trained with the student,
+never saved with it), the overhaul margins, and the loss of one batch. The trainer builds one [`FeatureTerm`] at
+construction (a shape probe on a sample batch sizes the connectors) and adds its value in `compute_loss_terms`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from .feature_losses import (
+    attention_mse_loss,
+    attention_transfer_loss,
+    cosine_loss,
+    hidden_state_mse_loss,
+    hint_loss,
+    overhaul_loss,
+    overhaul_margin_from_bn,
+    overhaul_margin_from_stats,
+    overhaul_negative_stats,
+    pkd_loss,
+)
+from .features import (
+    AUTO,
+    FeatureCollector,
+    FeatureName,
+    auto_pairs,
+    compatible_for,
+    make_connector,
+    parse_feature_pairs,
+)
+from .relation_losses import rkd_loss, teacher_anchored_triplet_loss
+from .teacher import teacher_outputs
+
+CONNECTORS_NAME = "feature_connectors.safetensors"
+
+
+def _mask_for(feature: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The batch's attention mask where it describes the positions of token states `(N, L, D)`."""
+    if attention_mask is None or feature.dim() != 3 or tuple(attention_mask.shape) != tuple(feature.shape[:2]):
+        return None
+    return attention_mask
+
+
+def pair_loss(loss: str, student, teacher, *, margin=None, labels=None, attention_mask=None) -> torch.Tensor:
+    """One pair's `loss` (a name of `FEATURE_LOSSES`) between the student's connected feature and the teacher's."""
+    if loss == "hint":
+        return hint_loss(student, teacher)
+    if loss == "cosine":  # maps are compared flattened (PyTorch's KD tutorial), token states position by position
+        if student.dim() > 3:
+            student, teacher = student.flatten(1), teacher.flatten(1)
+        return cosine_loss(student, teacher, _mask_for(student, attention_mask))
+    if loss == "overhaul":
+        return overhaul_loss(student, teacher, margin)
+    if loss == "attention":
+        return attention_transfer_loss(student, teacher)
+    if loss == "hidden_mse":
+        return hidden_state_mse_loss(student, teacher, _mask_for(student, attention_mask))
+    if loss == "attention_mse":
+        mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        return attention_mse_loss(student, teacher, mask)
+    if loss == "pkd":  # the first position ([CLS]) of token states; vectors as they are
+        return pkd_loss(student[:, 0] if student.dim() == 3 else student, teacher[:, 0] if teacher.dim() == 3 else teacher)
+    if loss == "rkd":
+        return rkd_loss(student, teacher)
+    if loss == "triplet":
+        return teacher_anchored_triplet_loss(student, teacher, labels)
+    raise ValueError(f"feature_loss must be one of the feature losses, got {loss!r}.")
+
+
+class FeatureConnectors(nn.Module):
+    """The connectors of a run's pairs (one per pair, `nn.Identity` where none is needed) and the overhaul margins
+    (buffers `margin_<i>`). Its forward maps the student's features of every pair at once, so that a
+    `DistributedDataParallel` wrapper sees every parameter used in one call and averages their gradients."""
+
+    def __init__(self, connectors: Sequence[nn.Module], margins: Sequence[torch.Tensor | None] = ()):
+        super().__init__()
+        self.connectors = nn.ModuleList(connectors)
+        for index, margin in enumerate(margins):
+            if margin is not None:
+                self.register_buffer(f"margin_{index}", margin)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [connector(feature) for connector, feature in zip(self.connectors, features)]
+
+    def margin(self, index: int) -> torch.Tensor | None:
+        return getattr(self, f"margin_{index}", None)
+
+    def has_parameters(self) -> bool:
+        return any(parameter.requires_grad for parameter in self.parameters())
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """The probe must not move a BatchNorm's running statistics or draw dropout masks of the real run."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _probe(collector: FeatureCollector, run: Callable[[], Any]) -> dict[str, torch.Tensor]:
+    with _eval_mode(collector.model), collector.active(), torch.no_grad():
+        run()
+    repeated = [name for name, count in collector.calls.items() if count > 1]
+    collector.calls.clear()
+    if repeated:
+        raise ValueError(
+            f"The {collector.role}'s module feature(s) {repeated} run more than once per forward (a shared module), "
+            "so which call to compare is ambiguous: name another module, or a hidden_states entry."
+        )
+    return collector.take()
+
+
+def _per_example(tensors: Iterable[torch.Tensor]) -> list[tuple[int, ...]]:
+    return [tuple(tensor.shape[1:]) for tensor in tensors]
+
+
+class FeatureTerm:
+    """The feature term: `sum_i w_i * loss(connector_i(student feature_i), teacher feature_i)` over the pairs, with
+    `w_i = 1`, or `1 / 2**(n - i - 1)` for the overhaul (Heo et al.: deeper pairs count more). Build it with
+    [`FeatureTerm.build`]; features are collected while [`collecting`](#FeatureTerm.collecting) is active."""
+
+    def __init__(self, pairs, loss: str, connectors: FeatureConnectors, student: FeatureCollector, teacher: FeatureCollector):
+        self.pairs, self.loss, self.connectors = pairs, loss, connectors
+        self.student, self.teacher = student, teacher
+        # What the loss calls: the connectors, or their DistributedDataParallel wrapper (set by the trainer).
+        self.connectors_forward: nn.Module = connectors
+        self.teacher_shapes: dict[str, tuple[int, ...]] = {}
+
+    @classmethod
+    def build(
+        cls,
+        student: nn.Module,
+        teacher: nn.Module,
+        *,
+        feature_pairs: Sequence[str],
+        loss: str,
+        connector: str,
+        student_inputs: dict[str, Any],
+        teacher_inputs: dict[str, Any],
+        margin_batches: Callable[[], Iterable[dict[str, Any]]],
+    ) -> FeatureTerm:
+        """Resolve the pairs (`auto`: by relative depth), probe both models once on a sample batch, size the
+        connectors (on the student's device), and measure the overhaul margins over `margin_batches()` (the
+        teacher's inputs of the training set) when a teacher feature has no BatchNorm to read them from."""
+        pairs = parse_feature_pairs(feature_pairs)
+        run_student, run_teacher = lambda: student(**student_inputs), lambda: teacher_outputs(teacher, teacher_inputs)
+        if pairs == AUTO:
+            field = ("attentions",) if loss == "attention_mse" else ("hidden_states",)
+            s_probe, t_probe = FeatureCollector(student, [], "student", field), FeatureCollector(teacher, [], "teacher", field)
+            _probe(s_probe, run_student), _probe(t_probe, run_teacher)
+            shapes = [{f: _per_example(c.field_values.get(f, ())) for f in field} for c in (s_probe, t_probe)]
+            pairs = auto_pairs(student, teacher, *shapes, compatible_for(loss, connector), loss)
+        s_collector = FeatureCollector(student, [s for s, _ in pairs], "student")
+        t_collector = FeatureCollector(teacher, [t for _, t in pairs], "teacher")
+        s_features, t_features = _probe(s_collector, run_student), _probe(t_collector, run_teacher)
+        modules = []
+        for s_name, t_name in pairs:
+            s_shape, t_shape = tuple(s_features[s_name.text].shape[1:]), tuple(t_features[t_name.text].shape[1:])
+            try:
+                modules.append(make_connector(s_shape, t_shape, loss, connector))
+            except ValueError as error:
+                raise ValueError(f"feature pair {s_name.text}:{t_name.text}: {error}") from None
+        device = next(student.parameters()).device
+        margins = _overhaul_margins(t_collector, pairs, margin_batches) if loss == "overhaul" else ()
+        term = cls(pairs, loss, FeatureConnectors(modules, margins).to(device), s_collector, t_collector)
+        term.teacher_shapes = {t.text: tuple(t_features[t.text].shape[1:]) for _, t in pairs}
+        return term
+
+    def describe(self) -> list[str]:
+        """The pairs as `"student_feature:teacher_feature"` strings."""
+        return [f"{s.text}:{t.text}" for s, t in self.pairs]
+
+    def teacher_bytes_per_example(self) -> int:
+        """The float32 size of the teacher's features of one example (what caching them would take)."""
+        return 4 * sum(int(torch.Size(shape).numel()) for shape in self.teacher_shapes.values())
+
+    @contextmanager
+    def collecting(self):
+        """Hooks on both models for the duration (one training or evaluation step); removed on exit."""
+        with ExitStack() as stack:
+            stack.enter_context(self.student.active())
+            stack.enter_context(self.teacher.active())
+            yield self
+
+    def has_teacher_features(self) -> bool:
+        return all(t.text in self.teacher.features for _, t in self.pairs)
+
+    def __call__(self, labels=None, attention_mask=None) -> torch.Tensor:
+        """The term for the features the last forwards of both models produced (taken: the next step needs its own)."""
+        student, teacher = self.student.take(), self.teacher.take()
+        missing = [s.text for s, _ in self.pairs if s.text not in student]
+        missing += [t.text for _, t in self.pairs if t.text not in teacher]
+        if missing:
+            raise RuntimeError(
+                f"The features {missing} were not collected: the models must run inside FeatureTerm.collecting()."
+            )
+        self.connectors.train(self.student.model.training)
+        connected = self.connectors_forward([student[s.text] for s, _ in self.pairs])
+        n = len(self.pairs)
+        total = connected[0].new_zeros((), dtype=torch.float32)
+        for index, ((_, t_name), feature) in enumerate(zip(self.pairs, connected)):
+            weight = 1.0 / 2 ** (n - index - 1) if self.loss == "overhaul" else 1.0
+            value = pair_loss(
+                self.loss, feature, teacher[t_name.text], margin=self.connectors.margin(index), labels=labels,
+                attention_mask=attention_mask,
+            )  # fmt: skip
+            total = total + weight * value
+        return total
+
+
+def _overhaul_margins(collector: FeatureCollector, pairs, margin_batches) -> list[torch.Tensor]:
+    """Per pair, the margin of the teacher feature: from the BatchNorm that produces it (Heo et al.'s Gaussian
+    expectation), else the mean negative response per channel over one pass of the teacher on the training set."""
+    margins: dict[str, torch.Tensor] = {}
+    for _, t_name in pairs:
+        module = collector.module(t_name) if t_name.path and not t_name.of_input else None
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+            margins[t_name.text] = overhaul_margin_from_bn(module.weight, module.bias)
+    measured = [t for _, t in pairs if t.text not in margins]
+    if measured:
+        stats: dict[str, tuple] = {}
+        with _eval_mode(collector.model), collector.active(), torch.no_grad():
+            for inputs in margin_batches():
+                teacher_outputs(collector.model, inputs)
+                features = collector.take()
+                for name in measured:
+                    stats[name.text] = overhaul_negative_stats(features[name.text], stats.get(name.text))
+        collector.calls.clear()
+        margins.update({name: overhaul_margin_from_stats(value) for name, value in stats.items()})
+    return [margins[t.text] for _, t in pairs]
