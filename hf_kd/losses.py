@@ -205,3 +205,35 @@ def distillation_loss(
     # Exact endpoints: alpha=0 is plain CE and alpha=1 plain distillation, bit for bit.
     total = hard if alpha == 0.0 else soft if alpha == 1.0 else torch.lerp(hard, soft, alpha)
     return {"loss": total, "ce": hard, "kd": soft}
+
+
+def mutual_learning_loss(
+    peer_logits: list[torch.Tensor],
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    kl_weight: float = 1.0,
+    loss_type: str = "kl",
+    ignore_index: int = IGNORE_INDEX,
+) -> dict[str, torch.Tensor]:
+    """Deep mutual learning (Zhang et al., 2018): each of K >= 2 peers learns from the labels and from the others.
+
+        loss_k = CE(y, p_k) + kl_weight * 1/(K-1) * sum_{l != k} soft(p_k, p_l)
+
+    with `soft` the term of [`soft_loss`] (for `"kl"`: `T**2 * KL(softmax(p_l / T) || softmax(p_k / T))`) and the
+    other peers' logits `p_l` taken as constants (no gradient flows into them through peer k's loss). Positions
+    labelled `ignore_index` are left out of both terms.
+
+    Returns:
+        `dict[str, torch.Tensor]`: `"loss"`, the sum of the peers' losses (the peers share no parameter, so each
+        peer's gradient is its own loss's), and each peer's unweighted terms `"ce_<k>"` and `"kl_<k>"`.
+    """
+    if len(peer_logits) < 2:
+        raise ValueError(f"mutual learning needs at least 2 peers, got {len(peer_logits)}.")
+    mask = labels.reshape(-1) != ignore_index
+    terms, total = {}, 0.0
+    for k, logits in enumerate(peer_logits):
+        others = [other.detach() for index, other in enumerate(peer_logits) if index != k]
+        terms[f"ce_{k}"] = hard_label_loss(logits, labels, ignore_index)
+        terms[f"kl_{k}"] = sum(soft_loss(loss_type, logits, other, temperature, mask) for other in others) / len(others)
+        total = total + terms[f"ce_{k}"] + (kl_weight * terms[f"kl_{k}"] if kl_weight else 0.0)
+    return {"loss": total, **terms}
