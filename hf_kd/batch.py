@@ -8,6 +8,10 @@ A distillation batch carries, beside the student's own inputs:
 - `teacher_logits`: the teacher's outputs when they are already known (computed once up front, or by an API): the
   teacher is then not run for that batch.
 
+An ensemble of teachers ([`hf_kd.ensemble.TeacherEnsemble`]) is one teacher to this convention; its member `k` reads
+its own inputs `teacher_<k>_<name>` (e.g. `teacher_1_input_ids` from the second teacher's tokenizer) when the batch has
+any, otherwise the ensemble's shared inputs (`teacher_<name>`, or the student's). See [`member_inputs`].
+
 This is the only module that knows these names. The trainer, the collators, the precompute path and the report ask it
 to split a batch or a column list instead of testing prefixes themselves.
 """
@@ -40,9 +44,32 @@ def is_student_input(name: str) -> bool:
     return name != LABELS and not name.startswith(TEACHER_PREFIX)
 
 
+def member_index(name: str) -> int | None:
+    """`k` for an ensemble member's input name without the teacher prefix (`"1_input_ids"` -> 1), else `None`."""
+    head, sep, rest = name.partition("_")
+    return int(head) if sep and rest and head.isdigit() else None
+
+
+def member_inputs(inputs: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """Member `index`'s inputs among an ensemble's (teacher prefix already removed): its own `<index>_<name>` ones
+    with the index removed when there are any, otherwise the shared ones (the names without a member index)."""
+    own = {name.partition("_")[2]: value for name, value in inputs.items() if member_index(name) == index}
+    return own or {name: value for name, value in inputs.items() if member_index(name) is None}
+
+
+def _only_member_inputs(teacher_names: Iterable[str]) -> bool:
+    names = list(teacher_names)
+    return bool(names) and all(member_index(name) is not None for name in names)
+
+
 def teacher_input_columns(columns: Iterable[str]) -> list[str]:
-    """The teacher's own input columns (with their prefix), in order."""
-    return [name for name in columns if is_teacher_input(name)]
+    """The teacher's own input columns (with their prefix), in order. When they are all an ensemble member's
+    (`teacher_<k>_*`), the student's inputs come too: the members without inputs of their own share them."""
+    columns = list(columns)
+    own = [name for name in columns if is_teacher_input(name)]
+    if _only_member_inputs(strip_teacher_prefix(name) for name in own):
+        return [name for name in columns if is_student_input(name) or name in own]
+    return own
 
 
 def distillation_columns(columns: Iterable[str]) -> list[str]:
@@ -69,7 +96,10 @@ class DistillationBatch:
         return self.teacher_targets.get(TEACHER_LOGITS)
 
     def inputs_for_teacher(self) -> dict[str, Any]:
-        """What the teacher's `forward` takes: its own inputs, or the student's when it has none."""
+        """What the teacher's `forward` takes: its own inputs, or the student's when it has none (with, for an
+        ensemble whose teacher inputs are all its members' own, the student's as the shared ones)."""
+        if _only_member_inputs(self.teacher_inputs):
+            return {**self.student_inputs, **self.teacher_inputs}
         return self.teacher_inputs or self.student_inputs
 
 

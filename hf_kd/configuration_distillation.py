@@ -8,6 +8,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .losses import SOFT_LOSS_TYPES
+from .ensemble import ENSEMBLE_METHODS, normalized_weights
 from .teacher import TEACHER_DTYPES, TEACHER_LOGITS_DTYPES
 
 
@@ -28,8 +29,16 @@ class DistillationConfig(TrainingArguments):
         loss_type (`str`, *optional*, defaults to `"kl"`):
             The soft-target term: `"kl"` (Hinton et al.), `"reverse_kl"` (mode-seeking `KL(student || teacher)`) or
             `"mse"` (squared error between logits).
-        teacher_model_name_or_path (`str`, *optional*):
+        teacher_model_name_or_path (`str` or `list[str]`, *optional*):
             Teacher to load when [`DistillationTrainer`] is not given a teacher model: a local directory or a Hub id.
+            Several (a list; space-separated on the command line) are distilled as one ensemble (see
+            [`hf_kd.ensemble`]). A list of one is read as its string.
+        ensemble_method (`str`, *optional*, defaults to `"mean_probs"`):
+            How an ensemble of teachers combines them: `"mean_probs"` (the weighted mixture of their softened
+            distributions, exactly), `"mean_logits"` (the weighted mean of their logits, TextBrewer's) or
+            `"confidence"` (per example, CA-MKD's weights from each teacher's cross-entropy on the true label).
+        teacher_weights (`list[float]`, *optional*):
+            Static weights of an ensemble's teachers, one per teacher, normalised to sum to 1 (default: equal).
         teacher_model_init_kwargs (`dict[str, Any]` or `str`, *optional*):
             Keyword arguments for the teacher's `from_pretrained` (a JSON string on the command line), e.g.
             `'{"revision": "main", "dtype": "bfloat16"}'`.
@@ -72,11 +81,25 @@ class DistillationConfig(TrainingArguments):
             "choices": list(SOFT_LOSS_TYPES),
         },
     )
-    teacher_model_name_or_path: str | None = field(
+    teacher_model_name_or_path: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Teacher to load when the trainer is not given a teacher model: a local directory or a Hub id."
+            "help": "Teacher to load when the trainer is not given a teacher model: a local directory or a Hub id. "
+            "Several (space-separated) are distilled as one ensemble (see --ensemble_method, --teacher_weights)."
         },
+    )
+    ensemble_method: str = field(
+        default="mean_probs",
+        metadata={
+            "help": "How an ensemble of teachers is combined: 'mean_probs' (the mixture of their softened "
+            "distributions), 'mean_logits' (the mean of their logits) or 'confidence' (per example, weights from each "
+            "teacher's cross-entropy on the true label, CA-MKD; needs the teachers live).",
+            "choices": list(ENSEMBLE_METHODS),
+        },
+    )
+    teacher_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Weights of an ensemble's teachers, one per teacher (normalised; default: equal)."},
     )
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
@@ -131,3 +154,22 @@ class DistillationConfig(TrainingArguments):
                 "teacher_model_init_kwargs must be a dict (or a JSON object string on the command line), got "
                 f"{self.teacher_model_init_kwargs!r}."
             )
+        self._check_teachers()
+        self._check_features()
+
+    def _check_teachers(self) -> None:
+        """One teacher stays a string (a list of one from the command line too); several form an ensemble, whose
+        method and weights must fit them."""
+        teachers = self.teacher_model_name_or_path
+        if isinstance(teachers, (list, tuple)):
+            if not teachers or not all(isinstance(t, str) and t for t in teachers):
+                raise ValueError(f"teacher_model_name_or_path must name one or more teachers, got {teachers!r}.")
+            self.teacher_model_name_or_path = teachers[0] if len(teachers) == 1 else list(teachers)
+        if self.ensemble_method not in ENSEMBLE_METHODS:
+            raise ValueError(f"ensemble_method must be one of {list(ENSEMBLE_METHODS)}, got {self.ensemble_method!r}.")
+        if self.teacher_weights is not None:
+            if self.ensemble_method == "confidence":
+                raise ValueError("teacher_weights cannot be combined with ensemble_method='confidence' (its weights "
+                                 "are per example, from each teacher's confidence on the true label).")  # fmt: skip
+            count = len(teachers) if isinstance(teachers, list) else len(self.teacher_weights)
+            normalized_weights(self.teacher_weights, count)  # raises on a wrong count or a weight <= 0

@@ -193,7 +193,9 @@ def teacher_input_columns(columns: list[str], teacher: nn.Module) -> list[str]:
     if own:
         return own
     model = extract_model_from_parallel(teacher)
-    accepted = set(inspect.signature(model.forward).parameters) - {"labels", "label", "return_dict"}
+    # An ensemble of teachers (hf_kd.ensemble) names the inputs its teachers read.
+    accepted = set(getattr(model, "input_names", None) or inspect.signature(model.forward).parameters)
+    accepted -= {"labels", "label", "return_dict"}
     found = [c for c in columns if c in accepted]
     if not found:
         raise ValueError(

@@ -24,6 +24,7 @@ from transformers.utils import logging
 from .batch import TEACHER_LOGITS, DistillationBatch, distillation_columns, split_batch
 from .configuration_distillation import DistillationConfig
 from .data import InMemoryDataset, collate_batches
+from .ensemble import TeacherEnsemble, ensemble_for
 from .losses import distillation_loss
 from .teacher import (
     add_teacher_logits,
@@ -59,6 +60,8 @@ class DistillationTrainer(Trainer):
         teacher_model ([`~transformers.PreTrainedModel`], `nn.Module` or `str`, *optional*): the teacher, or a local
             directory / Hub id loaded with the Auto class of the student's task. Defaults to
             `args.teacher_model_name_or_path`. It is frozen (`requires_grad=False`, `eval()`) for the whole run.
+            A list of teachers (models or names) is distilled as one [`~hf_kd.ensemble.TeacherEnsemble`] built with
+            `args.ensemble_method`, `args.teacher_weights` and `args.temperature`.
         args ([`DistillationConfig`]): training and distillation settings.
 
     The other arguments are those of [`~transformers.Trainer`].
@@ -101,7 +104,9 @@ class DistillationTrainer(Trainer):
 
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path
-        if isinstance(teacher_model, str):
+        if isinstance(teacher_model, (list, tuple, TeacherEnsemble)):  # several teachers behave as one
+            teacher_model = ensemble_for(teacher_model, model, args)
+        elif isinstance(teacher_model, str):
             teacher_model = load_teacher(teacher_model, model, args.teacher_model_init_kwargs)
         elif teacher_model is not None and args.teacher_model_init_kwargs:
             raise ValueError(
@@ -223,7 +228,9 @@ class DistillationTrainer(Trainer):
                 "The batch has no 'teacher_logits' and the trainer has no teacher: pass teacher_model (or "
                 "args.teacher_model_name_or_path), or add teacher logits to the dataset."
             )
-        outputs = teacher_outputs(self.teacher_model, batch.inputs_for_teacher())
+        # An ensemble weighing its teachers by their confidence on the true label reads the labels too.
+        labels = {"labels": batch.labels} if getattr(self.teacher_model, "needs_labels", False) else {}
+        outputs = teacher_outputs(self.teacher_model, batch.inputs_for_teacher(), **labels)
         if not torch.isfinite(logits_of(outputs)).all():
             raise ValueError(
                 f"The teacher's logits contain NaN or inf at step {self.state.global_step} (live teacher): "
