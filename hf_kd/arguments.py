@@ -111,6 +111,27 @@ class ExperimentArguments:
             "their matrices are too small to split, and on a busy machine threads wait on each other at every op."
         },
     )
+    distillation_mode: str = field(
+        default="offline",
+        metadata={
+            "help": "offline: a teacher trained first (or loaded), then distilled. mutual: --peers trained together "
+            "by deep mutual learning. born_again: --generations of the student's architecture, each distilled from "
+            "the previous (generation 0: the CE-only baseline). ema: the student distilled from a moving average of "
+            "itself (--ema_decay). Images only.",
+            "choices": ["offline", "mutual", "born_again", "ema"],
+        },
+    )
+    peers: str = field(
+        default="student,student",
+        metadata={
+            "help": "--distillation_mode mutual: the peers' architectures, comma-separated ('teacher' and 'student' "
+            "name --teacher and --student; or presets / config directories). Peer k is built with seed + k."
+        },
+    )
+    generations: int = field(default=3, metadata={"help": "--distillation_mode born_again: how many generations."})
+    ema_decay: float = field(
+        default=0.99, metadata={"help": "--distillation_mode ema: the teacher's decay per optimizer step."}
+    )
 
 
 @dataclass
@@ -235,7 +256,10 @@ def parse_image_arguments(
     for name, value in (("dataset_name", data_args.dataset_name), ("student", experiment_args.student)):
         if not value:
             raise ValueError(f"--{name} is required.")
-    if not experiment_args.teacher and not config.teacher_model_name_or_path:
+    needs_teacher = experiment_args.distillation_mode == "offline" or (
+        experiment_args.distillation_mode == "mutual" and "teacher" in experiment_args.peers.split(",")
+    )
+    if needs_teacher and not experiment_args.teacher and not config.teacher_model_name_or_path:
         raise ValueError(
             "Give --teacher (an architecture to train) or --teacher_model_name_or_path (a trained teacher)."
         )
@@ -243,7 +267,7 @@ def parse_image_arguments(
 
 
 # ExperimentArguments fields that only mean something for images.
-_IMAGE_ONLY = {"teacher": None, "student": None, "teacher_max_shift": 0}
+_IMAGE_ONLY = {"teacher": None, "student": None, "teacher_max_shift": 0, "distillation_mode": "offline"}
 
 
 def parse_text_arguments(

@@ -94,6 +94,16 @@ class PeerModels(nn.Module):
     def forward(self, **inputs) -> tuple:
         return tuple(peer(**inputs) for peer in self.peers)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None, **kwargs) -> None:
+        """Each peer to `save_directory/peer_<k>` with its own `save_pretrained` (a whole-container `state_dict`,
+        e.g. DeepSpeed's or FSDP's, is split by the `peers.<k>.` prefixes)."""
+        for k, peer in enumerate(self.peers):
+            prefix = f"peers.{k}."
+            peer_state = None if state_dict is None else {
+                name[len(prefix):]: tensor for name, tensor in state_dict.items() if name.startswith(prefix)
+            }  # fmt: skip
+            peer.save_pretrained(os.path.join(save_directory, PEER_DIR.format(k)), state_dict=peer_state, **kwargs)
+
 
 def _check_peers(peers: Sequence[nn.Module]) -> None:
     if len(peers) < 2:
@@ -230,22 +240,32 @@ class MutualLearningTrainer(Trainer):
         return output
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Each peer to `output_dir/peer_<k>` with `save_pretrained`, its processor and card (a state dict from
-        DeepSpeed / FSDP is split by the container's `peers.<k>.` prefixes)."""
+        """Each peer to `output_dir/peer_<k>` ([`PeerModels.save_pretrained`]), with the processor and its card."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
-        for k, peer in enumerate(self.peers):
+        extract_model_from_parallel(self.model).save_pretrained(output_dir, state_dict=state_dict)
+        for k in range(len(self.peers)):
             path = os.path.join(output_dir, PEER_DIR.format(k))
-            prefix = f"peers.{k}."
-            peer_state = None if state_dict is None else {
-                name[len(prefix):]: tensor for name, tensor in state_dict.items() if name.startswith(prefix)
-            }  # fmt: skip
-            peer.save_pretrained(path, state_dict=peer_state)
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(path)
             self._peer_card(k).save(os.path.join(path, "README.md"))
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def create_model_card(self, model_name: str | None = None, report: Any = None, **kwargs) -> None:
+        """Write each peer's card into `args.output_dir/peer_<k>/README.md`, with the results table of `report` (a
+        [`~hf_kd.report.DistillationReport`] or its JSON path) when given. Other arguments are accepted and unused."""
+        if not self.is_world_process_zero():
+            return
+        table = None
+        if report is not None:
+            from .report import DistillationReport
+
+            table = (report if isinstance(report, DistillationReport) else DistillationReport.load(report)).results_table()
+        for k in range(len(self.peers)):
+            path = os.path.join(self.args.output_dir, PEER_DIR.format(k))
+            os.makedirs(path, exist_ok=True)
+            self._peer_card(k, table).save(os.path.join(path, "README.md"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         # Each peer from its own directory, through the Trainer's own loader (safetensors, shards, warnings).
@@ -256,7 +276,7 @@ class MutualLearningTrainer(Trainer):
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
-    def _peer_card(self, k: int):
+    def _peer_card(self, k: int, results_table: str | None = None):
         """A short model card: which peer this is, of which run, trained how."""
         from huggingface_hub import ModelCard, ModelCardData
 
@@ -275,4 +295,6 @@ class MutualLearningTrainer(Trainer):
         )
         if mine:
             text += "\nLast evaluation: " + ", ".join(f"{key} {value:.4f}" for key, value in mine.items()) + ".\n"
+        if results_table:
+            text += f"\n## Results of the run\n\n{results_table}\n"
         return ModelCard(text)
