@@ -7,12 +7,13 @@ The distillation itself (temperature, alpha, loss_type, the teacher to load) and
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainingArguments
 
 from .configuration_distillation import DistillationConfig
 from .models import PRESET_NAMES
@@ -83,6 +84,14 @@ class ExperimentArguments:
         metadata={
             "help": "Train the teacher on images translated by up to this many pixels at random (Hinton et al.'s "
             "jitter; 0 = off). Students see the original images."
+        },
+    )
+    assistants: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher assistants (Mirzadeh et al., 2020), space-separated presets or config directories, "
+            "largest first: teacher -> assistant 1 -> ... -> student, each link distilled from the previous one; the "
+            "student distilled directly from the teacher is trained too, for comparison."
         },
     )
     skip_baseline: bool = field(
@@ -229,10 +238,48 @@ class TextArguments:
             ) from None
 
 
+_GROUP_TITLES = {
+    "DataArguments": "data (hf_kd)",
+    "ExperimentArguments": "experiment (hf_kd): the models, and the trainings around the distillation",
+    "TextArguments": "text (hf_kd): columns, tokenization, student",
+    "DistillationConfig": "distillation (hf_kd)",
+}
+
+
+def build_parser(dataclass_types: tuple) -> HfArgumentParser:
+    """An `HfArgumentParser` whose `--help` shows one group per dataclass, hf_kd's first (data, experiment, text,
+    then `DistillationConfig`'s own fields) and the ~150 inherited `TrainingArguments` last."""
+    parser = HfArgumentParser(dataclass_types)
+    trainer_fields = {f.name for f in fields(TrainingArguments)}
+    group_of = {}
+    for dtype in dataclass_types:
+        for f in fields(dtype):
+            inherited = issubclass(dtype, TrainingArguments) and f.name in trainer_fields
+            group_of.setdefault(f.name, "training (transformers.TrainingArguments)" if inherited else dtype.__name__)
+    titles = [_GROUP_TITLES.get(d.__name__, d.__name__) for d in dataclass_types]
+    groups = {
+        name: parser.add_argument_group(title) for name, title in zip([d.__name__ for d in dataclass_types], titles)
+    }
+    groups["training (transformers.TrainingArguments)"] = parser.add_argument_group(
+        "training (transformers.TrainingArguments)"
+    )
+    for action in list(parser._optionals._group_actions):
+        if action.dest in group_of:
+            parser._optionals._group_actions.remove(action)
+            groups[group_of[action.dest]]._group_actions.append(action)
+        if action.option_strings and action.option_strings[0].startswith("--no_"):
+            # HfArgumentParser gives the `--no_x` switch the help of `--x`, which then reads backwards.
+            action.help = f"Turn off --{action.dest}."
+            action.default = argparse.SUPPRESS  # the default belongs to --x; "(default: False)" here misleads
+    # argparse's usage line would list all ~150 options before the groups: point to them instead.
+    parser.usage = "%(prog)s [--argument value ...]  or  %(prog)s args.json|args.yaml   (--help: hf_kd's first)"
+    return parser
+
+
 def parse_arguments(dataclass_types: tuple, defaults: dict[str, Any] | None = None, argv: list[str] | None = None):
     """Parse `argv` (default: `sys.argv[1:]`) into one instance of each of `dataclass_types`, with `defaults` (any
     argument of any of them) replacing the dataclasses' own. A single `.json` / `.yaml` argument is read as a file."""
-    parser = HfArgumentParser(dataclass_types)
+    parser = build_parser(dataclass_types)
     if defaults:
         unknown = sorted(set(defaults) - {action.dest for action in parser._actions})
         if unknown:
@@ -267,7 +314,9 @@ def parse_image_arguments(
 
 
 # ExperimentArguments fields that only mean something for images.
-_IMAGE_ONLY = {"teacher": None, "student": None, "teacher_max_shift": 0, "distillation_mode": "offline"}
+_IMAGE_ONLY = {
+    "teacher": None, "student": None, "teacher_max_shift": 0, "distillation_mode": "offline", "assistants": None
+}  # fmt: skip
 
 
 def parse_text_arguments(
@@ -282,6 +331,12 @@ def parse_text_arguments(
     if not config.teacher_model_name_or_path:
         raise ValueError(
             "--teacher_model_name_or_path is required: the teacher (or the pretrained encoder to fine-tune)."
+        )
+    if isinstance(config.teacher_model_name_or_path, list):
+        raise ValueError(
+            "The text example distils one --teacher_model_name_or_path (it may fine-tune it and derive the student "
+            "from it). For an ensemble of text teachers use DistillationTrainer(teacher_model=[...]), with each "
+            "teacher's own tokens as teacher_<k>_* columns (hf_kd.batch)."
         )
     for name, unset in _IMAGE_ONLY.items():
         if getattr(experiment_args, name) != unset:

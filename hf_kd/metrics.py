@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import datasets
 import evaluate
@@ -84,13 +84,19 @@ def metric_value(metric: evaluate.EvaluationModule, predictions, references) -> 
     )
 
 
-def compute_metrics_fn(metric: evaluate.EvaluationModule) -> Callable[[EvalPrediction], dict[str, float]]:
-    """A `Trainer` `compute_metrics` for classification: argmax of the logits against the labels."""
+def compute_metrics_fn(
+    metric: evaluate.EvaluationModule, extra_metrics: Sequence[evaluate.EvaluationModule] = ()
+) -> Callable[[EvalPrediction], dict[str, float]]:
+    """A `Trainer` `compute_metrics` for classification: argmax of the logits against the labels, scored by `metric`
+    and, in one `evaluate.combine`, by the `extra_metrics` (e.g. F1 beside accuracy; logged as `eval_<name>`)."""
+    combined = evaluate.combine([metric, *extra_metrics]) if extra_metrics else None
 
     def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
         logits = eval_prediction.predictions
         logits = logits[0] if isinstance(logits, tuple) else logits
         predictions = np.argmax(logits, axis=-1)
+        if combined is not None:
+            return combined.compute(predictions=predictions, references=eval_prediction.label_ids)
         return {metric.name: metric_value(metric, predictions, eval_prediction.label_ids)}
 
     return compute_metrics
