@@ -8,16 +8,24 @@ The run, top to bottom: arguments -> data (decoded once, served from memory) -> 
 --teacher_model_name_or_path) -> the student distilled by a `DistillationTrainer` -> the CE-only baseline -> the
 report (`distillation_report.{md,json,png}`) and the distilled student's model card (pushed with --push_to_hub).
 `distill_mnist.py` and `distill_cifar10.py` run this script with their datasets' tuned defaults.
+
+Many teachers: `--teacher_model_name_or_path a b c` distils an ensemble of trained teachers (`--ensemble_method`,
+`--teacher_weights`); `--assistants ARCH ...` distils through teacher assistants (and the student directly from the
+teacher too, for comparison). The report lists every teacher, assistant and student; the card records the lineage.
 """
 
 from hf_kd import DistillationTrainer
 from hf_kd.arguments import parse_image_arguments
 from hf_kd.data import RandomShiftCollator
+from hf_kd.ensemble import ensemble_for
 from hf_kd.experiment import (
     STUDENT_KD_DIR,
+    STUDENT_KD_DIRECT_DIR,
     TEACHER_DIR,
     Trained,
     compute_metrics_for,
+    distil,
+    distil_assistants,
     finish_training,
     prepare_run,
     report_run,
@@ -50,23 +58,33 @@ def main(defaults=None, argv=None):
         return online_or_self_distillation(data, label_names, data_args, experiment_args, config, metric)
 
     # 3. Teacher: a trained one loaded, or one trained here on the labels (with random shifts: Hinton et al.'s jitter).
-    if config.teacher_model_name_or_path:
+    #    Several loaded (--teacher_model_name_or_path a b c) are distilled as one ensemble (--ensemble_method).
+    paths = config.teacher_model_name_or_path
+    paths = [paths] if isinstance(paths, str) else paths or []
+    if paths:
         probe = build_image_model(experiment_args.student, label_names, config.seed)
-        model = load_image_teacher(
-            config.teacher_model_name_or_path, probe, image_processor, config.teacher_model_init_kwargs
-        )
-        teacher = Trained(TEACHER_DIR, model, data)
+        names = [TEACHER_DIR] if len(paths) == 1 else [f"{TEACHER_DIR}_{k}" for k in range(len(paths))]
+        teachers = [
+            Trained(name, load_image_teacher(path, probe, image_processor, config.teacher_model_init_kwargs), data)
+            for name, path in zip(names, paths)
+        ]
     else:
         model = build_image_model(experiment_args.teacher, label_names, config.seed)
         shift = experiment_args.teacher_max_shift
         augmentation = RandomShiftCollator(shift, fill=fill_value(image_processor), seed=config.seed) if shift else None
-        teacher = train_teacher(model, data, config, experiment_args, compute_metrics, augmentation)
+        teachers = [train_teacher(model, data, config, experiment_args, compute_metrics, augmentation)]
+    teacher = teachers[0].model if len(teachers) == 1 else ensemble_for([t.model for t in teachers], probe, config)
 
-    # 4. The student, distilled: the teacher's logits are computed once up front (--precompute_teacher_logits).
+    # 4. Teacher assistants (--assistants, Mirzadeh et al. 2020): teacher -> assistant 1 -> ..., each link an
+    #    ordinary distillation from the previous one; the student then learns from the last link.
+    assistants = [build_image_model(name, label_names, config.seed) for name in experiment_args.assistants or []]
+    assistants = distil_assistants(teacher, assistants, data, config, compute_metrics)
+
+    # 5. The student, distilled: the teacher's logits are computed once up front (--precompute_teacher_logits).
     student = build_image_model(experiment_args.student, label_names, config.seed)
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=teacher.model,
+        teacher_model=assistants[-1].model if assistants else teacher,
         args=stage_args(config, STUDENT_KD_DIR, data.train_dataset),
         train_dataset=data.train_dataset,
         eval_dataset=data.eval_dataset,
@@ -76,15 +94,21 @@ def main(defaults=None, argv=None):
     )
     distilled = finish_training(STUDENT_KD_DIR, trainer, data)
 
-    # 5. The baseline: the same student (same seed, so the same initial weights and data order), labels only.
-    runs = [teacher]
+    # 6. The baseline: the same student (same seed, so the same initial weights and data order), labels only; with
+    #    assistants, the same student distilled directly from the teacher too. The ensemble, when it can predict
+    #    without the labels, is measured first: the others' agreement is with it.
+    ensemble = [Trained("ensemble", teacher, data)] if len(teachers) > 1 and not teacher.needs_labels else []
+    runs = [*ensemble, *teachers, *assistants]
     if not experiment_args.skip_baseline:
         baseline = build_image_model(experiment_args.student, label_names, config.seed)
         runs.append(train_baseline(baseline, data, config, compute_metrics))
+    if assistants:
+        direct = build_image_model(experiment_args.student, label_names, config.seed)
+        runs.append(distil(direct, teacher, data, config, compute_metrics, name=STUDENT_KD_DIRECT_DIR))
     runs.append(distilled)
 
-    # 6. Report and model card, on the main process: every model saved and measured (size, accuracy, latency).
-    teacher_name = config.teacher_model_name_or_path or "trained here"
+    # 7. Report and model card, on the main process: every model saved and measured (size, accuracy, latency).
+    teacher_name = ", ".join(paths) or "trained here"
     return report_run(runs, "image-classification", teacher_name, metric, data_args, experiment_args, config)
 
 

@@ -37,6 +37,7 @@ from .report import (
     dataset_labels,
     has_finished_report,
     label_statistics,
+    lineage_of,
     measure_model,
     run_settings,
     teacher_recipe,
@@ -47,6 +48,9 @@ from .trainer import DistillationTrainer
 logger = logging.get_logger(__name__)
 
 TEACHER_DIR, STUDENT_KD_DIR, STUDENT_CE_DIR = "teacher", "student_kd", "student_ce"
+# Teacher-assistant chains: the k-th assistant (from 1) is `assistant_<k>`; the student distilled straight from the
+# teacher, for comparison with the chain's, is `student_kd_direct`.
+ASSISTANT_PREFIX, STUDENT_KD_DIRECT_DIR = "assistant_", "student_kd_direct"
 
 
 @dataclass
@@ -238,6 +242,30 @@ def distil(
     return finish_training(name, trainer, data)
 
 
+def distil_assistants(
+    teacher: Trained | PreTrainedModel | list, assistants: Sequence[PreTrainedModel], data: ModelData,
+    config: DistillationConfig, compute_metrics: Callable,
+) -> list[Trained]:  # fmt: skip
+    """Teacher assistants (Mirzadeh et al., AAAI 2020): `assistants[0]` distilled from `teacher`, each next one from
+    the previous one, each link an ordinary [`distil`] named `assistant_1`, `assistant_2`, ... A link already finished
+    in the output directory is loaded, not trained again (`finish_training` resumes)."""
+    links, previous = [], teacher
+    for index, assistant in enumerate(assistants, start=1):
+        previous = distil(assistant, previous, data, config, compute_metrics, name=f"{ASSISTANT_PREFIX}{index}")
+        links.append(previous)
+    return links
+
+
+def distil_chain(
+    student: PreTrainedModel, teacher: Trained | PreTrainedModel | list, assistants: Sequence[PreTrainedModel],
+    data: ModelData, config: DistillationConfig, compute_metrics: Callable, name: str = STUDENT_KD_DIR,
+) -> list[Trained]:  # fmt: skip
+    """teacher -> assistants -> `student` ([`distil_assistants`], then `student` distilled from the last link): with
+    no assistant, `distil(student, teacher, ...)`. Returns the assistants' results, then the student's."""
+    links = distil_assistants(teacher, assistants, data, config, compute_metrics)
+    return [*links, distil(student, links[-1] if links else teacher, data, config, compute_metrics, name=name)]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # After training (main process)
 # ---------------------------------------------------------------------------------------------------------------------
@@ -289,6 +317,7 @@ def write_report(
         models=results,
         teacher_recipe=teacher.recipe,
         training_curves={run.name: training_curve(run.log_history) for run in runs if run.log_history},
+        lineage=lineage_of([run.name for run in runs], config),
         **label_statistics(dataset_labels(distilled.data.eval_dataset)),
     )
     report.save(config.output_dir, plot=plot)

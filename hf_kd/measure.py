@@ -22,7 +22,20 @@ from .batch import model_inputs
 from .data import collate_batches
 from .teacher import logits_of
 
-MODEL_LABELS = {"teacher": "Teacher", "student_ce": "Student (CE only)", "student_kd": "Student (KD)"}
+MODEL_LABELS = {
+    "teacher": "Teacher", "student_ce": "Student (CE only)", "student_kd": "Student (KD)",
+    "ensemble": "Teacher ensemble", "student_kd_direct": "Student (KD, direct from the teacher)",
+}  # fmt: skip
+# Numbered models of one kind: an ensemble's teachers (`teacher_0`, ...), a chain's assistants (`assistant_1`, ...).
+INDEXED_LABELS = {"teacher": "Teacher {}", "assistant": "Assistant {} (KD)"}
+
+
+def model_label(name: str) -> str:
+    """The report's words for a model name: [`MODEL_LABELS`], a numbered kind of [`INDEXED_LABELS`], else the name."""
+    kind, _, index = name.rpartition("_")
+    if name not in MODEL_LABELS and index.isdigit() and kind in INDEXED_LABELS:
+        return INDEXED_LABELS[kind].format(index)
+    return MODEL_LABELS.get(name, name)
 # Batch-1 latency: warm-up calls first, then this many passes over the timed examples.
 LATENCY_WARMUP, LATENCY_PASSES = 50, 5
 
@@ -194,7 +207,7 @@ def measure_model(
     path = Path(saved_path)
     result = ModelResult(
         name=name,
-        label=MODEL_LABELS.get(name, name),
+        label=model_label(name),
         path=os.path.relpath(path, output_dir) if output_dir is not None else str(path),
         parameters=count_parameters(model),
         size_mb=round(directory_size_mb(path), 4),

@@ -284,6 +284,7 @@ def model_card(
         teacher_parameters=_format_count(teacher_parameters), student_name=f"`{card_data.model_name}` (this model)",
         student_architecture=_architecture(student), student_parameters=_format_count(student_parameters),
         compression=compression, teacher_recipe=report.recipe_text() if report else None, dataset_text=dataset_text,
+        lineage=report.lineage_text() if report else None,
         loss_formula=_loss_formula(), settings=setting_rows(settings), notes=report.notes() if report else [],
         plot=plot, versions=_versions(), citation=HINTON_2015_BIBTEX,
         **_results(card_data, report, eval_metrics, dataset_name, dataset_text, eval_split),
@@ -366,6 +367,7 @@ def create_model_card(
         base_model=base_model,
         base_model_relation="finetune" if base_model else None,
         license=license or DEFAULT_LICENSE,
+        distillation={"teacher": report.teacher, **report.lineage} if report and report.lineage else None,
         language=language,
     )
     card = model_card(

@@ -145,6 +145,10 @@ def image_setup(
     data, names = load_image_data(data_args, image_processor)
     teacher_source = config.teacher_model_name_or_path
     augmentation = None
+    if isinstance(teacher_source, list):
+        raise ValueError(
+            "image_setup loads one teacher; several (an ensemble) are run by examples/distill_image_classification.py."
+        )
     if teacher_source:
         probe = build_image_model(experiment_args.student, names, seed)
         teacher = load_image_teacher(teacher_source, probe, image_processor, config.teacher_model_init_kwargs)

@@ -38,6 +38,7 @@ from .measure import (  # noqa: F401 - the report's measuring half, importable f
     label_statistics,
     latency_ms,
     measure_model,
+    model_label,
     predict,
 )
 from .utils import atomic_write
@@ -99,6 +100,21 @@ def teacher_recipe(args: Any, **augmentation: Any) -> dict[str, Any]:
     return {**{key: getattr(args, key) for key in keys}, "loss": "cross-entropy", **augmentation}
 
 
+def lineage_of(names: list[str], args: Any = None) -> dict[str, Any] | None:
+    """Who taught the last of a run's models (`names` in training order): `{"teachers", "assistants", "student"}`
+    from an ensemble's teachers (`teacher_<k>`) and a chain's assistants (`assistant_<k>`), with the ensemble's
+    method and weights from `args`. `None` for one teacher and no assistant: the report's table says it all."""
+    teachers = [name for name in names if name == "teacher" or name.startswith("teacher_")]
+    assistants = [name for name in names if name.startswith("assistant_")]
+    if len(teachers) < 2 and not assistants:
+        return None
+    lineage = {"teachers": teachers, "assistants": assistants, "student": names[-1]}
+    if len(teachers) > 1:
+        lineage["ensemble_method"] = getattr(args, "ensemble_method", "mean_probs")
+        lineage["teacher_weights"] = getattr(args, "teacher_weights", None)
+    return lineage
+
+
 def training_curve(log_history: list[dict[str, Any]]) -> dict[str, list[float]]:
     """The training losses of a `trainer.state.log_history`, per logged step: `{"step": [...], "loss": [...]}` and
     the parts a [`DistillationTrainer`] logs (`loss_ce`, `loss_kd`). Evaluation entries are left out."""
@@ -141,6 +157,8 @@ class DistillationReport:
             distillation lost to the baseline by more than the test set's noise.
         teacher_recipe (`dict`, *optional*): How the run trained its teacher, from [`teacher_recipe`].
         training_curves (`dict`, *optional*): Model name -> [`training_curve`] of its trainer's log history.
+        lineage (`dict`, *optional*): Who taught the distilled student, from [`lineage_of`]: an ensemble's teachers
+            and a chain's assistants.
     """
 
     dataset: str
@@ -154,6 +172,7 @@ class DistillationReport:
     majority_class_accuracy: float | None = None
     teacher_recipe: dict[str, Any] | None = None
     training_curves: dict[str, dict[str, list[float]]] | None = None
+    lineage: dict[str, Any] | None = None
 
     def __post_init__(self):
         if self.task not in ("image-classification", "text-classification"):
@@ -170,7 +189,7 @@ class DistillationReport:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["settings"] = {k: self.settings[k] for k in SETTINGS_KEYS + OPTIONAL_SETTINGS_KEYS if k in self.settings}
         data["models"] = [asdict(model) for model in self.models]
-        optional = ("num_test_examples", "majority_class_accuracy", "teacher_recipe", "training_curves")
+        optional = ("num_test_examples", "majority_class_accuracy", "teacher_recipe", "training_curves", "lineage")
         return {key: value for key, value in data.items() if value is not None or key not in optional}
 
     @classmethod
@@ -216,6 +235,27 @@ class DistillationReport:
                 f"| {_cell(m.eval_time_s, '.3f')} |"
             )
         return "\n".join(lines)
+
+    def lineage_text(self) -> str | None:
+        """The distilled student's lineage in words (each model with its size and score), when it had several
+        teachers or assistants."""
+        if not self.lineage:
+            return None
+
+        def described(name: str) -> str:
+            result = self.model(name)
+            score = f", {self.metric} {100 * result.accuracy:.2f}%" if result else ""
+            return f"{model_label(name)}" + (f" ({result.parameters:,} parameters{score})" if result else "")
+
+        teachers, assistants = self.lineage["teachers"], self.lineage["assistants"]
+        source = ", ".join(described(name) for name in teachers)
+        if len(teachers) > 1:
+            source = f"an ensemble of {len(teachers)} teachers ({source}; `{self.lineage['ensemble_method']}`)"
+        text = "Lineage: " + " → ".join([source, *(described(name) for name in assistants), "this model"]) + "."
+        if assistants:
+            text += (" Each assistant was distilled from the model before it and taught the next (teacher "
+                     "assistants, Mirzadeh et al., 2020).")  # fmt: skip
+        return text
 
     def recipe_text(self) -> str | None:
         """How the teacher was trained, in one line, when the run trained it."""
@@ -273,6 +313,7 @@ class DistillationReport:
                 f"lr {s['learning_rate']}, batch {s['per_device_train_batch_size']}, seed {s['seed']}."
             ),
             *([self.recipe_text()] if self.teacher_recipe else []),
+            *([self.lineage_text()] if self.lineage else []),
             "",
             self.results_table(),
             "",
@@ -352,7 +393,7 @@ def _scatter(ax, report: DistillationReport, attribute: str, xlabel: str) -> Non
 def _curves(ax, report: DistillationReport) -> None:
     colors = {model.name: f"C{i}" for i, model in enumerate(report.models)}  # as in the other panels
     for name, curve in (report.training_curves or {}).items():
-        label, color = MODEL_LABELS.get(name, name), colors.get(name)
+        label, color = model_label(name), colors.get(name)
         for key in [k for k in curve if k != "step"]:
             if key == "loss" and {"loss_ce", "loss_kd"} <= set(curve):
                 continue  # the weighted total of the two parts shown
