@@ -1,0 +1,154 @@
+"""The Trainer side of white-box distillation, mixed into [`DistillationTrainer`]: the [`FeatureTerm`] built at
+construction (before the optimizer exists), its connectors in the optimizer, wrapped by Accelerate, saved in every
+`checkpoint-*` and restored on resume (the Trainer's own resume loads the model with `strict=False` and knows nothing
+of them), and the features collected during each step. `save_model` / `push_to_hub` save the student alone: the
+connectors are discarded with the trainer."""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+from .batch import DistillationBatch, split_batch
+from .feature_term import CONNECTORS_NAME, FeatureTerm
+from .teacher import teacher_outputs
+
+logger = logging.get_logger(__name__)
+
+PROBE_EXAMPLES = 8
+
+
+class FeatureDistillationMixin:
+    """Adds the feature term of `args.feature_pairs` to a `DistillationTrainer` (see [`hf_kd.features`])."""
+
+    _feature_term: FeatureTerm | None = None
+
+    def _build_feature_term(self) -> FeatureTerm | None:
+        """The run's feature term (None without `feature_pairs`): pairs resolved and connectors sized by one probe
+        forward of both models on the first examples of the train set, under the run's seed without touching the
+        global random state (a run with features draws the same data order and dropout masks as one without)."""
+        args = self.args
+        if not args.feature_pairs:
+            return None
+        if self.teacher_model is None or self.train_dataset is None:
+            raise ValueError("feature_pairs need a teacher model and a train_dataset (the shape probe runs on it).")
+        if type(self.teacher_model).__name__ == "TeacherEnsemble":
+            raise ValueError("feature_pairs compare one teacher's features: they cannot be used with an ensemble.")
+        if self.optimizer is not None:
+            raise ValueError(
+                "feature_pairs train connectors that the trainer creates, so it must create the optimizer: pass "
+                "optimizer_cls_and_kwargs instead of a ready optimizer."
+            )
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(args.seed)
+            sample = self._feature_sample()
+            term = FeatureTerm.build(
+                self.model, self.accelerator.unwrap_model(self.teacher_model),
+                feature_pairs=args.feature_pairs, loss=args.feature_loss, connector=args.feature_connector,
+                student_inputs=sample.student_inputs, teacher_inputs=sample.inputs_for_teacher(),
+                margin_batches=self._teacher_input_batches,
+            )  # fmt: skip
+        if args.precompute_teacher_logits:
+            size = term.teacher_bytes_per_example() * len(self.train_dataset)
+            raise ValueError(
+                f"precompute_teacher_logits=True with feature_pairs: the feature term needs the teacher's features "
+                f"{term.teacher_shapes} on every batch, and caching them for the {len(self.train_dataset)} training "
+                f"examples would take {size / 2**20:.1f} MiB (float32); hf_kd does not cache features. Set "
+                "precompute_teacher_logits=False: the teacher then runs on every batch."
+            )
+        if term.connectors.has_parameters():
+            # DDP (gradients averaged across processes) and mixed precision, like the student.
+            term.connectors_forward = self.accelerator.prepare_model(term.connectors)
+        logger.info(
+            f"Feature term {args.feature_loss} (weight {args.feature_weight}) on {term.describe()}; the teacher runs "
+            f"on every batch for its features; {sum(p.numel() for p in term.connectors.parameters())} connector "
+            "parameters, trained with the student and not saved with it."
+        )
+        return term
+
+    def _feature_sample(self) -> DistillationBatch:
+        dataset = self.train_dataset
+        indices = list(range(min(len(dataset), PROBE_EXAMPLES)))
+        rows = dataset.__getitems__(indices) if hasattr(dataset, "__getitems__") else [dataset[i] for i in indices]
+        collator = self._get_collator_with_removed_columns(self.data_collator, "training")
+        return split_batch(self._prepare_inputs(collator(rows)))
+
+    def _teacher_input_batches(self):
+        """The teacher's inputs over the whole train set, in order (the overhaul margins' one pass)."""
+        collator = self._get_collator_with_removed_columns(self.data_collator, "training")
+        size = self.args.teacher_batch_size
+        size = size if isinstance(size, int) else self.args.per_device_eval_batch_size  # "auto": the eval batch size
+        loader = DataLoader(self.train_dataset, batch_size=size, collate_fn=collator)
+        for batch in loader:
+            yield split_batch(self._prepare_inputs(batch)).inputs_for_teacher()
+
+    def _feature_loss(self, batch: DistillationBatch) -> torch.Tensor:
+        """The feature term of the batch whose forwards just ran; the teacher is run here when the batch carried its
+        logits (so it did not run) and features are needed."""
+        term = self._feature_term
+        if not term.has_teacher_features():
+            teacher_outputs(self.teacher_model, batch.inputs_for_teacher())
+        return term(labels=batch.labels, attention_mask=batch.student_inputs.get("attention_mask"))
+
+    def _collecting_features(self):
+        return self._feature_term.collecting() if self._feature_term is not None else nullcontext()
+
+    def training_step(self, model, inputs: dict[str, Any], num_items_in_batch=None) -> torch.Tensor:
+        with self._collecting_features():
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, model, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys=None):
+        with self._collecting_features():
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        term = self._feature_term
+        if term is None or not term.connectors.has_parameters():
+            return optimizer
+        params = [p for p in term.connectors.parameters() if p.requires_grad]
+        if {id(p) for group in optimizer.param_groups for p in group["params"]} & {id(p) for p in params}:
+            return optimizer  # already there (create_optimizer called twice)
+        # Weight decay as the Trainer applies it: on weight matrices and kernels, not on biases or BatchNorm.
+        decay, no_decay = [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
+        for group, weight_decay in ((decay, self.args.weight_decay), (no_decay, 0.0)):
+            if group:
+                optimizer.add_param_group({"params": group, "weight_decay": weight_decay})
+        return optimizer
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        term = self._feature_term
+        if term is None or not self.args.should_save or not term.connectors.state_dict():
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        state = {key: value.detach().cpu().contiguous() for key, value in term.connectors.state_dict().items()}
+        save_file(state, os.path.join(folder, CONNECTORS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        term = self._feature_term
+        if term is None or not term.connectors.state_dict():
+            return
+        path = os.path.join(resume_from_checkpoint, CONNECTORS_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{resume_from_checkpoint} holds no {CONNECTORS_NAME}: the feature connectors of feature_pairs="
+                f"{self.args.feature_pairs} cannot be restored (a checkpoint of a run without them?)."
+            )
+        device = next(iter(term.connectors.state_dict().values())).device
+        try:
+            term.connectors.load_state_dict(load_file(path, device=str(device)))
+        except RuntimeError as error:
+            raise ValueError(
+                f"{path} does not fit the connectors of feature_pairs={self.args.feature_pairs}, feature_loss="
+                f"{self.args.feature_loss!r} (resume with the settings it was saved with): {error}"
+            ) from None

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""White-box distillation on real Fashion-MNIST with hf_kd's reference CNNs (1-channel 28x28 versions of the
+CIFAR-10 presets): CE only / logit KD / KD + hint / KD + overhaul / KD + attention transfer / KD + RKD, 3 student
+seeds, mean and spread of the test accuracy on the full 10,000-image test split.
+
+Sized for a shared 2-core CPU (the teacher's forward is ~10 ms an image there): one teacher (seed 0) trained on a
+training subset, every student on the same subset for a few epochs. Pairs are `auto` (relative depth over the
+pre-ReLU outputs; attention transfer keeps the conv pairs, RKD the penultimate features); weights are the reference
+implementations' defaults (`hf_kd.features.DEFAULT_FEATURE_WEIGHTS`), not tuned.
+
+    python studies/white_box.py --train_examples 2000 --epochs 2 --teacher_epochs 3 --output_dir /tmp/white_box
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import load_dataset
+from transformers import Trainer, TrainingArguments
+
+from hf_kd import DistillationConfig, DistillationTrainer
+from hf_kd.data import InMemoryDataset, collate_batches
+from hf_kd.models import model_from_preset
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_mnist"
+MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set statistics
+CNN = {"num_channels": 1, "image_size": 28}
+METHODS = {  # name -> DistillationConfig overrides
+    "CE only": {"alpha": 0.0},
+    "logit KD": {},
+    "KD + hint": {"feature_pairs": ["auto"], "feature_loss": "hint"},
+    "KD + overhaul": {"feature_pairs": ["auto"], "feature_loss": "overhaul"},
+    "KD + attention transfer": {"feature_pairs": ["auto"], "feature_loss": "attention"},
+    "KD + RKD": {"feature_pairs": ["auto"], "feature_loss": "rkd"},
+}
+
+
+def load_split(split: str, count: int | None, seed: int = 0) -> InMemoryDataset:
+    data = load_dataset("parquet", data_files=str(DATA_DIR / f"{split}.parquet"), split="train")
+    if count is not None:
+        data = data.shuffle(seed=seed).select(range(count))
+    pixels = np.stack([np.asarray(image, dtype=np.float32) for image in data["image"]]) / 255.0
+    pixels = torch.from_numpy((pixels - MEAN) / STD).unsqueeze(1)
+    return InMemoryDataset({"pixel_values": pixels, "labels": torch.tensor(data["label"])})
+
+
+def accuracy(model, data: InMemoryDataset) -> float:
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(pixel_values=data.columns["pixel_values"][i : i + 1000]).logits
+                            for i in range(0, len(data), 1000)])  # fmt: skip
+    return (logits.argmax(-1) == data.columns["labels"]).float().mean().item()
+
+
+def common_args(output_dir: str, seed: int, epochs: int) -> dict:
+    return dict(
+        output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=64, learning_rate=1e-3,
+        lr_scheduler_type="constant", save_strategy="no", report_to="none", logging_steps=20, seed=seed,
+        disable_tqdm=True, dataloader_pin_memory=False, use_cpu=True,
+    )  # fmt: skip
+
+
+def train_teacher(train, epochs: int, output_dir: str):
+    torch.manual_seed(0)
+    teacher = model_from_preset("cifar10-cnn-teacher", **CNN)
+    args = TrainingArguments(**common_args(output_dir, 0, epochs), remove_unused_columns=False)
+    Trainer(model=teacher, args=args, train_dataset=train, data_collator=collate_batches).train()
+    return teacher.eval()
+
+
+def distil(method: str, teacher, train, seed: int, epochs: int, output_dir: str) -> tuple[object, list[dict]]:
+    torch.manual_seed(seed)
+    student = model_from_preset("cifar10-cnn-student", **CNN)
+    settings = {"temperature": 4.0, "alpha": 0.5, **METHODS[method]}
+    args = DistillationConfig(**common_args(output_dir, seed, epochs), **settings)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train)
+    trainer.train()
+    return student, trainer.state.log_history
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train_examples", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--teacher_epochs", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--output_dir", default="/tmp/hf_kd_white_box")
+    options = parser.parse_args()
+    torch.set_num_threads(1)
+    train, test = load_split("train", options.train_examples), load_split("test", None)
+    start = time.time()
+    teacher = train_teacher(train, options.teacher_epochs, f"{options.output_dir}/teacher")
+    results = {"teacher": accuracy(teacher, test), "teacher_seconds": time.time() - start, "methods": {}}
+    print(f"teacher: {results['teacher']:.4f} ({results['teacher_seconds']:.0f} s)", flush=True)
+    for method in options.methods:
+        for seed in options.seeds:
+            start = time.time()
+            student, history = distil(method, teacher, train, seed, options.epochs, f"{options.output_dir}/s")
+            feature = [e["loss_feature"] for e in history if "loss_feature" in e]
+            run = {"seed": seed, "accuracy": accuracy(student, test), "seconds": time.time() - start,
+                   "loss_feature_first_last": feature[:1] + feature[-1:]}  # fmt: skip
+            results["methods"].setdefault(method, []).append(run)
+            print(method, json.dumps(run), flush=True)
+    Path(options.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(options.output_dir) / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"\nFashion-MNIST, {options.train_examples} training images, students {options.epochs} epochs, teacher "
+          f"{options.teacher_epochs} epochs ({results['teacher']:.2%} test accuracy); 10,000 test images")  # fmt: skip
+    print("| method | test accuracy (mean ± std over seeds) | per seed |\n|---|---|---|")
+    for method, runs in results["methods"].items():
+        values = [run["accuracy"] for run in runs]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"| {method} | {statistics.mean(values):.2%} ± {spread:.2%} | {', '.join(f'{v:.2%}' for v in values)} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""White-box distillation through the trainer: feature names, auto pairs, connectors (optimizer, checkpoints,
+resume, never in the saved student), and the feature term's effect in a short run."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+from transformers import BertConfig, BertForSequenceClassification, HfArgumentParser
+
+from hf_kd import DistillationConfig, DistillationTrainer
+from hf_kd.feature_term import CONNECTORS_NAME
+from hf_kd.features import FeatureCollector, make_connector, parse_feature, relative_depth
+from hf_kd.models import model_from_preset
+
+
+def mlps():
+    torch.manual_seed(0)
+    return model_from_preset("mnist-mlp-teacher"), model_from_preset("mnist-mlp-student")
+
+
+def images(n=128, channels=1, size=28, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, channels, size, size, generator=g)
+    return Dataset.from_dict({"pixel_values": x.numpy(), "labels": torch.randint(0, 10, (n,), generator=g).numpy()})
+
+
+def config(tmp_path, **overrides):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=32, num_train_epochs=1, learning_rate=1e-3,
+        logging_steps=1, save_strategy="no", report_to="none", seed=0, dataloader_pin_memory=False, disable_tqdm=True,
+        feature_pairs=["auto"],
+    )  # fmt: skip
+    defaults.update(overrides)
+    return DistillationConfig(**defaults)
+
+
+def trainer_for(tmp_path, teacher, student, data, **overrides):
+    args = config(tmp_path, **overrides)
+    return DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data.with_format("torch"))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# settings and names
+
+
+def test_feature_settings_parse_from_the_command_line_and_validate(tmp_path):
+    (args,) = HfArgumentParser(DistillationConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--report_to", "none", "--feature_pairs", "hidden_states.1:hidden_states.3",
+         "convs.0@input:convs.1", "--feature_loss", "overhaul", "--feature_connector", "conv"]
+    )  # fmt: skip
+    assert args.feature_pairs == ["hidden_states.1:hidden_states.3", "convs.0@input:convs.1"]
+    assert (args.feature_loss, args.feature_connector, args.feature_weight) == ("overhaul", "conv", 1e-3)
+    assert parse_feature("convs.0@input").of_input and parse_feature("hidden_states.-1").index == -1
+    for field, value, message in [
+        ("feature_loss", "fitnet", "feature_loss must be one of"),
+        ("feature_connector", "mlp", "feature_connector must be one of"),
+        ("feature_pairs", ["hidden_states.1"], "'hidden_states.1' is not a 'student_feature:teacher_feature'"),
+        ("feature_pairs", ["a b:c"], "'a b' is not a feature name"),
+        ("feature_pairs", ["auto", "a:b"], "'auto' stands alone"),
+        ("feature_weight", -1.0, "feature_weight must be a finite number >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            DistillationConfig(output_dir=str(tmp_path), report_to="none", **{"feature_pairs": ["auto"], field: value})
+
+
+def test_a_missing_feature_names_the_model_and_lists_its_features(tmp_path):
+    teacher, student = mlps()
+    with pytest.raises(ValueError) as error:
+        trainer_for(tmp_path, teacher, student, images(16), feature_pairs=["hidden_states.9:hidden_states.3"])
+    message = str(error.value)
+    assert "the student (MLPForImageClassification) has no feature 'hidden_states.9'" in message
+    assert "hidden_states.0 ... hidden_states.2" in message and "classifier" in message
+    with pytest.raises(ValueError, match=r"the teacher \(MLPForImageClassification\) has no feature 'hidden_layers.7'.*hidden_layers\.0"):
+        trainer_for(tmp_path, teacher, student, images(16), feature_pairs=["hidden_states.1:hidden_layers.7"])
+
+
+def test_connectors_that_cannot_match_name_both_shapes():
+    with pytest.raises(ValueError, match=r"equal spatial size.*\(16, 8, 8\).*\(32, 4, 4\)"):
+        make_connector((16, 8, 8), (32, 4, 4), "hint")
+    with pytest.raises(ValueError, match=r"No connector maps.*\(16, 8, 8\).*\(100,\).*both vectors, token states or maps"):
+        make_connector((16, 8, 8), (100,), "hint")
+    with pytest.raises(ValueError, match=r"identity.*same shape.*\(100,\).*\(400,\)"):
+        make_connector((100,), (400,), "hint", "identity")
+    assert isinstance(make_connector((100,), (100,), "hint"), torch.nn.Identity)
+    conv = make_connector((16, 8, 8), (32, 8, 8), "overhaul")  # 1x1 conv (no bias) + BN, Heo et al.
+    assert [type(m).__name__ for m in conv] == ["Conv2d", "BatchNorm2d"] and conv[0].bias is None
+    assert isinstance(make_connector((7, 16), (7, 32), "hidden_mse"), torch.nn.Linear)
+
+
+def test_module_hooks_read_outputs_and_inputs_and_are_removed(tmp_path):
+    teacher, student = mlps()
+    collector = FeatureCollector(student, [parse_feature("classifier@input"), parse_feature("hidden_states.2")], "s")
+    x = torch.randn(4, 1, 28, 28)
+    with collector.active():
+        outputs = student(pixel_values=x)
+    assert outputs.hidden_states is None  # requested for the collector only: the caller's outputs are unchanged
+    features = collector.take()
+    torch.testing.assert_close(features["classifier@input"], features["hidden_states.2"])
+    assert not student._forward_hooks and not student._forward_pre_hooks
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in student.modules())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# auto pairs
+
+
+def test_relative_depth_is_tinyberts_uniform_mapping():
+    assert [relative_depth(i, 4, 13, with_embeddings=True) for i in range(4)] == [0, 4, 8, 12]  # k = 4
+    assert [relative_depth(i, 3, 12, with_embeddings=False) for i in range(3)] == [3, 7, 11]  # i*k + k - 1
+
+
+def test_auto_pairs_on_the_reference_mlps_and_cnns(tmp_path):
+    teacher, student = mlps()
+    trainer = trainer_for(tmp_path, teacher, student, images(16), feature_loss="overhaul")
+    assert trainer._feature_term.describe() == ["hidden_states.1:hidden_states.3"]  # pre-ReLU 100 <-> pre-ReLU 100
+    torch.manual_seed(0)
+    cnn = {"num_channels": 1, "image_size": 28}
+    t_cnn, s_cnn = model_from_preset("cifar10-cnn-teacher", **cnn), model_from_preset("cifar10-cnn-student", **cnn)
+    trainer = trainer_for(tmp_path, t_cnn, s_cnn, images(16), feature_loss="hint")
+    # Student conv0 (16, 28, 28), conv1 (16, 14, 14), fc (256,) at the teacher's relative depth: conv1 (64, 28, 28),
+    # conv2 (64, 14, 14), fc (512,); each through a connector sized by the probe.
+    assert trainer._feature_term.describe() == [
+        "hidden_states.1:hidden_states.3", "hidden_states.3:hidden_states.5", "hidden_states.5:hidden_states.9"
+    ]  # fmt: skip
+    kinds = [(type(c).__name__, tuple(c.weight.shape)) for c in trainer._feature_term.connectors.connectors]
+    assert kinds == [("Conv2d", (64, 16, 1, 1)), ("Conv2d", (64, 16, 1, 1)), ("Linear", (512, 256))]
+    attention = trainer_for(tmp_path, t_cnn, s_cnn, images(16), feature_loss="attention")  # maps only, no connector
+    assert attention._feature_term.describe() == ["hidden_states.1:hidden_states.3", "hidden_states.3:hidden_states.5"]
+    assert not attention._feature_term.connectors.has_parameters()
+
+
+def test_auto_pairs_on_two_tiny_berts(tmp_path):
+    def bert(layers, width, seed):
+        torch.manual_seed(seed)
+        cfg = BertConfig(vocab_size=50, hidden_size=width, num_hidden_layers=layers, num_attention_heads=2,
+                         intermediate_size=2 * width, max_position_embeddings=16, num_labels=3,
+                         attn_implementation="eager")  # fmt: skip
+        return BertForSequenceClassification(cfg)
+
+    g = torch.Generator().manual_seed(0)
+    data = Dataset.from_dict({"input_ids": torch.randint(1, 50, (16, 8), generator=g).numpy(),
+                              "attention_mask": torch.ones(16, 8, dtype=torch.long).numpy(),
+                              "labels": torch.randint(0, 3, (16,), generator=g).numpy()})  # fmt: skip
+    teacher, student = bert(4, 32, 0), bert(2, 16, 1)
+    hidden = trainer_for(tmp_path, teacher, student, data, feature_loss="hidden_mse", max_steps=1)
+    assert hidden._feature_term.describe() == ["hidden_states.0:hidden_states.0", "hidden_states.1:hidden_states.2",
+                                               "hidden_states.2:hidden_states.4"]  # fmt: skip
+    assert all(tuple(c.weight.shape) == (32, 16) for c in hidden._feature_term.connectors.connectors)
+    hidden.train()
+    assert hidden.state.log_history[0]["loss_feature"] > 0
+    teacher16 = bert(4, 16, 0)
+    attention = trainer_for(tmp_path, teacher16, student, data, feature_loss="attention_mse", max_steps=1)
+    assert attention._feature_term.describe() == ["attentions.0:attentions.1", "attentions.1:attentions.3"]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# connectors in training, checkpoints and resume
+
+
+def test_connectors_train_and_are_checkpointed_but_never_saved_with_the_student(tmp_path):
+    teacher, student = mlps()
+    pairs = ["hidden_states.2:hidden_states.2"]  # student 100 -> teacher 400: a Linear connector
+    args = dict(feature_pairs=pairs, num_train_epochs=2, save_strategy="steps", save_steps=4, logging_steps=4)
+    trainer = trainer_for(tmp_path, teacher, student, images(128), **args)
+    connector = trainer._feature_term.connectors.connectors[0]
+    before = connector.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(connector.weight, before)  # in the optimizer
+    checkpoint = Path(trainer.args.output_dir) / "checkpoint-4"
+    saved = load_file(checkpoint / CONNECTORS_NAME)
+    assert set(saved) == {"connectors.0.weight", "connectors.0.bias"}
+    assert set(load_file(checkpoint / "model.safetensors")) == set(student.state_dict())
+    trainer.save_model(str(tmp_path / "final"))
+    final = load_file(tmp_path / "final" / "model.safetensors")
+    assert set(final) == set(student.state_dict())
+    assert not any(value.shape == connector.weight.shape for value in final.values())
+    assert not list((tmp_path / "final").glob("feature_connectors*"))
+
+    # Resume from the mid-run checkpoint: connectors restored bit for bit, then the same end state.
+    torch.manual_seed(5)
+    resumed_student = model_from_preset("mnist-mlp-student")
+    resumed = trainer_for(tmp_path, teacher, resumed_student, images(128), **args)
+    resumed._load_from_checkpoint(str(checkpoint))
+    restored = resumed._feature_term.connectors.state_dict()
+    assert all(torch.equal(restored[key], saved[key]) for key in saved)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    # The continuation is as close as the Trainer's own resume (float-level differences, see test_trainer), which
+    # Adam amplifies in connector weights whose inputs are mostly zero (post-ReLU): compare the student and the term.
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(resumed_student(pixel_values=x).logits, student(pixel_values=x).logits, rtol=1e-4, atol=1e-5)
+    last = [[e["loss_feature"] for e in t.state.log_history if "loss_feature" in e][-1] for t in (trainer, resumed)]
+    assert last[1] == pytest.approx(last[0], rel=1e-2)
+
+
+def test_the_feature_loss_falls_by_half_in_a_short_run(tmp_path):
+    _, student = mlps()
+    torch.manual_seed(2)
+    teacher = model_from_preset("mnist-mlp-student")
+    trainer = trainer_for(
+        # Pre-ReLU to pre-ReLU of a teacher of the student's shape: a linear map of the input that the student's
+        # first layer can reach exactly, so the term must fall.
+        tmp_path, teacher, student, images(256), feature_pairs=["hidden_states.1:hidden_states.1"],
+        learning_rate=3e-3, num_train_epochs=4, alpha=1.0, logging_steps=1, feature_weight=10.0,
+    )  # fmt: skip
+    trainer.train()
+    losses = [entry["loss_feature"] for entry in trainer.state.log_history if "loss_feature" in entry]
+    assert losses[-1] <= 0.5 * losses[0], losses
+    # Hooks are gone once the step is over; evaluation still computes the term, predictions are the logits alone.
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in student.modules())
+    metrics = trainer.evaluate(images(64, seed=3).with_format("torch"))
+    assert "eval_loss_feature" in metrics
+    assert trainer.predict(images(8, seed=4).with_format("torch")).predictions.shape == (8, 10)
+
+
+def test_precomputed_teacher_logits_are_refused_with_the_size_of_the_features(tmp_path):
+    teacher, student = mlps()
+    with pytest.raises(ValueError, match=r"caching them for the 128 training examples would take 0\.2 MiB"):
+        trainer_for(tmp_path, teacher, student, images(128), feature_pairs=["hidden_states.2:hidden_states.2"],
+                    precompute_teacher_logits=True)  # fmt: skip
