@@ -7,6 +7,12 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from .features import (
+    DEFAULT_FEATURE_WEIGHTS,
+    FEATURE_CONNECTORS,
+    FEATURE_LOSSES,
+    parse_feature_pairs,
+)
 from .losses import SOFT_LOSS_TYPES
 from .ensemble import ENSEMBLE_METHODS, normalized_weights
 from .teacher import TEACHER_DTYPES, TEACHER_LOGITS_DTYPES
@@ -54,6 +60,23 @@ class DistillationConfig(TrainingArguments):
             Storage precision of precomputed teacher logits: `"float32"` or `"float16"`.
         teacher_batch_size (`int`, *optional*, defaults to `512`):
             Batch size of the teacher's inference pass when precomputing its logits.
+        feature_pairs (`list[str]`, *optional*):
+            White-box distillation: `"student_feature:teacher_feature"` pairs whose features a feature term compares
+            (names as in [`hf_kd.features`]: `hidden_states.<i>`, `attentions.<i>`, a module path such as
+            `bert.encoder.layer.3`, optionally with `@input`), or `["auto"]`: pairs chosen by relative depth with
+            connectors sized by a shape probe. The teacher then runs on every batch (its features are not cached).
+        feature_loss (`str`, *optional*, defaults to `"hint"`):
+            The feature term: `"hint"` (FitNets), `"cosine"` (DistilBERT), `"overhaul"` (Heo et al., pre-ReLU
+            features with margins), `"attention"` (attention transfer), `"hidden_mse"` / `"attention_mse"`
+            (TinyBERT), `"pkd"` (normalised [CLS] MSE), `"rkd"` (relational distances and angles) or `"triplet"`
+            (teacher-anchored triplet).
+        feature_weight (`float`, *optional*):
+            Weight of the feature term added to the logit objective. Default: the reference implementation's factor
+            for `feature_loss` (`hf_kd.features.DEFAULT_FEATURE_WEIGHTS`, e.g. 1e3 for attention transfer).
+        feature_connector (`str`, *optional*, defaults to `"auto"`):
+            How a student feature reaches its teacher's shape: `"auto"` (identity when the shapes match, else a
+            Linear for vectors and token states or a 1x1 conv for maps; the overhaul's adds a BatchNorm), `"linear"`,
+            `"conv"` or `"identity"`. Connectors are trained with the student, checkpointed, and never saved with it.
     """
 
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["teacher_model_init_kwargs"]
@@ -133,6 +156,34 @@ class DistillationConfig(TrainingArguments):
         metadata={"help": "Batch size of the teacher's inference pass when precomputing its logits."},
     )
 
+    feature_pairs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "White-box distillation: 'student_feature:teacher_feature' pairs (e.g. 'hidden_states.1:"
+            "hidden_states.3', 'convs.0:convs.1', 'encoder.layer.1@input:encoder.layer.5@input'), or 'auto' (pairs "
+            "by relative depth, connectors sized by a shape probe). The teacher then runs on every batch."
+        },
+    )
+    feature_loss: str = field(
+        default="hint",
+        metadata={"help": "The feature term compared over feature_pairs.", "choices": list(FEATURE_LOSSES)},
+    )
+    feature_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of the feature term. Default: the reference implementation's factor for feature_loss "
+            "(hf_kd.features.DEFAULT_FEATURE_WEIGHTS)."
+        },
+    )
+    feature_connector: str = field(
+        default="auto",
+        metadata={
+            "help": "Connector from a student feature to its teacher's shape: 'auto' (identity when the shapes match, "
+            "else Linear / 1x1 conv, + BatchNorm for the overhaul), 'linear', 'conv' or 'identity'.",
+            "choices": list(FEATURE_CONNECTORS),
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
@@ -154,6 +205,7 @@ class DistillationConfig(TrainingArguments):
                 "teacher_model_init_kwargs must be a dict (or a JSON object string on the command line), got "
                 f"{self.teacher_model_init_kwargs!r}."
             )
+        self._check_features()
         self._check_teachers()
         self._check_features()
 
@@ -173,3 +225,22 @@ class DistillationConfig(TrainingArguments):
                                  "are per example, from each teacher's confidence on the true label).")  # fmt: skip
             count = len(teachers) if isinstance(teachers, list) else len(self.teacher_weights)
             normalized_weights(self.teacher_weights, count)  # raises on a wrong count or a weight <= 0
+
+    def _check_features(self) -> None:
+        """Parse the feature pairs (a malformed one names itself), check the loss and connector, and resolve the
+        default weight of the feature term."""
+        if self.feature_loss not in FEATURE_LOSSES:
+            raise ValueError(f"feature_loss must be one of {list(FEATURE_LOSSES)}, got {self.feature_loss!r}.")
+        if self.feature_connector not in FEATURE_CONNECTORS:
+            raise ValueError(
+                f"feature_connector must be one of {list(FEATURE_CONNECTORS)}, got {self.feature_connector!r}."
+            )
+        if self.feature_pairs is None:
+            return
+        if isinstance(self.feature_pairs, str):
+            self.feature_pairs = [self.feature_pairs]
+        parse_feature_pairs(self.feature_pairs)
+        if self.feature_weight is None:
+            self.feature_weight = DEFAULT_FEATURE_WEIGHTS[self.feature_loss]
+        if not isinstance(self.feature_weight, (int, float)) or not 0 <= self.feature_weight < math.inf:
+            raise ValueError(f"feature_weight must be a finite number >= 0, got {self.feature_weight!r}.")

@@ -25,6 +25,7 @@ from .batch import TEACHER_LOGITS, DistillationBatch, distillation_columns, spli
 from .configuration_distillation import DistillationConfig
 from .data import InMemoryDataset, collate_batches
 from .ensemble import TeacherEnsemble, ensemble_for
+from .feature_trainer import FeatureDistillationMixin
 from .losses import distillation_loss
 from .teacher import (
     add_teacher_logits,
@@ -47,7 +48,7 @@ def _collate_keeping(features, keep: frozenset, row_collator: Callable):
     return row_collator(features)
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(FeatureDistillationMixin, Trainer):
     """A [`~transformers.Trainer`] whose loss distils a frozen teacher into the model being trained.
 
     The loss is `(1 - alpha) * CE(student, labels) + alpha * T**2 * KL(softmax(teacher / T) || softmax(student / T))`
@@ -145,6 +146,7 @@ class DistillationTrainer(Trainer):
         if teacher_model is not None:
             dtype = getattr(torch, args.teacher_dtype) if args.teacher_dtype else None
             self.teacher_model = prepare_teacher(teacher_model, self.accelerator, dtype=dtype)
+        self._feature_term = self._build_feature_term()  # connectors exist before the optimizer
         self.train_dataset = self._with_teacher_logits(self.train_dataset)
         # Unweighted loss parts, accumulated per step and averaged over each logging window (see `log`).
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
@@ -249,7 +251,7 @@ class DistillationTrainer(Trainer):
                 f"have shape {tuple(student_logits.shape)}: the teacher logits must have one column per label "
                 f"({student_logits.shape[-1]})."
             )
-        return distillation_loss(
+        terms = distillation_loss(
             student_logits,
             teacher_logits,
             batch.labels,
@@ -257,6 +259,10 @@ class DistillationTrainer(Trainer):
             alpha=args.alpha,
             loss_type=args.loss_type,
         )
+        if self._feature_term is not None:  # white-box: args.feature_pairs (see hf_kd.feature_trainer)
+            terms["feature"] = self._feature_loss(batch)
+            terms["loss"] = terms["loss"] + args.feature_weight * terms["feature"]
+        return terms
 
     def compute_loss(
         self,
