@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,7 +206,6 @@ class DistillationConfig(TrainingArguments):
                 "teacher_model_init_kwargs must be a dict (or a JSON object string on the command line), got "
                 f"{self.teacher_model_init_kwargs!r}."
             )
-        self._check_features()
         self._check_teachers()
         self._check_features()
 
