@@ -64,6 +64,10 @@ SETTING_LABELS = {
     "world_size": "Processes (data parallel)",
     "mixed_precision": "Mixed precision",
     "teacher_dtype": "Teacher weights dtype",
+    "feature_pairs": "Feature pairs (student:teacher; connectors trained, then discarded)",
+    "feature_loss": "Feature loss",
+    "feature_weight": "Feature loss weight",
+    "feature_connector": "Feature connector",
 }
 SETTINGS_KEYS = tuple(SETTING_LABELS)[:8]
 OPTIONAL_SETTINGS_KEYS = tuple(SETTING_LABELS)[8:]
@@ -85,6 +89,9 @@ def run_settings(args: Any, *, teacher_logits: str, world_size: int | None = Non
     if settings.get("max_steps", -1) <= 0:  # the Trainer's "no limit": the epochs count
         settings.pop("max_steps", None)
     settings["teacher_logits"] = teacher_logits
+    if not getattr(args, "feature_pairs", None):  # the feature settings mean nothing without pairs
+        for key in ("feature_pairs", "feature_loss", "feature_weight", "feature_connector"):
+            settings.pop(key, None)
     settings["mixed_precision"] = "bf16" if getattr(args, "bf16", False) else "fp16" if args.fp16 else "no"
     if world_size is not None:
         settings["world_size"] = int(world_size)

@@ -219,3 +219,13 @@ def test_precomputed_teacher_logits_are_refused_with_the_size_of_the_features(tm
     with pytest.raises(ValueError, match=r"caching them for the 128 training examples would take 0\.2 MiB"):
         trainer_for(tmp_path, teacher, student, images(128), feature_pairs=["hidden_states.2:hidden_states.2"],
                     precompute_teacher_logits=True)  # fmt: skip
+
+
+def test_the_report_records_the_feature_settings_only_when_there_are_pairs(tmp_path):
+    from hf_kd.report import run_settings
+
+    with_pairs = run_settings(config(tmp_path, feature_loss="overhaul"), teacher_logits="live")
+    assert with_pairs["feature_pairs"] == ["auto"] and with_pairs["feature_loss"] == "overhaul"
+    assert with_pairs["feature_weight"] == 1e-3 and with_pairs["feature_connector"] == "auto"
+    without = run_settings(config(tmp_path, feature_pairs=None), teacher_logits="live")
+    assert not any(key.startswith("feature_") for key in without)
