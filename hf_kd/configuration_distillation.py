@@ -59,8 +59,10 @@ class DistillationConfig(TrainingArguments):
             augmentation.
         teacher_logits_dtype (`str`, *optional*, defaults to `"float32"`):
             Storage precision of precomputed teacher logits: `"float32"` or `"float16"`.
-        teacher_batch_size (`int`, *optional*, defaults to `512`):
-            Batch size of the teacher's inference pass when precomputing its logits.
+        teacher_batch_size (`int` or `str`, *optional*, defaults to `"auto"`):
+            Batch size of the teacher's inference pass when precomputing its logits. `"auto"` (or `None`) times a
+            few sizes on the first batches on the device and keeps the fastest per token (logged): small on a
+            cache-bound CPU, large on a GPU.
         feature_pairs (`list[str]`, *optional*):
             White-box distillation: `"student_feature:teacher_feature"` pairs whose features a feature term compares
             (names as in [`hf_kd.features`]: `hidden_states.<i>`, `attentions.<i>`, a module path such as
@@ -152,9 +154,12 @@ class DistillationConfig(TrainingArguments):
         default="float32",
         metadata={"help": "Storage precision of precomputed teacher logits.", "choices": list(TEACHER_LOGITS_DTYPES)},
     )
-    teacher_batch_size: int = field(
-        default=512,
-        metadata={"help": "Batch size of the teacher's inference pass when precomputing its logits."},
+    teacher_batch_size: int | str | None = field(
+        default="auto",
+        metadata={
+            "help": "Batch size of the teacher's inference pass when precomputing its logits: an integer >= 1, or "
+            "'auto' to time a few sizes on the first batches and keep the fastest per token (logged)."
+        },
     )
 
     feature_pairs: list[str] | None = field(
@@ -199,8 +204,16 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"teacher_logits_dtype must be one of {list(TEACHER_LOGITS_DTYPES)}, got {self.teacher_logits_dtype!r}."
             )
-        if not isinstance(self.teacher_batch_size, int) or self.teacher_batch_size < 1:
-            raise ValueError(f"teacher_batch_size must be an integer >= 1, got {self.teacher_batch_size!r}.")
+        if isinstance(self.teacher_batch_size, str) and self.teacher_batch_size.isdigit():
+            self.teacher_batch_size = int(self.teacher_batch_size)  # from the command line
+        if self.teacher_batch_size is None:
+            self.teacher_batch_size = "auto"
+        if self.teacher_batch_size != "auto" and (
+            isinstance(self.teacher_batch_size, bool)
+            or not isinstance(self.teacher_batch_size, int)
+            or self.teacher_batch_size < 1
+        ):
+            raise ValueError(f"teacher_batch_size must be an integer >= 1 or 'auto', got {self.teacher_batch_size!r}.")
         if self.teacher_model_init_kwargs is not None and not isinstance(self.teacher_model_init_kwargs, dict):
             raise ValueError(
                 "teacher_model_init_kwargs must be a dict (or a JSON object string on the command line), got "

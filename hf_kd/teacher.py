@@ -13,10 +13,19 @@ from torch import nn
 from transformers.utils import logging
 
 from . import batch as batch_convention
-from .batch import TEACHER_LOGITS as TEACHER_LOGITS_COLUMN
-from .data import InMemoryDataset, generic_labels
+from .data import generic_labels
 
 logger = logging.get_logger(__name__)
+
+
+def __getattr__(name: str):
+    # The precompute lives in hf_kd.precompute, which builds on this module; `from hf_kd.teacher import
+    # add_teacher_logits` keeps working without an import cycle.
+    if name == "add_teacher_logits":
+        from .precompute import add_teacher_logits
+
+        return add_teacher_logits
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def logits_of(outputs) -> torch.Tensor:
@@ -210,135 +219,6 @@ def teacher_outputs(teacher: nn.Module, inputs: dict[str, Any], **forward_kwargs
     teacher's dtype. `forward_kwargs` (e.g. `output_hidden_states=True`) go to its `forward`."""
     with torch.no_grad():
         return teacher(**cast_floating_inputs(inputs, teacher), **forward_kwargs)
-
-
-class _TeacherLogits:
-    """The teacher's logits for one collated batch, for the precompute: the batch is split by the batch convention
-    (so the teacher reads its own `teacher_*` inputs when there are any), moved to `device`, and run in inference
-    mode, with bf16 autocast on a GPU that supports it."""
-
-    def __init__(self, teacher: nn.Module, device: torch.device, out_dtype: torch.dtype):
-        self.teacher, self.device, self.out_dtype = teacher, device, out_dtype
-        self.autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        inputs = batch_convention.split_batch(batch).inputs_for_teacher()
-        inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits = logits_of(teacher_outputs(self.teacher, inputs)).float()
-        return logits, inputs
-
-
-def _check_precompute_arguments(dataset, dtype: str, batch_size: int) -> None:
-    if has_transform(dataset):
-        raise ValueError(
-            "Cannot precompute teacher logits: the dataset has an on-the-fly transform (set_transform / "
-            "with_transform). Logits computed once would not match the inputs the student sees when the transform "
-            "is random (augmentation). Apply deterministic preprocessing with Dataset.map instead, or keep the "
-            "teacher live (precompute_teacher_logits=False)."
-        )
-    if dtype not in TEACHER_LOGITS_DTYPES:
-        raise ValueError(f"dtype must be one of {TEACHER_LOGITS_DTYPES}, got {dtype!r}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-
-
-def add_teacher_logits(
-    dataset,
-    teacher: nn.Module,
-    batch_size: int = 512,
-    dtype: str = "float32",
-    data_collator=None,
-    device: torch.device | str | None = None,
-):
-    """Run the frozen teacher once over `dataset` and return it with a `teacher_logits` column.
-
-    The one precompute path of hf_kd ([`DistillationTrainer`] calls it with `precompute_teacher_logits=True`). The
-    teacher runs in batched inference mode (`eval()`, no grad, bf16 autocast on a GPU that supports it). For a
-    `datasets.Dataset` the result is cached by `datasets`' fingerprinting: the cache key combines the dataset's
-    fingerprint with [`teacher_fingerprint`], so a second run with the same teacher and data reuses the cached
-    column, and a teacher with other weights never does.
-
-    An [`hf_kd.data.InMemoryDataset`] comes back as an `InMemoryDataset` with the extra column, sharing the other
-    columns' memory. When it was read from a `datasets.Dataset` (`InMemoryDataset.from_dataset`), the logits are
-    computed on that dataset, so they are cached across runs too; otherwise they are computed from its tensors,
-    slice by slice, and live in memory only.
-
-    Args:
-        dataset (`datasets.Dataset` or [`~hf_kd.data.InMemoryDataset`]): model-ready inputs (decoded pixels, token
-            ids), no on-the-fly transform.
-        teacher (`nn.Module`): the teacher; it reads its own `teacher_*` columns when there are any.
-        batch_size (`int`): inference batch size (no gradients are kept, so it can be large).
-        dtype (`str`): storage precision of the column, `"float32"` or `"float16"` (half the disk and memory; the
-            losses upcast to float32).
-        data_collator (*optional*): builds a batch from a list of rows (with their column names as in the dataset),
-            e.g. the training collator that pads the student's and the teacher's tokens. Batches whose columns are
-            already stacked tensors are used as they are.
-        device (*optional*): where to run the teacher; defaults to the device of its parameters.
-    """
-    _check_precompute_arguments(dataset, dtype, batch_size)
-    freeze(teacher)
-    device = torch.device(device) if device is not None else next(iter(teacher.parameters())).device
-    run = _TeacherLogits(teacher, device, getattr(torch, dtype))
-    columns = teacher_input_columns(list(dataset.column_names), teacher)
-    if isinstance(dataset, InMemoryDataset):
-        return _add_logits_in_memory(dataset, run, columns, batch_size, dtype, data_collator)
-    return _add_logits_to_dataset(dataset, run, columns, batch_size, dtype, data_collator)
-
-
-def _add_logits_in_memory(dataset: InMemoryDataset, run: _TeacherLogits, columns, batch_size, dtype, data_collator):
-    if dataset.source is not None:
-        # Computed on the Arrow dataset it was read from, for the cache across runs; only the new column is read.
-        source = _add_logits_to_dataset(dataset.source, run, columns, batch_size, dtype, data_collator)
-        logits = InMemoryDataset.from_dataset(source, [TEACHER_LOGITS_COLUMN]).columns[TEACHER_LOGITS_COLUMN]
-        logits = logits.to(run.out_dtype)  # the torch format reads float16 back as float32
-        return dataset.with_column(TEACHER_LOGITS_COLUMN, logits)
-    # Already tensors of one shape per column: slice them, no Arrow round trip and no copy of the inputs.
-    chunks = [
-        run({name: dataset.columns[name][start : start + batch_size] for name in columns})[0].to(run.out_dtype).cpu()
-        for start in range(0, len(dataset), batch_size)
-    ]
-    return dataset.with_column(TEACHER_LOGITS_COLUMN, torch.cat(chunks))
-
-
-def _add_logits_to_dataset(dataset, run: _TeacherLogits, columns, batch_size, dtype, data_collator):
-    from datasets.fingerprint import Hasher
-    from transformers import default_data_collator
-
-    collate = data_collator or default_data_collator
-
-    def compute(*values):
-        if all(torch.is_tensor(v) for v in values):
-            batch = dict(zip(columns, values))  # already stacked by the torch format: no per-row round trip
-        else:
-            batch = collate([dict(zip(columns, row)) for row in zip(*values)])
-        logits, inputs = run(batch)
-        if logits.dim() > 2 and "attention_mask" in inputs:
-            # Token-level logits: keep each row's own length, not the batch's padding.
-            lengths = inputs["attention_mask"].sum(-1).tolist()
-            return {TEACHER_LOGITS_COLUMN: [row[:n].to(run.out_dtype).cpu().numpy() for row, n in zip(logits, lengths)]}
-        return {TEACHER_LOGITS_COLUMN: logits.to(run.out_dtype).cpu().numpy()}
-
-    original_format = dict(dataset.format)
-    fingerprint = Hasher.hash([dataset._fingerprint, teacher_fingerprint(run.teacher), dtype, columns, batch_size])
-    result = dataset.with_format("torch").map(
-        compute,
-        batched=True,
-        batch_size=batch_size,
-        input_columns=columns,
-        new_fingerprint=fingerprint,
-        desc="Teacher logits",
-    )
-    format_columns = original_format.get("columns")
-    if format_columns is not None and TEACHER_LOGITS_COLUMN not in format_columns:
-        format_columns = [*format_columns, TEACHER_LOGITS_COLUMN]
-    result.set_format(
-        type=original_format.get("type"),
-        columns=format_columns,
-        output_all_columns=original_format.get("output_all_columns", False),
-        **original_format.get("format_kwargs", {}),
-    )
-    return result
 
 
 def check_teacher_logits(values, num_labels: int | None) -> None:

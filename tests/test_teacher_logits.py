@@ -75,7 +75,8 @@ def test_precompute_switch_never_runs_the_teacher_while_training(tmp_path, tiny_
     counter = CallCounter(teacher)
     trainer = DistillationTrainer(
         model=make_student(), teacher_model=teacher, args=config(tmp_path, alpha=1.0, num_train_epochs=8,
-                                                                 precompute_teacher_logits=True), train_dataset=train
+                                                                 precompute_teacher_logits=True, teacher_batch_size=512),
+        train_dataset=train,
     )
     assert "teacher_logits" in trainer.train_dataset.column_names
     calls_after_precompute = counter.calls
