@@ -35,7 +35,6 @@ from hf_kd.experiment import (
 )
 from hf_kd.metrics import load_metric
 from hf_kd.online import born_again, distil_from_ema, train_mutual
-from hf_kd.online import born_again, distil_from_ema, train_mutual
 from hf_kd.recipes import (
     build_image_model,
     fill_value,
@@ -111,27 +110,6 @@ def main(defaults=None, argv=None):
     # 7. Report and model card, on the main process: every model saved and measured (size, accuracy, latency).
     teacher_name = ", ".join(paths) or "trained here"
     return report_run(runs, "image-classification", teacher_name, metric, data_args, experiment_args, config)
-
-
-def online_or_self_distillation(data, label_names, data_args, experiment_args, config, metric):
-    """--distillation_mode mutual | born_again | ema: the CE-only baseline (the student on the labels, same epochs),
-    then the peers trained together, the born-again generations, or the student distilled from its own moving
-    average; the report lists each beside the baseline."""
-    mode, compute_metrics = experiment_args.distillation_mode, compute_metrics_for(metric)
-    architectures = {"teacher": experiment_args.teacher, "student": experiment_args.student}
-
-    def build(architecture: str, seed_offset: int = 0):
-        return build_image_model(architectures.get(architecture, architecture), label_names, config.seed + seed_offset)
-
-    runs = [train_baseline(build("student"), data, config, compute_metrics)]
-    if mode == "mutual":  # peer k from seed + k: identical peers would stay identical
-        peers = [build(name.strip(), k) for k, name in enumerate(experiment_args.peers.split(","))]
-        runs += train_mutual(peers, data, config, compute_metrics)
-    elif mode == "born_again":  # generation 0 is the baseline
-        runs += born_again(runs[0], lambda: build("student"), data, config, compute_metrics, experiment_args.generations)
-    else:
-        runs.append(distil_from_ema(build("student"), data, config, compute_metrics, experiment_args.ema_decay))
-    return report_run(runs, "image-classification", f"none ({mode})", metric, data_args, experiment_args, config)
 
 
 def online_or_self_distillation(data, label_names, data_args, experiment_args, config, metric):
