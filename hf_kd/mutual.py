@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from accelerate.utils import DistributedType, extract_model_from_parallel
@@ -32,6 +32,7 @@ from .configuration_distillation import DistillationConfig
 from .data import collate_batches
 from .losses import mutual_learning_loss
 from .teacher import check_compatible, logits_of
+from .trainer import log_loss_terms
 
 PEER_DIR = "peer_{}"
 
@@ -147,7 +148,7 @@ class MutualLearningTrainer(Trainer):
     `from_pretrained` model with the processor and a model card; resuming loads them back from there.
     """
 
-    _tag_names = ["hf_kd", "knowledge-distillation", "mutual-learning"]
+    _tag_names: ClassVar[list[str]] = ["hf_kd", "knowledge-distillation", "mutual-learning"]
     loss_is_scaled_for_ga = False  # `compute_loss` returns a batch mean: the Trainer divides by the accumulation
 
     def __init__(
@@ -222,15 +223,8 @@ class MutualLearningTrainer(Trainer):
         return torch.stack(norms).norm()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # As DistillationTrainer.log: each term averaged over the window's steps, then over processes.
         mode = "train" if self.model.training else "eval"
-        window = {
-            key: self.accelerator.reduce(torch.stack(values).mean(), reduction="mean").item()
-            for key, values in self._metrics[mode].items()
-            if values
-        }
-        prefix = next((key[: -len("loss")] for key in logs if key.endswith("_loss")), "eval_") if mode == "eval" else ""
-        logs.update({f"{prefix}{key}": value for key, value in window.items()})
+        log_loss_terms(self.accelerator, self._metrics[mode], logs, mode)
         super().log(logs, start_time)
         self._metrics[mode].clear()
 

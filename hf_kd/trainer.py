@@ -41,6 +41,20 @@ from .teacher import (
 logger = logging.get_logger(__name__)
 
 
+def log_loss_terms(accelerator, terms: dict[str, list[torch.Tensor]], logs: dict[str, float], mode: str) -> dict:
+    """Add the loss terms accumulated since the last log to `logs`, each averaged over those steps, then over
+    processes, like the Trainer's own `loss`; in evaluation with the prefix of its `*_loss` key (`eval_`, or `test_`
+    for `evaluate(metric_key_prefix="test")`). Returns the averages by term. Shared by hf_kd's trainers."""
+    window = {
+        key: accelerator.reduce(torch.stack(values).mean(), reduction="mean").item()
+        for key, values in terms.items()
+        if values
+    }
+    prefix = next((key[: -len("loss")] for key in logs if key.endswith("_loss")), "eval_") if mode == "eval" else ""
+    logs.update({f"{prefix}{key}": value for key, value in window.items()})
+    return window
+
+
 def _collate_keeping(features, keep: frozenset, row_collator: Callable):
     """A prebuilt batch (dict) keeps the keys in `keep`; a list of rows goes to `row_collator`."""
     if isinstance(features, dict):
@@ -299,15 +313,7 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        # Averaged over the steps since the last log, then over processes, like the Trainer's own `loss`.
-        window = {
-            key: self.accelerator.reduce(torch.stack(values).mean(), reduction="mean").item()
-            for key, values in self._metrics[mode].items()
-            if values
-        }
-        # `evaluate(metric_key_prefix="test")` logs `test_loss`: follow its prefix.
-        prefix = next((key[: -len("loss")] for key in logs if key.endswith("_loss")), "eval_") if mode == "eval" else ""
-        logs.update({f"{prefix}{key}": value for key, value in window.items()})
+        window = log_loss_terms(self.accelerator, self._metrics[mode], logs, mode)
         super().log(logs, start_time)
         self._metrics[mode].clear()
 

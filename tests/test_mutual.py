@@ -9,17 +9,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TinyConfig, TinyForSequenceClassification, make_student
-from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    AutoModelForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.ema import EMATeacherCallback
 from hf_kd.losses import mutual_learning_loss
 from hf_kd.mutual import MutualLearningConfig, MutualLearningTrainer
 
-ARGS = dict(
-    per_device_train_batch_size=32, num_train_epochs=1, learning_rate=1e-2, logging_steps=4, save_strategy="no",
-    report_to="none", seed=0, dataloader_pin_memory=False, disable_tqdm=True, temperature=2.0,
-)  # fmt: skip
+ARGS = {
+    "per_device_train_batch_size": 32, "num_train_epochs": 1, "learning_rate": 1e-2, "logging_steps": 4,
+    "save_strategy": "no", "report_to": "none", "seed": 0, "dataloader_pin_memory": False, "disable_tqdm": True,
+    "temperature": 2.0,
+}  # fmt: skip
 
 
 def mutual_config(tmp_path, name="out", **overrides):

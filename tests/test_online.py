@@ -19,10 +19,11 @@ from hf_kd import DistillationConfig
 from hf_kd.experiment import ModelData, Trained
 from hf_kd.online import born_again, distil_from_ema
 
-ARGS = dict(
-    per_device_train_batch_size=32, num_train_epochs=1, learning_rate=1e-2, logging_steps=4, save_strategy="no",
-    report_to="none", seed=0, dataloader_pin_memory=False, disable_tqdm=True, temperature=2.0,
-)  # fmt: skip
+ARGS = {
+    "per_device_train_batch_size": 32, "num_train_epochs": 1, "learning_rate": 1e-2, "logging_steps": 4,
+    "save_strategy": "no", "report_to": "none", "seed": 0, "dataloader_pin_memory": False, "disable_tqdm": True,
+    "temperature": 2.0,
+}  # fmt: skip
 
 
 def test_born_again_generations_each_distil_the_previous_one(tmp_path, tiny_task):
@@ -100,7 +101,7 @@ def launch_mutual(num_processes: int, data_dir, output_dir, global_batch: int = 
         "--metric_name_or_path", LOCAL_ACCURACY, "--latency_examples", "2", "--no_plot",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400, check=False)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
 
 
