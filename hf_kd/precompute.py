@@ -42,10 +42,11 @@ logger = logging.get_logger(__name__)
 
 AUTO_BATCH_SIZE = "auto"
 # Candidate batch sizes, smallest first. A CPU's best is small (cache-bound: the MiniLM teacher is 1.5x slower per
-# example at 512 than at 32); a GPU's is large. Probing stops at the first size clearly slower than the best so far.
-BATCH_SIZE_CANDIDATES = {"cpu": (16, 32, 64, 128), "cuda": (64, 128, 256, 512, 1024)}
+# example at 512 than at 32); a GPU's is large. Probing stops after two sizes in a row clearly slower than the best
+# so far (one slow batch on a shared machine is noise, two are a trend).
+BATCH_SIZE_CANDIDATES = {"cpu": (16, 32, 64, 128, 256, 512), "cuda": (64, 128, 256, 512, 1024)}
 PROBE_BATCHES = 2  # timed batches per candidate; the faster one counts (a shared machine's noise only slows)
-PROBE_SLOWER = 1.15  # a size this much slower per token than the best ends the probe
+PROBE_SLOWER = 1.15  # this much slower per token than the best counts as slower
 SORT_WINDOW = 8192  # rows sorted by length together: one `datasets.map` batch
 PRECOMPUTE_PRECISIONS = ("float32", "bfloat16")
 
@@ -124,7 +125,7 @@ class _TeacherLogits:
         of the pass."""
         warm_up = order[: self.candidates[0]]  # untimed: the first forward pays one-time costs (allocations, kernels)
         yield (warm_up, *self(make_batch(warm_up)))
-        timings, start = {}, len(warm_up)
+        timings, start, slower = {}, len(warm_up), 0
         for size in self.candidates:
             seconds = []
             for indices in (order[begin : begin + size] for begin in range(start, start + size * PROBE_BATCHES, size)):
@@ -140,7 +141,8 @@ class _TeacherLogits:
             if not seconds:
                 break  # too few examples left to time this size
             timings[size] = min(seconds)
-            if timings[size] > PROBE_SLOWER * min(timings.values()):
+            slower = slower + 1 if timings[size] > PROBE_SLOWER * min(timings.values()) else 0
+            if slower == 2:
                 break
         self.batch_size = min(timings, key=timings.get) if timings else self.candidates[0]
         measured = ", ".join(f"{size}: {t * 1e6:.1f} us/token" for size, t in timings.items()) or "too few examples"
