@@ -66,3 +66,15 @@ def test_the_chain_resumes_from_a_finished_link(tmp_path, monkeypatch):
     assert _same_weights(again[0].model, first[0].model)
     assert again[0].train_time_s == first[0].train_time_s
     assert _same_weights(again[1].model, first[1].model)  # the same teacher for the last link: the same student
+
+
+def test_lineage_of_a_run():
+    from hf_kd.measure import model_label
+    from hf_kd.report import lineage_of
+
+    assert lineage_of(["teacher", "student_ce", "student_kd"]) is None  # one teacher, no assistant: the table says it
+    chain = lineage_of(["teacher", "assistant_1", "assistant_2", "student_ce", "student_kd_direct", "student_kd"])
+    assert chain == {"teachers": ["teacher"], "assistants": ["assistant_1", "assistant_2"], "student": "student_kd"}
+    assert [model_label(n) for n in ("teacher_2", "assistant_1", "student_kd_direct", "peer_0")] == [
+        "Teacher 2", "Assistant 1 (KD)", "Student (KD, direct from the teacher)", "peer_0"
+    ]  # fmt: skip
