@@ -192,10 +192,15 @@ class DistillationConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
-            raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}.")
-        if not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be a number in [0, 1] (the weight of the teacher's term), got {self.alpha!r}.")
+        # inf/NaN would pass a plain comparison and train a NaN student: each must be a finite number.
+        finite = "a finite number: inf or NaN makes the loss NaN"
+        if not isinstance(self.temperature, (int, float)) or not 0 < self.temperature < math.inf:
+            raise ValueError(f"temperature must be a number > 0, got {self.temperature!r} ({finite}).")
+        if not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:  # False for NaN
+            raise ValueError(
+                f"alpha must be a number in [0, 1] (the weight of the teacher's term), got {self.alpha!r} ({finite})."
+            )
+        self._check_training_length()
         if self.loss_type not in SOFT_LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {list(SOFT_LOSS_TYPES)}, got {self.loss_type!r}.")
         if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
@@ -238,6 +243,18 @@ class DistillationConfig(TrainingArguments):
                                  "are per example, from each teacher's confidence on the true label).")  # fmt: skip
             count = len(teachers) if isinstance(teachers, list) else len(self.teacher_weights)
             normalized_weights(self.teacher_weights, count)  # raises on a wrong count or a weight <= 0
+
+    def _check_training_length(self) -> None:
+        """Refuse a run that would not train at all: it would save, measure and report untrained models."""
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(
+                f"max_steps must be > 0 (or -1, the default, to train for num_train_epochs), got {self.max_steps}."
+            )
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise ValueError(
+                f"num_train_epochs must be > 0 (or set max_steps > 0), got {self.num_train_epochs}: the run would "
+                "report untrained models."
+            )
 
     def _check_features(self) -> None:
         """Parse the feature pairs (a malformed one names itself), check the loss and connector, and resolve the

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from .report import (
     teacher_recipe,
     training_curve,
 )
+from .resume import check_resume_argument, train_or_resume
 from .trainer import DistillationTrainer
 
 logger = logging.get_logger(__name__)
@@ -83,16 +85,27 @@ class Trained:
 
 
 def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> None:
-    """Refuse to mix two runs' results: a directory holding a finished report is only reused when asked."""
-    if has_finished_report(output_dir):
-        if not overwrite:
-            raise FileExistsError(
-                f"The output directory {os.path.abspath(output_dir)} already holds a finished run "
-                f"({REPORT_JSON}). Choose another --output_dir, or pass --overwrite_output_dir to replace its results."
-            )
-        # The old report goes first: if this run fails, no report describes models it replaced halfway.
-        for name in (REPORT_JSON, REPORT_MD, REPORT_PNG):
-            (Path(output_dir) / name).unlink(missing_ok=True)
+    """A run's output directory holds that run alone. A finished run is only replaced when asked: with `overwrite`
+    the previous contents, finished or not, are moved aside first (to `<output_dir>.previous-<time>`), so no old
+    file is measured, reported or pushed with the new run. Without it, an unfinished run is resumed (see
+    [`hf_kd.resume`])."""
+    output_dir = Path(output_dir)
+    if overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
+        aside = Path(f"{output_dir.absolute()}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+        while aside.exists():
+            aside = aside.with_name(aside.name + "-1")
+        os.replace(output_dir, aside)
+        logger.warning(f"--overwrite_output_dir: the previous contents of {output_dir.absolute()} moved to {aside}.")
+    elif has_finished_report(output_dir):
+        raise FileExistsError(
+            f"The output directory {os.path.abspath(output_dir)} already holds a finished run "
+            f"({REPORT_JSON}). Choose another --output_dir, or pass --overwrite_output_dir to replace its results."
+        )
+    elif output_dir.is_dir() and any(output_dir.iterdir()):
+        logger.warning(
+            f"{output_dir.absolute()} holds an unfinished run: its finished stages are kept and the others resume "
+            "from their last complete checkpoint (--overwrite_output_dir starts afresh)."
+        )
 
 
 def check_unsharded(config: DistillationConfig) -> None:
@@ -122,6 +135,13 @@ def check_unsharded(config: DistillationConfig) -> None:
 def prepare_run(config: DistillationConfig, experiment_args: ExperimentArguments) -> None:
     """Checks before anything is trained (sharding, a finished run in `output_dir`), and the torch thread count."""
     check_unsharded(config)
+    if config.resume_from_checkpoint and experiment_args.overwrite_output_dir:
+        raise ValueError(
+            "--resume_from_checkpoint and --overwrite_output_dir contradict each other: overwriting moves the "
+            "previous run, and its checkpoints, aside. Pass one of them."
+        )
+    stage_dirs = [Path(config.output_dir) / name for name in (TEACHER_DIR, STUDENT_KD_DIR, STUDENT_CE_DIR)]
+    check_resume_argument(config, stage_dirs)
     state = PartialState()
     if state.is_main_process:
         check_output_dir(config.output_dir, experiment_args.overwrite_output_dir)
@@ -172,10 +192,8 @@ def compute_metrics_for(metric, extra_metrics: dict[str, Any] | None = None) -> 
 
 def finish_training(name: str, trainer: Trainer, data: ModelData) -> Trained:
     """Run `trainer.train()` and keep what the report needs: the model, its training time and log."""
-    output = trainer.train()
-    return Trained(
-        name, trainer.model, data, float(output.metrics["train_runtime"]), list(trainer.state.log_history), trainer
-    )
+    train_time_s, log_history = train_or_resume(trainer)  # a finished stage is loaded, an interrupted one resumed
+    return Trained(name, trainer.model, data, train_time_s, log_history, trainer)
 
 
 def train_with_labels(

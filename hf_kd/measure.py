@@ -71,7 +71,8 @@ def count_parameters(model: nn.Module) -> int:
 
 def directory_size_mb(path: str | os.PathLike) -> float:
     """Size on disk of a saved model directory (weights, config, processor), in MB (10**6 bytes). The Trainer's
-    `checkpoint-*` folders are left out: they hold optimizer states of the run, not the model that ships."""
+    `checkpoint-*` folders are left out: they hold optimizer states of the run, not the model that ships; so are
+    files named `_*` (a run's own bookkeeping, which `Trainer.push_to_hub` does not upload either)."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     path = Path(path)
@@ -80,7 +81,9 @@ def directory_size_mb(path: str | os.PathLike) -> float:
     return sum(
         f.stat().st_size
         for f in path.rglob("*")
-        if f.is_file() and not any(part.startswith(f"{PREFIX_CHECKPOINT_DIR}-") for part in f.relative_to(path).parts)
+        if f.is_file()
+        and not f.name.startswith("_")
+        and not any(part.startswith(f"{PREFIX_CHECKPOINT_DIR}-") for part in f.relative_to(path).parts)
     ) / 1e6
 
 

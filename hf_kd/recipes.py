@@ -31,6 +31,7 @@ from .data import (
     DataCollatorWithTeacherPadding,
     InMemoryDataset,
     RandomShiftCollator,
+    check_split_labels,
     collate_batches,
     detect_label_column,
     detect_text_columns,
@@ -221,8 +222,8 @@ def _optional_f1(name_or_path: str | None, num_labels: int):
 def load_text_splits(data_args: DataArguments):
     """The raw training and test splits, cut to `max_train_samples` / `max_eval_samples`."""
     raw = load_raw_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=data_args.dataset_cache_dir)
-    train = select_split(raw, data_args.train_split, "train_split")
-    test = select_split(raw, data_args.eval_split, "eval_split")
+    train = select_split(raw, data_args.train_split, "train_split", data_args.dataset_name)
+    test = select_split(raw, data_args.eval_split, "eval_split", data_args.dataset_name)
     if data_args.max_train_samples is not None:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
     if data_args.max_eval_samples is not None:
@@ -269,6 +270,7 @@ def text_setup(data_args: DataArguments, text_args: TextArguments, config: Disti
     label_column = detect_label_column(train_raw, data_args.label_column)
     text_columns = detect_text_columns(train_raw, text_args.text_column_names, label_column)
     names = label_names(train_raw, label_column)
+    check_split_labels(test_raw, label_column, names, f"eval_split={data_args.eval_split!r}")
     logger.info(f"Text columns {text_columns}, label column {label_column!r}, classes {names}.")
 
     source = config.teacher_model_name_or_path

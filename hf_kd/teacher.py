@@ -66,8 +66,19 @@ def load_teacher(
 ) -> transformers.PreTrainedModel:
     """Load a teacher with the Auto class matching the student's task (local directory or Hub id)."""
     auto_cls = auto_class_for(student)
+    kwargs = resolve_init_kwargs(init_kwargs)
+    config_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code", "token", "cache_dir")}
+    config = transformers.AutoConfig.from_pretrained(name_or_path, **config_kwargs)
+    remote = auto_cls.__name__ in (getattr(config, "auto_map", None) or {})
+    if not remote and type(config) not in auto_cls._model_mapping:  # e.g. a BERT text classifier, an image student
+        raise ValueError(
+            f"The teacher {name_or_path} (model_type {config.model_type!r}) and the student "
+            f"({type(student).__name__}) take different inputs: the student reads "
+            f"{getattr(student, 'main_input_name', '?')!r} and {config.model_type!r} has no {auto_cls.__name__} "
+            "head. Give a teacher trained for the student's task and modality."
+        )
     logger.info(f"Loading the teacher {name_or_path} with {auto_cls.__name__}")
-    return auto_cls.from_pretrained(name_or_path, **resolve_init_kwargs(init_kwargs))
+    return auto_cls.from_pretrained(name_or_path, **kwargs)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -101,6 +112,48 @@ def check_compatible(student: nn.Module, teacher: nn.Module) -> None:
             f"The student ({s_name}) and the teacher ({t_name}) order their classes differently: student "
             f"id2label={s_labels}, teacher id2label={t_labels}. Distilling would train against the wrong classes; "
             "give both models the same id2label."
+        )
+
+
+def _vocabulary_sizes(model: nn.Module) -> set[int]:
+    """The sizes of the token vocabulary a model reads: `config.vocab_size` and its input embedding's rows."""
+    sizes = set()
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab_size, int):
+        sizes.add(vocab_size)
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # not a token model (a PreTrainedModel without embeddings)
+        embeddings = None
+    if isinstance(embeddings, nn.Embedding):
+        sizes.add(embeddings.num_embeddings)
+    return sizes
+
+
+def check_same_inputs(student: nn.Module, teacher: nn.Module, student_tokenizer: Any = None) -> None:
+    """Refuse a teacher that cannot read the student's inputs, for data that carries no `teacher_*` inputs of its
+    own: models with another main input (a text teacher for an image student), or another token vocabulary (the
+    teacher would read the student's token ids as its own: garbage, or torch's bare `IndexError`)."""
+    s_name, t_name = type(student).__name__, type(teacher).__name__
+    s_input = getattr(student, "main_input_name", None)
+    t_input = getattr(teacher, "main_input_name", None)
+    if s_input and t_input and s_input != t_input:
+        raise ValueError(
+            f"The student ({s_name}) and the teacher ({t_name}) take different inputs: the student reads "
+            f"{s_input!r}, the teacher {t_input!r}. Distil from a teacher of the same modality, or give the teacher "
+            f"its own inputs as a 'teacher_{t_input}' column."
+        )
+    s_sizes, t_sizes = _vocabulary_sizes(student), _vocabulary_sizes(teacher)
+    if student_tokenizer is not None and hasattr(student_tokenizer, "get_vocab"):
+        s_sizes.add(len(student_tokenizer))  # ids up to the tokenizer's length reach the teacher's embedding
+    if s_sizes and t_sizes and max(s_sizes) != max(t_sizes):
+        raise ValueError(
+            f"The teacher ({t_name}, vocab_size {max(t_sizes)}) and the student ({s_name}, vocab_size "
+            f"{max(s_sizes)}) have different vocabularies, and the data has no teacher_input_ids: the teacher would "
+            "read the student's token ids as its own. Tokenize the text for both models with "
+            "hf_kd.data.tokenize_dataset(dataset, student_tokenizer, text_columns, ..., teacher_tokenizer=...) "
+            "(it adds teacher_input_ids / teacher_attention_mask), and collate with "
+            "hf_kd.data.DataCollatorWithTeacherPadding(student_tokenizer, teacher_tokenizer)."
         )
 
 
@@ -221,17 +274,17 @@ def teacher_outputs(teacher: nn.Module, inputs: dict[str, Any], **forward_kwargs
         return teacher(**cast_floating_inputs(inputs, teacher), **forward_kwargs)
 
 
-def check_teacher_logits(values, num_labels: int | None) -> None:
+def check_teacher_logits(values, num_labels: int | None, name: str = "dataset") -> None:
     """Refuse teacher logits that cannot be soft targets for the student: the wrong number of classes (checked on the
     first row), or NaN / inf anywhere. `values`: an array or tensor `(N, ..., C)`, or one array per row (ragged
-    token-level logits)."""
+    token-level logits). `name` says which dataset holds them."""
     import numpy as np
 
     rows = values.numpy() if torch.is_tensor(values) else values
     first = np.asarray(rows[0])
     if num_labels is not None and first.shape[-1] != num_labels:
         raise ValueError(
-            f"The dataset's teacher_logits have {first.shape[-1]} columns per example but the student has "
+            f"The {name}'s teacher_logits have {first.shape[-1]} columns per example but the student has "
             f"num_labels={num_labels}: the teacher logits must hold one value per class of the student."
         )
     if getattr(rows, "dtype", None) == object or isinstance(rows, list):
@@ -240,6 +293,6 @@ def check_teacher_logits(values, num_labels: int | None) -> None:
         finite = bool(np.isfinite(rows).all())
     if not finite:
         raise ValueError(
-            "The dataset's teacher_logits column contains NaN or inf: the teacher's logits must be finite "
+            f"The {name}'s teacher_logits column contains NaN or inf: the teacher's logits must be finite "
             "(check the model or API that produced them, and the storage dtype: float16 overflows above 65504)."
         )

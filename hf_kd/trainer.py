@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -21,15 +24,22 @@ from transformers import (
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import logging
 
-from .batch import TEACHER_LOGITS, DistillationBatch, distillation_columns, split_batch
+from .batch import (
+    LABELS,
+    TEACHER_LOGITS,
+    DistillationBatch,
+    distillation_columns,
+    split_batch,
+)
 from .configuration_distillation import DistillationConfig
-from .data import InMemoryDataset, collate_batches
+from .data import InMemoryDataset, check_label_range, check_not_empty, collate_batches
 from .ensemble import TeacherEnsemble, ensemble_for
 from .feature_trainer import FeatureDistillationMixin
 from .losses import distillation_loss
 from .teacher import (
     add_teacher_logits,
     check_compatible,
+    check_same_inputs,
     check_teacher_logits,
     has_transform,
     load_teacher,
@@ -60,6 +70,58 @@ def _collate_keeping(features, keep: frozenset, row_collator: Callable):
     if isinstance(features, dict):
         return {key: value for key, value in features.items() if key in keep}
     return row_collator(features)
+
+
+def _column_names(dataset) -> list[str] | None:
+    """The columns of a `datasets.Dataset` or an `InMemoryDataset`; None for a plain torch dataset."""
+    return getattr(dataset, "column_names", None)
+
+
+def _column(dataset, name: str):
+    """One column, read whole (a tensor or an array, one array per row when ragged); None when absent or unreadable
+    up front (a plain torch dataset)."""
+    if name not in (_column_names(dataset) or []):
+        return None
+    if isinstance(dataset, InMemoryDataset):
+        return dataset.columns[name]
+    return dataset.with_format("numpy")[name][:]  # a new format: a transform set on the dataset does not run
+
+
+def _named_eval_datasets(eval_dataset) -> list[tuple[str, Any]]:
+    if isinstance(eval_dataset, dict):
+        return [(f"eval_dataset[{key!r}]", value) for key, value in eval_dataset.items()]
+    return [] if eval_dataset is None else [("eval_dataset", eval_dataset)]
+
+
+def _check_data(student, teacher, train_dataset, processing_class) -> None:
+    """What can be checked before the Trainer is built: a train set with rows and, when the data carries no
+    `teacher_*` inputs, a teacher that can read the student's inputs ([`check_same_inputs`])."""
+    if train_dataset is not None and hasattr(train_dataset, "__len__"):
+        check_not_empty(train_dataset, "train_dataset")
+    columns = _column_names(train_dataset)
+    if teacher is not None and columns is not None and not distillation_columns(columns):
+        check_same_inputs(student, teacher, processing_class)
+
+
+def _check_labels(student, named_datasets: list[tuple[str, Any]]) -> None:
+    """Class ids within the student's classes in every split, read once (plain torch datasets: per batch)."""
+    num_labels = getattr(getattr(student, "config", None), "num_labels", None)
+    for name, dataset in named_datasets if num_labels else []:
+        for column in (LABELS, "label"):  # the Trainer's default collator renames `label` to `labels`
+            values = _column(dataset, column)
+            if values is not None:
+                check_label_range(values, num_labels, name, column)
+
+
+@contextmanager
+def _remove_if_left_empty(path: str):
+    """Remove `path` when the block fails and leaves it empty (the Trainer creates the output directory early)."""
+    try:
+        yield
+    except BaseException:
+        if os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+        raise
 
 
 class DistillationTrainer(FeatureDistillationMixin, Trainer):
@@ -130,6 +192,7 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
             )
         if teacher_model is not None:
             check_compatible(model, teacher_model)
+        _check_data(model, teacher_model, train_dataset, processing_class)
         if data_collator is None:
             # The Trainer's own default, plus the pass-through of batches that an InMemoryDataset built whole.
             fallback = (
@@ -157,11 +220,17 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
         # skips the Trainer's per-step label counting for `num_items_in_batch`.
         self.model_accepts_loss_kwargs = False
         self.teacher_model = None
-        if teacher_model is not None:
-            dtype = getattr(torch, args.teacher_dtype) if args.teacher_dtype else None
-            self.teacher_model = prepare_teacher(teacher_model, self.accelerator, dtype=dtype)
-        self._feature_term = self._build_feature_term()  # connectors exist before the optimizer
-        self.train_dataset = self._with_teacher_logits(self.train_dataset)
+        with _remove_if_left_empty(args.output_dir):  # a refused trainer leaves no empty output directory behind
+            if teacher_model is not None:
+                dtype = getattr(torch, args.teacher_dtype) if args.teacher_dtype else None
+                self.teacher_model = prepare_teacher(teacher_model, self.accelerator, dtype=dtype)
+            self._feature_term = self._build_feature_term()  # connectors exist before the optimizer
+            self.train_dataset = self._with_teacher_logits(self.train_dataset)
+            for name, dataset in _named_eval_datasets(self.eval_dataset):
+                self._check_carried_logits(dataset, name)
+            _check_labels(self.model, [("train_dataset", self.train_dataset), *_named_eval_datasets(self.eval_dataset)])
+        # Plain torch datasets cannot be read column-wise up front: their labels are checked batch by batch.
+        self._check_batch_labels = _column_names(self.train_dataset) is None
         # Unweighted loss parts, accumulated per step and averaged over each logging window (see `log`).
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
             "train": defaultdict(list),
@@ -174,22 +243,47 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
         args: DistillationConfig = self.args
         if dataset is None:
             return dataset
-        if args.precompute_teacher_logits and TEACHER_LOGITS not in (getattr(dataset, "column_names", None) or []):
+        carries_logits = TEACHER_LOGITS in (_column_names(dataset) or [])
+        if args.precompute_teacher_logits or carries_logits:
+            self._check_fixed_inputs(dataset, carries_logits)
+        if args.precompute_teacher_logits and not carries_logits:
             dataset = self._precompute_teacher_logits(dataset)
-        columns = getattr(dataset, "column_names", None)
+        columns = _column_names(dataset)
         if columns is None:  # a plain torch Dataset: its batches are checked in `compute_loss`
             return dataset
-        num_labels = getattr(getattr(self.model, "config", None), "num_labels", None)
-        if isinstance(dataset, InMemoryDataset) and TEACHER_LOGITS in columns:
-            check_teacher_logits(dataset.columns[TEACHER_LOGITS], num_labels)
-        elif TEACHER_LOGITS in columns:
-            check_teacher_logits(dataset.with_format("numpy")[TEACHER_LOGITS][:], num_labels)
+        if TEACHER_LOGITS in columns:
+            self._check_carried_logits(dataset, "train_dataset")
         elif self.teacher_model is None:
             raise ValueError(
                 "DistillationTrainer needs a teacher: pass teacher_model (or args.teacher_model_name_or_path), or a "
                 "train dataset with a teacher_logits column."
             )
         return dataset
+
+    def _check_fixed_inputs(self, dataset, carries_logits: bool) -> None:
+        """Logits computed once must meet the inputs they were computed on: refuse a collator that augments (marked
+        `augments_inputs`, as [`RandomShiftCollator`]) and a transform added after a `teacher_logits` column."""
+        if getattr(self.data_collator, "augments_inputs", False):
+            raise ValueError(
+                f"The data_collator ({type(self.data_collator).__name__}) changes the inputs at random "
+                "(augments_inputs=True), but the teacher's logits are "
+                f"{'carried by the dataset' if carries_logits else 'precomputed (precompute_teacher_logits=True)'}: "
+                "they were computed on the unchanged inputs. Use a collator without augmentation, or keep the teacher "
+                "live (precompute_teacher_logits=False and no teacher_logits column)."
+            )
+        if carries_logits and has_transform(dataset):
+            raise ValueError(
+                "The train dataset has both a teacher_logits column and an on-the-fly transform (set_transform / "
+                "with_transform, e.g. random augmentation): the logits were computed before the transform and would "
+                "not match the inputs the student trains on. Drop the transform, or remove the teacher_logits "
+                "column and keep the teacher live."
+            )
+
+    def _check_carried_logits(self, dataset, name: str) -> None:
+        """A dataset's `teacher_logits`, when it carries them: one column per class of the student, all finite."""
+        values = _column(dataset, TEACHER_LOGITS)
+        if values is not None:
+            check_teacher_logits(values, getattr(getattr(self.model, "config", None), "num_labels", None), name)
 
     def _precompute_teacher_logits(self, dataset):
         """hf_kd's one precompute path ([`add_teacher_logits`]), batched by the trainer's own collator."""
@@ -293,6 +387,8 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
                 f"{1 - args.alpha}: provide labels, or set alpha=1.0 for pure distillation. Batch keys: "
                 f"{sorted(inputs)}."
             )
+        if self._check_batch_labels and batch.labels is not None and model.training:
+            self._check_labels_of_batch(batch.labels)
         outputs = model(**batch.student_inputs)
         terms = self.compute_loss_terms(outputs, self.teacher_outputs(batch), batch)
         loss = terms.pop("loss")
@@ -314,8 +410,27 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         window = log_loss_terms(self.accelerator, self._metrics[mode], logs, mode)
+        if mode == "train":
+            self._check_finite_loss(window)
         super().log(logs, start_time)
         self._metrics[mode].clear()
+
+    def _check_labels_of_batch(self, labels: torch.Tensor) -> None:
+        # Only for plain torch datasets, whose labels could not be read up front (a device sync per step).
+        num_labels = getattr(getattr(self.model, "config", None), "num_labels", None)
+        if num_labels and not labels.is_floating_point():
+            check_label_range(labels.detach().cpu(), num_labels, f"The batch at step {self.state.global_step + 1}")
+
+    def _check_finite_loss(self, window: dict[str, float]) -> None:
+        """Stop a diverged run at the logging step where its loss terms stop being finite, before anything is saved,
+        measured or reported. Checked on the averages `log` already fetched: no extra device sync per step."""
+        if not all(math.isfinite(value) for value in window.values()):
+            terms = ", ".join(f"{key} {value}" for key, value in window.items())
+            raise FloatingPointError(
+                f"DistillationTrainer: non-finite training loss at step {self.state.global_step} ({terms}, averaged "
+                "since the previous log). The run is stopped: its model would be NaN. Lower the learning rate, check "
+                "temperature and alpha, the inputs (NaN pixels or features), and fp16 overflow (use bf16 or fp32)."
+            )
 
     def predict(self, *args, **kwargs):
         # `predict` does not log: drop the loss parts it accumulated so they do not leak into the next evaluation.

@@ -7,7 +7,15 @@ from .image import (
     load_image_classification_dataset,
     preprocess_image_dataset,
 )
-from .loading import generic_labels, label_names, load_raw_dataset, select_split
+from .loading import (
+    check_label_range,
+    check_not_empty,
+    check_split_labels,
+    generic_labels,
+    label_names,
+    load_raw_dataset,
+    select_split,
+)
 from .memory import InMemoryDataset, collate_batches
 from .text import (
     DataCollatorWithTeacherPadding,
@@ -22,6 +30,9 @@ __all__ = [
     "DataCollatorWithTeacherPadding",
     "InMemoryDataset",
     "RandomShiftCollator",
+    "check_label_range",
+    "check_not_empty",
+    "check_split_labels",
     "collate_batches",
     "detect_image_columns",
     "detect_label_column",

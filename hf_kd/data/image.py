@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
-from .loading import is_string, label_names, load_raw_dataset, select_split
+from .loading import check_split_labels, is_string, label_names, load_raw_dataset, select_split
 from .memory import collate_batches
 
 # Tried in order when a column is not named and no feature type identifies it (the names popular Hub datasets use).
@@ -135,10 +135,12 @@ def load_image_classification_dataset(
     ```
     """
     raw = load_raw_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
-    train = select_split(raw, train_split, "train_split")
-    evaluation = select_split(raw, eval_split, "eval_split")
+    name = dataset_name if isinstance(dataset_name, str) else None
+    train = select_split(raw, train_split, "train_split", name)
+    evaluation = select_split(raw, eval_split, "eval_split", name)
     image_column, label_column = detect_image_columns(train, image_column, label_column)
     names = label_names(train, label_column)
+    check_split_labels(evaluation, label_column, names, f"eval_split={eval_split!r}")
     # String labels are encoded here, in the order of `names`, instead of asking for `class_encode_column`.
     label2id = {name: i for i, name in enumerate(names)} if is_string(train.features[label_column]) else None
 
@@ -219,6 +221,12 @@ class RandomShiftCollator:
         choice = torch.randint(len(table), (batch,), generator=self.generator)
         index = table[choice].unsqueeze(1).expand(batch, channels, -1)
         return padded.flatten(2).gather(2, index).reshape(batch, channels, height, width)
+
+    @property
+    def augments_inputs(self) -> bool:
+        """True when it changes the inputs at random (hf_kd's marker for any collator that augments): teacher logits
+        computed once up front would then not match what the student sees."""
+        return self.max_shift > 0
 
     @property
     def recipe(self) -> dict[str, int]:
