@@ -27,6 +27,9 @@ setup(
     ],
     extras_require={
         "plot": ["matplotlib>=3.7"],
+        # Sharded training (ZeRO-2/3) through Accelerate; DS_BUILD_OPS=0 builds no CUDA op at install time, so it
+        # installs on a CPU-only machine too (its CPU accelerator compiles one small op with g++ on first use).
+        "deepspeed": ["deepspeed>=0.16"],
         "test": ["pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7"],
     },
     classifiers=[

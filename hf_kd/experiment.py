@@ -45,6 +45,7 @@ from .report import (
     training_curve,
 )
 from .resume import check_resume_argument, train_or_resume
+from .sharding import allow_another_trainer, check_sharded_saving, gather_sharded_runs
 from .trainer import DistillationTrainer
 
 logger = logging.get_logger(__name__)
@@ -108,33 +109,9 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> None:
         )
 
 
-def check_unsharded(config: DistillationConfig) -> None:
-    """Refuse FSDP and DeepSpeed ZeRO-3: [`measure`] reads the models on the main process alone, which needs each
-    process to hold whole weights (DDP and ZeRO-1/2 do; ZeRO-3 and FSDP keep a shard per process).
-
-    The launch environment is read rather than `PartialState().distributed_type`, on purpose: on a CPU accelerate
-    turns an FSDP launch into plain DDP, and the refusal must not depend on the device."""
-    from accelerate.utils import parse_flag_from_env
-
-    sharded = None
-    if parse_flag_from_env("ACCELERATE_USE_FSDP") or getattr(config, "fsdp", None):
-        sharded = "FSDP"
-    elif (
-        parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
-    ) or (config.deepspeed and getattr(config, "hf_deepspeed_config", None) and config.hf_deepspeed_config.is_zero3()):
-        sharded = "DeepSpeed ZeRO-3"
-    if sharded:
-        raise ValueError(
-            f"The hf_kd examples do not support {sharded} yet: after training, the main process alone measures and "
-            "saves the teacher and both students, and under sharded training it holds only a shard of their weights. "
-            "Launch with examples/accelerate_configs/multi_gpu.yaml (DDP) or single_gpu.yaml, or DeepSpeed ZeRO-1/2; "
-            "DistillationTrainer itself can be used under sharding in your own script."
-        )
-
-
 def prepare_run(config: DistillationConfig, experiment_args: ExperimentArguments) -> None:
     """Checks before anything is trained (sharding, a finished run in `output_dir`), and the torch thread count."""
-    check_unsharded(config)
+    check_sharded_saving(config)  # ZeRO-3 and FSDP: every process saves (hf_kd.sharding); refuse what cannot
     if config.resume_from_checkpoint and experiment_args.overwrite_output_dir:
         raise ValueError(
             "--resume_from_checkpoint and --overwrite_output_dir contradict each other: overwriting moves the "
@@ -157,6 +134,7 @@ def stage_args(config: DistillationConfig, name: str, train_dataset: Any = None,
     alone is published, once, by [`publish`]. The teacher's init kwargs were applied when it was loaded. Data served
     from memory keeps its columns (the Trainer's column removal iterates over rows; the in-memory columns are exactly
     the model's inputs)."""
+    allow_another_trainer()  # under DeepSpeed, each stage's Trainer builds its own Accelerator
     args = copy.deepcopy(config)
     args.output_dir = str(Path(config.output_dir) / name)
     args.push_to_hub = False
@@ -367,6 +345,7 @@ def report_run(
     the report, print the extra metrics, then [`publish`] the distilled student. Returns the report on the main
     process, `None` on the others (which wait for it)."""
     state = PartialState()
+    runs = gather_sharded_runs(runs, config.output_dir)  # ZeRO-3 / FSDP: saved by all, reloaded whole on the main one
     report = None
     if state.is_main_process:
         results, extra_scores = measure(

@@ -226,6 +226,27 @@ def has_transform(dataset) -> bool:
     return getattr(dataset, "format", {}).get("type") == "custom"
 
 
+def is_sharded(model: nn.Module | None) -> bool:
+    """True when `model`'s weights are partitioned over the processes (DeepSpeed ZeRO-3): its forward, and reading its
+    whole weights, are collectives that every process must enter together."""
+    return model is not None and any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def _whole_state(model: nn.Module):
+    """`(name, tensor)` for every entry of `model.state_dict()`, whole: a ZeRO-3 parameter (an empty tensor here) is
+    gathered from all processes, one at a time, while it is read. A collective for a sharded model."""
+    parameters = dict(model.named_parameters()) if is_sharded(model) else {}
+    for name, tensor in model.state_dict().items():
+        parameter = parameters.get(name)
+        if parameter is None:
+            yield name, tensor
+            continue
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([parameter]):
+            yield name, parameter.data
+
+
 def teacher_fingerprint(teacher: nn.Module) -> str:
     """A hash of everything that decides the teacher's outputs: its class, config and every weight and buffer.
 
@@ -239,7 +260,7 @@ def teacher_fingerprint(teacher: nn.Module) -> str:
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
         digest.update(config.to_json_string(use_diff=False).encode())
-    for name, tensor in model.state_dict().items():
+    for name, tensor in _whole_state(model):
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())

@@ -6,6 +6,7 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import nullcontext
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -42,6 +43,7 @@ from .teacher import (
     check_same_inputs,
     check_teacher_logits,
     has_transform,
+    is_sharded,
     load_teacher,
     logits_of,
     prepare_teacher,
@@ -303,12 +305,17 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
                 "match the inputs the student trains on. Turn the augmentation off, or set "
                 "precompute_teacher_logits=False to run the teacher on every batch."
             )
-        # Rank 0 computes and caches; the other processes then load the cache instead of recomputing.
-        with args.main_process_first(desc="teacher logits"):
+        # Rank 0 computes and caches; the other processes then load the cache instead of recomputing. A sharded
+        # (ZeRO-3) teacher's forward gathers each layer from every process: all compute together instead, at one fixed
+        # batch size (an 'auto' batch size is timed per process and could differ, and so would the forward count).
+        batch_size, together = args.teacher_batch_size, is_sharded(self.teacher_model)
+        if together and not isinstance(batch_size, int):
+            batch_size = args.per_device_eval_batch_size
+        with nullcontext() if together else args.main_process_first(desc="teacher logits"):
             return add_teacher_logits(
                 dataset,
                 self.teacher_model,
-                batch_size=args.teacher_batch_size,
+                batch_size=batch_size,
                 dtype=args.teacher_logits_dtype,
                 data_collator=self.data_collator,
             )

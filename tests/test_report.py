@@ -191,33 +191,6 @@ def test_model_size_leaves_out_trainer_checkpoints(tmp_path):
         directory_size_mb(model / "config.json")
 
 
-@pytest.mark.parametrize(
-    "env, refused",
-    [
-        ({"ACCELERATE_USE_FSDP": "true"}, "FSDP"),
-        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "DeepSpeed ZeRO-3"),
-        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, None),
-        ({}, None),
-    ],
-)
-def test_examples_refuse_sharded_training(tmp_path, monkeypatch, env, refused):
-    """The examples measure and save on the main process alone: sharded setups get an error, not a hang."""
-    from hf_kd import DistillationConfig
-    from hf_kd.experiment import check_unsharded
-
-    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE"):
-        monkeypatch.delenv(name, raising=False)
-    # Built first: with the DeepSpeed variables set, TrainingArguments wants the deepspeed package installed.
-    config = DistillationConfig(output_dir=str(tmp_path), report_to="none")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    if refused is None:
-        check_unsharded(config)
-    else:
-        with pytest.raises(ValueError, match=f"do not support {refused} yet.*multi_gpu.yaml"):
-            check_unsharded(config)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Settings, file modes, the plot, latency, warnings, curves
 

@@ -1,0 +1,88 @@
+"""One process of a sharded DistillationTrainer run, launched by tests/test_sharded.py with `accelerate launch`.
+
+Trains the student saved in `<models>/student` from the teacher in `<models>/teacher` on `<data>` (a saved Dataset of
+`pixel_values`, `labels`), its teacher logits precomputed by the trainer, then saves the student with `save_model`
+on every process. Each process writes what the test checks to `<output_dir>/rank<k>.json`: how many of each
+model's parameter elements it holds, the teacher's live logits on the first examples, and the precomputed ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from datasets import load_from_disk
+
+from hf_kd import DistillationConfig, DistillationTrainer, MLPForImageClassification
+from hf_kd.teacher import teacher_fingerprint
+
+PROBE = 8  # examples whose teacher logits are compared with an unsharded teacher's
+
+
+def training_args(output_dir: str, per_device_batch: int, **changes) -> DistillationConfig:
+    """The run's settings; the test's one-process reference uses the same ones with the global batch."""
+    settings = dict(
+        output_dir=output_dir, use_cpu=True, per_device_train_batch_size=per_device_batch, num_train_epochs=2,
+        learning_rate=1e-2, seed=0, save_strategy="no", report_to="none", logging_steps=2,
+        dataloader_pin_memory=False, temperature=2.0, alpha=0.5, precompute_teacher_logits=True,
+        teacher_batch_size=32,
+    )  # fmt: skip
+    return DistillationConfig(**{**settings, **changes})
+
+
+def held_elements(model: torch.nn.Module) -> dict[str, int]:
+    """This process's parameter elements and the model's full count: a ZeRO-3 parameter holds its partition in
+    `ds_tensor` and knows its full size as `ds_numel`; any other is whole here."""
+    held = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
+    full = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    return {"held": held, "full": full}
+
+
+def optimizer_elements(trainer) -> int | None:
+    """The fp32 master weights this process's ZeRO optimizer updates (ZeRO-1/2 shard those, not the weights)."""
+    optimizer = trainer.model_wrapped.optimizer  # the engine's ZeRO optimizer (trainer.optimizer wraps it)
+    partitions = getattr(optimizer, "single_partition_of_fp32_groups", None)  # ZeRO-1/2
+    if partitions is None:
+        partitions = getattr(optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO-3
+    return None if partitions is None else sum(p.numel() for p in partitions)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--per_device_batch", type=int, default=8)
+    cli = parser.parse_args()
+    torch.set_num_threads(1)
+
+    args = training_args(cli.output_dir, cli.per_device_batch)  # first: under ZeRO-3 the loads below are sharded
+    student = MLPForImageClassification.from_pretrained(Path(cli.models) / "student")
+    teacher = MLPForImageClassification.from_pretrained(Path(cli.models) / "teacher")
+    dataset = load_from_disk(cli.data).with_format("torch")
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset)
+
+    rank = trainer.args.process_index
+    probe = dataset[:PROBE]["pixel_values"]
+    with torch.no_grad():  # every process runs the forward: a sharded teacher gathers its layers from all of them
+        live_logits = trainer.teacher_model(pixel_values=probe).logits
+    report = {
+        "world_size": trainer.args.world_size,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "teacher": held_elements(trainer.teacher_model),
+        "teacher_live_logits": live_logits.tolist(),
+        "teacher_precomputed_logits": trainer.train_dataset[:PROBE]["teacher_logits"].tolist(),
+        # the cache key of precomputed logits: a sharded teacher's weights are gathered to be hashed
+        "teacher_fingerprint": teacher_fingerprint(trainer.teacher_model),
+    }
+    trainer.train()
+    report["student"] = held_elements(trainer.model)
+    report["student_optimizer_elements"] = optimizer_elements(trainer)
+    trainer.save_model()  # on every process: ZeRO-3 gathers the shards for the main process to write
+    (Path(cli.output_dir) / f"rank{rank}.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""DistillationTrainer under DeepSpeed ZeRO-2 and ZeRO-3, on two CPU processes (gloo, through `accelerate launch`),
+against one process with the same global batch.
+
+Each launch (tests/sharded_worker.py) checks several things at once, since a launch costs 20-60 s here: the
+student (and, under ZeRO-3, the teacher) is really sharded, the teacher's logits (live, and precomputed by every
+process together) equal an unsharded teacher's, `save_model` on every process writes a whole student that reloads
+with `from_pretrained`, and that student equals the one-process run's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from datasets import Dataset
+
+from hf_kd import DistillationTrainer, MLPForImageClassification
+from hf_kd.models import MLPConfig
+from hf_kd.teacher import teacher_fingerprint
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason='deepspeed is not installed (DS_BUILD_OPS=0 pip install -e ".[deepspeed]"; .ci/run installs it)',
+)
+
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+from sharded_worker import PROBE, training_args  # noqa: E402
+
+GLOBAL_BATCH = 16
+
+
+def accelerate_config(zero_stage: int) -> str:
+    """accelerate's DeepSpeed config for two CPU processes: DeepSpeed's CPU accelerator, gloo, float32."""
+    return "\n".join(
+        [
+            "compute_environment: LOCAL_MACHINE",
+            "distributed_type: DEEPSPEED",
+            "deepspeed_config:",
+            f"  zero_stage: {zero_stage}",
+            "  offload_optimizer_device: none",
+            "  offload_param_device: none",
+            f"  zero3_init_flag: {'true' if zero_stage == 3 else 'false'}",
+            "  zero3_save_16bit_model: true",  # save_model gathers the shards into one whole state dict
+            "mixed_precision: 'no'",
+            "num_machines: 1",
+            "num_processes: 2",
+            "machine_rank: 0",
+            "use_cpu: true",
+            "",
+        ]
+    )
+
+
+def launch(config_file, *args, timeout: int = 600) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file), *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+@pytest.fixture(scope="module", autouse=True)
+def deepspeed_cpu_comm_op():
+    """DeepSpeed's CPU backend compiles a shared-memory op with g++ on first use (cached in ~/.cache/torch_extensions;
+    from 35 s to minutes on a busy 2-core machine): built once here, not by two processes inside a launch."""
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None and builder.is_compatible():
+        builder.load()
+
+
+@pytest.fixture(scope="module")
+def run_inputs(tmp_path_factory):
+    """A tiny teacher and student (MLPs on 8x8 images, hidden sizes 48 and 16), and 64 learnable examples."""
+    root = tmp_path_factory.mktemp("sharded")
+    torch.manual_seed(0)
+    for name, hidden in (("teacher", [48]), ("student", [16])):
+        config = MLPConfig(num_channels=1, image_size=8, hidden_sizes=hidden, num_labels=4)
+        MLPForImageClassification(config).save_pretrained(root / "models" / name)
+    pixels = torch.randn(64, 1, 8, 8)
+    labels = pixels.flatten(1)[:, :4].argmax(-1)
+    Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": labels.tolist()}).save_to_disk(root / "data")
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_process_student(run_inputs):
+    """The reference: one process, the same global batch, the same data order (the sampler is seeded)."""
+    from datasets import load_from_disk
+
+    torch.set_num_threads(1)
+    trainer = DistillationTrainer(
+        model=MLPForImageClassification.from_pretrained(run_inputs / "models" / "student"),
+        teacher_model=MLPForImageClassification.from_pretrained(run_inputs / "models" / "teacher"),
+        args=training_args(str(run_inputs / "one"), GLOBAL_BATCH),
+        train_dataset=load_from_disk(run_inputs / "data").with_format("torch"),
+    )
+    trainer.train()
+    return trainer.model.state_dict()
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_deepspeed_zero_trains_like_one_process(zero_stage, run_inputs, one_process_student, tmp_path):
+    config_file = tmp_path / "accelerate.yaml"
+    config_file.write_text(accelerate_config(zero_stage))
+    output_dir = tmp_path / "out"
+    launch(
+        config_file, str(REPO_ROOT / "tests" / "sharded_worker.py"), "--models", str(run_inputs / "models"),
+        "--data", str(run_inputs / "data"), "--output_dir", str(output_dir),
+        "--per_device_batch", str(GLOBAL_BATCH // 2),
+    )  # fmt: skip
+    ranks = [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert all(r["distributed_type"] == "DistributedType.DEEPSPEED" for r in ranks)
+
+    # Sharded: under ZeRO-3 each process holds about half of every model's elements (the partitions are padded to
+    # a multiple of the world size); under ZeRO-2 the weights are whole and the optimizer's master weights halved.
+    for r in ranks:
+        student, teacher = r["student"], r["teacher"]
+        if zero_stage == 3:
+            assert student["held"] <= student["full"] // 2 + 16, student
+            assert teacher["held"] <= teacher["full"] // 2 + 16, teacher
+        else:
+            assert student["held"] == student["full"] and teacher["held"] == teacher["full"]
+        assert r["student_optimizer_elements"] <= student["full"] // 2 + 16
+
+    # The teacher, sharded or whole, computes what the unsharded teacher computes, live and precomputed.
+    teacher = MLPForImageClassification.from_pretrained(run_inputs / "models" / "teacher").eval()
+    probe = torch.tensor(Dataset.load_from_disk(run_inputs / "data").with_format("numpy")[:PROBE]["pixel_values"])
+    with torch.no_grad():
+        expected = teacher(pixel_values=probe).logits
+    for r in ranks:
+        assert r["teacher_fingerprint"] == teacher_fingerprint(teacher)  # so the logits cache never goes stale
+        torch.testing.assert_close(torch.tensor(r["teacher_live_logits"]), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(torch.tensor(r["teacher_precomputed_logits"]), expected, rtol=1e-5, atol=1e-5)
+
+    # save_model on every process wrote one whole student; it equals the one-process run's up to summation order.
+    saved = MLPForImageClassification.from_pretrained(output_dir)
+    reference = one_process_student
+    assert saved.state_dict().keys() == reference.keys()
+    for name, value in saved.state_dict().items():
+        assert value.shape == reference[name].shape, name
+        torch.testing.assert_close(value, reference[name], rtol=1e-3, atol=1e-4, msg=name)
