@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from transformers.utils import logging
@@ -45,7 +44,7 @@ AUTO_BATCH_SIZE = "auto"
 # example at 512 than at 32); a GPU's is large. Probing stops after two sizes in a row clearly slower than the best
 # so far (one slow batch on a shared machine is noise, two are a trend).
 BATCH_SIZE_CANDIDATES = {"cpu": (16, 32, 64, 128, 256, 512), "cuda": (64, 128, 256, 512, 1024)}
-PROBE_BATCHES = 2  # timed batches per candidate; the faster one counts (a shared machine's noise only slows)
+PROBE_BATCHES = 3  # timed batches per candidate; the fastest counts (a shared machine's noise only slows)
 PROBE_SLOWER = 1.15  # this much slower per token than the best counts as slower
 SORT_WINDOW = 8192  # rows sorted by length together: one `datasets.map` batch
 PRECOMPUTE_PRECISIONS = ("float32", "bfloat16")
@@ -268,17 +267,20 @@ def _add_logits_to_dataset(dataset, run: _TeacherLogits, columns, dtype, data_co
 
     def compute(*chunk):
         values = dict(zip(columns, chunk))
-        rows = [None] * len(chunk[0])
-        order = _length_order(values, len(rows))
-        for indices, logits, inputs in run.batches(order, lambda i: make_batch(values, i)):
+        n = len(chunk[0])
+        rows, table = [None] * n, None
+        for indices, logits, inputs in run.batches(_length_order(values, n), lambda i: make_batch(values, i)):
             logits = logits.to(run.out_dtype).cpu()
-            if logits.dim() > 2 and "attention_mask" in inputs:
+            if logits.dim() == 2:  # one row of class logits per example: straight into the chunk's table
+                table = torch.empty(n, logits.shape[1], dtype=run.out_dtype) if table is None else table
+                table[indices] = logits
+                continue
+            if "attention_mask" in inputs:
                 # Token-level logits: keep each row's own length, not the batch's padding.
-                lengths = inputs["attention_mask"].sum(-1).tolist()
-                logits = [row[:n] for row, n in zip(logits, lengths)]
+                logits = [row[:length] for row, length in zip(logits, inputs["attention_mask"].sum(-1).tolist())]
             for i, row in zip(indices.tolist(), logits):
                 rows[i] = row.numpy()
-        return {TEACHER_LOGITS_COLUMN: rows if rows and rows[0].ndim > 1 else np.stack(rows)}
+        return {TEACHER_LOGITS_COLUMN: table.numpy() if table is not None else rows}
 
     original_format = dict(dataset.format)
     key = [dataset._fingerprint, teacher_fingerprint(run.teacher), dtype, columns, run.precision]

@@ -14,7 +14,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertForToken
 
 from hf_kd import DistillationConfig
 from hf_kd.data import InMemoryDataset
-from hf_kd.precompute import BATCH_SIZE_CANDIDATES, add_teacher_logits, trim_padding
+from hf_kd.precompute import BATCH_SIZE_CANDIDATES, PROBE_BATCHES, add_teacher_logits, trim_padding
 from hf_kd.teacher import add_teacher_logits as add_teacher_logits_from_teacher
 
 VOCAB, MAX_LEN = 50, 40
@@ -119,11 +119,19 @@ def test_auto_batch_size_is_measured_and_logged(caplog):
     chosen = int(message.rsplit("teacher_batch_size=", 1)[1].rstrip("."))
     timed = [int(size) for size in re.findall(r"(\d+): [\d.]+ us/token", message)]
     assert chosen in timed and timed == list(BATCH_SIZE_CANDIDATES["cpu"][: len(timed)])
-    # One untimed warm-up batch, two timed batches per size, then the chosen size to the end: the probe's batches
-    # are part of the pass, nothing is computed twice.
-    probe = [timed[0]] + [size for size in timed for _ in range(2)]
-    rest = len(data) - sum(probe)
-    assert sizes == probe + [chosen] * (rest // chosen) + ([rest % chosen] if rest % chosen else [])
+    # One untimed warm-up batch, PROBE_BATCHES timed batches per size, then the chosen size to the end: the probe's
+    # batches are part of the pass, nothing is computed twice.
+    # (fewer when the data runs out).
+    assert sizes[0] == timed[0]
+    position = 1
+    for size in timed:
+        runs = 0
+        while runs < PROBE_BATCHES and position < len(sizes) and sizes[position] == size:
+            position, runs = position + 1, runs + 1
+        assert runs >= 1
+    rest = sizes[position:]
+    assert all(size == chosen for size in rest[:-1]) and (not rest or 0 < rest[-1] <= chosen)
+    assert sum(sizes) == len(data)
     torch.testing.assert_close(result.with_format("torch")["teacher_logits"][:], live_logits(teacher, data))
 
 
