@@ -45,6 +45,7 @@ AUTO_BATCH_SIZE = "auto"
 # so far (one slow batch on a shared machine is noise, two are a trend).
 BATCH_SIZE_CANDIDATES = {"cpu": (16, 32, 64, 128, 256, 512), "cuda": (64, 128, 256, 512, 1024)}
 PROBE_BATCHES = 3  # timed batches per candidate; the fastest counts (a shared machine's noise only slows)
+PROBE_SHARE = 0.25  # the probe covers at most this share of the examples: on a small dataset it tries fewer sizes
 PROBE_SLOWER = 1.15  # this much slower per token than the best counts as slower
 SORT_WINDOW = 8192  # rows sorted by length together: one `datasets.map` batch
 PRECOMPUTE_PRECISIONS = ("float32", "bfloat16")
@@ -126,6 +127,8 @@ class _TeacherLogits:
         yield (warm_up, *self(make_batch(warm_up)))
         timings, start, slower = {}, len(warm_up), 0
         for size in self.candidates:
+            if timings and start + size * PROBE_BATCHES > PROBE_SHARE * len(order):
+                break  # the remaining sizes would be most of the pass: keep the best so far
             seconds = []
             for indices in (order[begin : begin + size] for begin in range(start, start + size * PROBE_BATCHES, size)):
                 if len(indices) < size:
