@@ -68,6 +68,25 @@ def allow_another_trainer() -> None:
         AcceleratorState._reset_state()
 
 
+@contextmanager
+def saved_as_own_class(model: torch.nn.Module):
+    """Within the block, an FSDP2-wrapped model is of its own class again. `fully_shard` swaps the class for a
+    generated `FSDP<Name>` subclass defined in torch's FSDP module: saved under it, a model with remote code (hf_kd's
+    reference models) gets a config.json whose auto_map points at torch's module, and torch's files copied beside
+    it, so the saved model would not load with `trust_remote_code=True`."""
+    from torch.distributed.fsdp import FSDPModule
+
+    generated = type(model)
+    if not isinstance(model, FSDPModule):
+        yield model
+        return
+    model.__class__ = next(base for base in generated.__bases__ if not issubclass(base, FSDPModule))
+    try:
+        yield model
+    finally:
+        model.__class__ = generated
+
+
 def holds_shards(model: torch.nn.Module) -> bool:
     """True when this process holds only a shard of `model`'s weights (ZeRO-3, or an FSDP run)."""
     return is_sharded(model) or PartialState().distributed_type == DistributedType.FSDP
@@ -91,7 +110,8 @@ def whole_model_loading():
 def _save_sharded(run, path: Path) -> None:
     """Every process: write `run`'s model whole to `path`, gathering its shards."""
     if run.trainer is not None:
-        run.trainer.save_model(str(path))  # the Trainer gathers ZeRO-3 / FSDP shards for the main process to write
+        with saved_as_own_class(run.trainer.model):  # the Trainer gathers ZeRO-3 / FSDP shards for the main process
+            run.trainer.save_model(str(path))
         return
     import deepspeed  # a loaded, never trained ZeRO-3 model (e.g. the teacher): gather it whole, once
 

@@ -227,16 +227,24 @@ def has_transform(dataset) -> bool:
 
 
 def is_sharded(model: nn.Module | None) -> bool:
-    """True when `model`'s weights are partitioned over the processes (DeepSpeed ZeRO-3): its forward, and reading its
-    whole weights, are collectives that every process must enter together."""
-    return model is not None and any(hasattr(p, "ds_id") for p in model.parameters())
+    """True when `model`'s weights are partitioned over the processes (DeepSpeed ZeRO-3, or FSDP2's DTensors): its
+    forward, and reading its whole weights, are collectives that every process must enter together."""
+    from torch.distributed.tensor import DTensor
+
+    return model is not None and any(hasattr(p, "ds_id") or isinstance(p, DTensor) for p in model.parameters())
 
 
 def _whole_state(model: nn.Module):
     """`(name, tensor)` for every entry of `model.state_dict()`, whole: a ZeRO-3 parameter (an empty tensor here) is
-    gathered from all processes, one at a time, while it is read. A collective for a sharded model."""
+    gathered from all processes, one at a time, while it is read; an FSDP2 DTensor too. A collective for a sharded
+    model."""
+    from torch.distributed.tensor import DTensor
+
     parameters = dict(model.named_parameters()) if is_sharded(model) else {}
     for name, tensor in model.state_dict().items():
+        if isinstance(tensor, DTensor):
+            yield name, tensor.full_tensor()
+            continue
         parameter = parameters.get(name)
         if parameter is None:
             yield name, tensor

@@ -445,6 +445,14 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
         self._metrics["eval"].clear()
         return output
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # Under FSDP2 the student is saved as its own class, not torch's generated `FSDP<Name>` (see
+        # `hf_kd.sharding.saved_as_own_class`): its config's auto_map must point at its own modeling file.
+        from .sharding import saved_as_own_class
+
+        with saved_as_own_class(self.model):
+            super()._save(output_dir, state_dict)
+
     def push_to_hub(
         self,
         commit_message: str | None = "End of training",

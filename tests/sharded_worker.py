@@ -49,16 +49,34 @@ def optimizer_elements(trainer) -> int | None:
     return None if partitions is None else sum(p.numel() for p in partitions)
 
 
+def fsdp_on_cpu_shim() -> dict:
+    """TEST-ONLY, never in the library: accelerate turns on FSDP only for GPU-like process types, so on a CPU an FSDP
+    launch silently trains with DDP. Declaring the gloo processes MULTI_GPU, with the CPU as their device, before the
+    Trainer's accelerator is built lets accelerate wrap the student in FSDP for real. Returns the extra arguments."""
+    from fsdp_cpu_launch import fsdp_on_cpu  # beside this file
+
+    fsdp_on_cpu()
+    return {"accelerator_config": {"use_configured_state": True}}
+
+
+def local_elements(model: torch.nn.Module) -> int:
+    """This process's parameter elements of an FSDP-wrapped model: FSDP2 DTensors hold their local shard;
+    FSDP1's original parameters (use_orig_params) are views of this process's flat shard."""
+    return sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--per_device_batch", type=int, default=8)
+    parser.add_argument("--fsdp_on_cpu", action="store_true", help="the test-only shim (see fsdp_on_cpu_shim)")
     cli = parser.parse_args()
     torch.set_num_threads(1)
 
-    args = training_args(cli.output_dir, cli.per_device_batch)  # first: under ZeRO-3 the loads below are sharded
+    changes = fsdp_on_cpu_shim() if cli.fsdp_on_cpu else {}
+    args = training_args(cli.output_dir, cli.per_device_batch, **changes)  # first: under ZeRO-3 the loads below are sharded
     student = MLPForImageClassification.from_pretrained(Path(cli.models) / "student")
     teacher = MLPForImageClassification.from_pretrained(Path(cli.models) / "teacher")
     dataset = load_from_disk(cli.data).with_format("torch")
@@ -79,7 +97,11 @@ def main():
     }
     trainer.train()
     report["student"] = held_elements(trainer.model)
-    report["student_optimizer_elements"] = optimizer_elements(trainer)
+    if cli.fsdp_on_cpu:
+        report["student"]["held"] = local_elements(trainer.model_wrapped)
+        report["student_optimizer_elements"] = None
+    else:
+        report["student_optimizer_elements"] = optimizer_elements(trainer)
     trainer.save_model()  # on every process: ZeRO-3 gathers the shards for the main process to write
     (Path(cli.output_dir) / f"rank{rank}.json").write_text(json.dumps(report))
 

@@ -1,5 +1,5 @@
-"""DistillationTrainer under DeepSpeed ZeRO-2 and ZeRO-3, on two CPU processes (gloo, through `accelerate launch`),
-against one process with the same global batch.
+"""DistillationTrainer under DeepSpeed ZeRO-2, ZeRO-3 and FSDP2, on two CPU processes (gloo, through accelerate
+launch), against one process with the same global batch.
 
 Each launch (tests/sharded_worker.py) checks several things at once, since a launch costs 20-60 s here: the
 student (and, under ZeRO-3, the teacher) is really sharded, the teacher's logits (live, and precomputed by every
@@ -24,7 +24,7 @@ from hf_kd import DistillationTrainer, MLPForImageClassification
 from hf_kd.models import MLPConfig
 from hf_kd.teacher import teacher_fingerprint
 
-pytestmark = pytest.mark.skipif(
+needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,
     reason='deepspeed is not installed (DS_BUILD_OPS=0 pip install -e ".[deepspeed]"; .ci/run installs it)',
 )
@@ -35,26 +35,30 @@ from sharded_worker import PROBE, training_args  # noqa: E402
 GLOBAL_BATCH = 16
 
 
-def accelerate_config(zero_stage: int) -> str:
-    """accelerate's DeepSpeed config for two CPU processes: DeepSpeed's CPU accelerator, gloo, float32."""
-    return "\n".join(
-        [
-            "compute_environment: LOCAL_MACHINE",
-            "distributed_type: DEEPSPEED",
-            "deepspeed_config:",
-            f"  zero_stage: {zero_stage}",
-            "  offload_optimizer_device: none",
-            "  offload_param_device: none",
+def accelerate_config(engine: str) -> str:
+    """accelerate's config for two CPU processes (gloo, float32): DeepSpeed ZeRO-2/3 (its CPU accelerator), or FSDP2
+    (run with the worker's test-only shim: accelerate alone would fall back to DDP on a CPU)."""
+    if engine == "fsdp2":
+        # NO_WRAP: the root module is the one FSDP unit (a size-based policy would wrap the MLP's ModuleList, which
+        # fully_shard refuses: it has no forward). FULL_STATE_DICT: the only type save_model writes.
+        plugin = [
+            "distributed_type: FSDP", "fsdp_config:", "  fsdp_version: 2", "  fsdp_auto_wrap_policy: NO_WRAP",
+            "  fsdp_cpu_ram_efficient_loading: false", "  fsdp_offload_params: false",
+            "  fsdp_reshard_after_forward: true", "  fsdp_state_dict_type: FULL_STATE_DICT",
+            "  fsdp_sync_module_states: false", "use_cpu: false",
+        ]  # fmt: skip
+    else:
+        zero_stage = int(engine[-1])
+        plugin = [
+            "distributed_type: DEEPSPEED", "deepspeed_config:", f"  zero_stage: {zero_stage}",
+            "  offload_optimizer_device: none", "  offload_param_device: none",
             f"  zero3_init_flag: {'true' if zero_stage == 3 else 'false'}",
             "  zero3_save_16bit_model: true",  # save_model gathers the shards into one whole state dict
-            "mixed_precision: 'no'",
-            "num_machines: 1",
-            "num_processes: 2",
-            "machine_rank: 0",
             "use_cpu: true",
-            "",
-        ]
-    )
+        ]  # fmt: skip
+    common = ["compute_environment: LOCAL_MACHINE", "mixed_precision: 'no'", "num_machines: 1", "num_processes: 2",
+              "machine_rank: 0"]  # fmt: skip
+    return "\n".join([*common, *plugin, ""])
 
 
 def launch(config_file, *args, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -65,7 +69,7 @@ def launch(config_file, *args, timeout: int = 600) -> subprocess.CompletedProces
     return result
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def deepspeed_cpu_comm_op():
     """DeepSpeed's CPU backend compiles a shared-memory op with g++ on first use (cached in ~/.cache/torch_extensions;
     from 35 s to minutes on a busy 2-core machine): built once here, not by two processes inside a launch."""
@@ -106,30 +110,34 @@ def one_process_student(run_inputs):
     return trainer.model.state_dict()
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_deepspeed_zero_trains_like_one_process(zero_stage, run_inputs, one_process_student, tmp_path):
+@pytest.mark.parametrize(
+    "engine", [pytest.param("zero2", marks=needs_deepspeed), pytest.param("zero3", marks=needs_deepspeed), "fsdp2"]
+)
+def test_sharded_training_trains_like_one_process(engine, run_inputs, one_process_student, tmp_path, request):
+    if engine.startswith("zero"):
+        request.getfixturevalue("deepspeed_cpu_comm_op")
     config_file = tmp_path / "accelerate.yaml"
-    config_file.write_text(accelerate_config(zero_stage))
+    config_file.write_text(accelerate_config(engine))
     output_dir = tmp_path / "out"
     launch(
         config_file, str(REPO_ROOT / "tests" / "sharded_worker.py"), "--models", str(run_inputs / "models"),
         "--data", str(run_inputs / "data"), "--output_dir", str(output_dir),
-        "--per_device_batch", str(GLOBAL_BATCH // 2),
+        "--per_device_batch", str(GLOBAL_BATCH // 2), *(["--fsdp_on_cpu"] if engine == "fsdp2" else []),
     )  # fmt: skip
     ranks = [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]
-    assert all(r["distributed_type"] == "DistributedType.DEEPSPEED" for r in ranks)
+    expected_type = "FSDP" if engine == "fsdp2" else "DEEPSPEED"
+    assert all(r["distributed_type"] == f"DistributedType.{expected_type}" for r in ranks)
 
     # Sharded: under ZeRO-3 each process holds about half of every model's elements (the partitions are padded to
-    # a multiple of the world size); under ZeRO-2 the weights are whole and the optimizer's master weights halved.
+    # a multiple of the world size); under FSDP2 half of the student's (DTensor shards), the teacher whole on
+    # purpose; under ZeRO-2 the weights are whole and the optimizer's master weights halved.
     for r in ranks:
         student, teacher = r["student"], r["teacher"]
-        if zero_stage == 3:
-            assert student["held"] <= student["full"] // 2 + 16, student
-            assert teacher["held"] <= teacher["full"] // 2 + 16, teacher
-        else:
-            assert student["held"] == student["full"] and teacher["held"] == teacher["full"]
-        assert r["student_optimizer_elements"] <= student["full"] // 2 + 16
+        assert (student["held"] <= student["full"] // 2 + 16) == (engine != "zero2"), student
+        assert (teacher["held"] <= teacher["full"] // 2 + 16) == (engine == "zero3"), teacher
+        if engine != "fsdp2":
+            assert r["student_optimizer_elements"] <= student["full"] // 2 + 16
 
     # The teacher, sharded or whole, computes what the unsharded teacher computes, live and precomputed.
     teacher = MLPForImageClassification.from_pretrained(run_inputs / "models" / "teacher").eval()
@@ -142,6 +150,11 @@ def test_deepspeed_zero_trains_like_one_process(zero_stage, run_inputs, one_proc
         torch.testing.assert_close(torch.tensor(r["teacher_precomputed_logits"]), expected, rtol=1e-5, atol=1e-5)
 
     # save_model on every process wrote one whole student; it equals the one-process run's up to summation order.
+    # Saved as its own class, loadable as remote code: not as torch's generated FSDP2 subclass, whose module's files
+    # the save would copy beside the model.
+    auto_map = json.loads((output_dir / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForImageClassification"] == "modeling_mlp.MLPForImageClassification"
+    assert (output_dir / "modeling_mlp.py").is_file() and not list(output_dir.glob("_fsdp*.py"))
     saved = MLPForImageClassification.from_pretrained(output_dir)
     reference = one_process_student
     assert saved.state_dict().keys() == reference.keys()

@@ -62,6 +62,11 @@ class CNNPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
 
+    def get_input_embeddings(self):
+        # Images have no token embeddings. transformers' default raises NotImplementedError for a model without them,
+        # and accelerate's FSDP2 wrapping asks every model for them (`fsdp2_prepare_model`): answer "none".
+        return None
+
     def _build_feature_layers(self, config: CNNConfig) -> int:
         """Create the layers before the classifier and return how many features they output."""
         # One place for both models, in the order that fixes the random initialisation of seeded runs.
