@@ -3,7 +3,8 @@ last complete checkpoint, or started afresh, as transformers' own examples resum
 
 A stage is finished when its directory holds [`STAGE_MARKER`], written atomically after its model was saved: a rerun
 loads that model instead of training it again. Otherwise it resumes from its newest checkpoint that the Trainer
-finished writing (`trainer_state.json`, written last, can be read); a checkpoint cut short by the crash is removed with a warning.
+finished writing (`trainer_state.json`, written last, can be read); a checkpoint cut short by the crash is removed
+with a warning.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import shutil
 from pathlib import Path
 
 from transformers import Trainer, TrainingArguments
-from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import sort_checkpoints
 from transformers.utils import logging
 
+from .sharding import saved_as_own_class
 from .utils import atomic_write
 
 logger = logging.get_logger(__name__)
@@ -96,9 +98,12 @@ def train_or_resume(trainer: Trainer) -> tuple[float, list[dict]]:
         logger.warning(f"Resuming {stage_dir} from {checkpoint}.")
     output = trainer.train(resume_from_checkpoint=checkpoint)
     train_time_s, log_history = float(output.metrics["train_runtime"]), list(trainer.state.log_history)
+    # Every process takes part (under ZeRO-3 / FSDP the weights are gathered); the main one writes.
+    with saved_as_own_class(trainer.model):  # under FSDP2, not as torch's generated class (hf_kd.sharding)
+        trainer.save_model(stage_dir)
     if trainer.args.should_save:
-        # Without training_args.bin (Trainer.save_model's): the directory holds the model that ships, nothing else.
-        trainer.model.save_pretrained(stage_dir)
+        # training_args.bin is the run's settings, not the model that ships (and would count in its measured size).
+        Path(stage_dir, TRAINING_ARGS_NAME).unlink(missing_ok=True)
         payload = json.dumps({"train_time_s": train_time_s, "log_history": log_history}, indent=1)
         atomic_write(Path(stage_dir) / STAGE_MARKER, payload)
     trainer.accelerator.wait_for_everyone()

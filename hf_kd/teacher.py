@@ -130,10 +130,15 @@ def _vocabulary_sizes(model: nn.Module) -> set[int]:
     return sizes
 
 
-def check_same_inputs(student: nn.Module, teacher: nn.Module, student_tokenizer: Any = None) -> None:
-    """Refuse a teacher that cannot read the student's inputs, for data that carries no `teacher_*` inputs of its
-    own: models with another main input (a text teacher for an image student), or another token vocabulary (the
-    teacher would read the student's token ids as its own: garbage, or torch's bare `IndexError`)."""
+def check_same_inputs(
+    student: nn.Module, teacher: nn.Module, student_tokenizer: Any = None, columns: list[str] | None = None
+) -> None:
+    """Refuse a teacher that cannot read the student's inputs, when the data's `columns` carry no `teacher_*` inputs
+    of its own: models with another main input (a text teacher for an image student), or another token vocabulary
+    (the teacher would read the student's token ids as its own: garbage, or torch's bare `IndexError`). Unknown
+    columns (a plain torch dataset) are not checked."""
+    if columns is None or batch_convention.distillation_columns(columns):
+        return
     s_name, t_name = type(student).__name__, type(teacher).__name__
     s_input = getattr(student, "main_input_name", None)
     t_input = getattr(teacher, "main_input_name", None)
@@ -253,6 +258,26 @@ def _whole_state(model: nn.Module):
 
         with deepspeed.zero.GatheredParameters([parameter]):
             yield name, parameter.data
+
+
+def check_fixed_inputs(dataset, data_collator, carries_logits: bool) -> None:
+    """Teacher logits computed once must meet the inputs they were computed on: refuse a collator that augments
+    (marked `augments_inputs`, as [`~hf_kd.data.RandomShiftCollator`]) and a transform added after a `teacher_logits`
+    column (a transform before precomputing is refused by the precompute itself)."""
+    if getattr(data_collator, "augments_inputs", False):
+        source = "carried by the dataset" if carries_logits else "precomputed (precompute_teacher_logits=True)"
+        raise ValueError(
+            f"The data_collator ({type(data_collator).__name__}) changes the inputs at random (augments_inputs=True), "
+            f"but the teacher's logits are {source}: they were computed on the unchanged inputs. Use a collator "
+            "without augmentation, or keep the teacher live (precompute_teacher_logits=False, no teacher_logits)."
+        )
+    if carries_logits and has_transform(dataset):
+        raise ValueError(
+            "The train dataset has both a teacher_logits column and an on-the-fly transform (set_transform / "
+            "with_transform, e.g. random augmentation): the logits were computed before the transform and would "
+            "not match the inputs the student trains on. Drop the transform, or remove the teacher_logits "
+            "column and keep the teacher live."
+        )
 
 
 def teacher_fingerprint(teacher: nn.Module) -> str:

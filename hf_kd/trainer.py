@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
-from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -25,21 +23,23 @@ from transformers import (
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import logging
 
-from .batch import (
-    LABELS,
-    TEACHER_LOGITS,
-    DistillationBatch,
-    distillation_columns,
-    split_batch,
-)
+from .batch import TEACHER_LOGITS, DistillationBatch, distillation_columns, split_batch
 from .configuration_distillation import DistillationConfig
-from .data import InMemoryDataset, check_label_range, check_not_empty, collate_batches
+from .data import (
+    InMemoryDataset,
+    check_dataset_labels,
+    check_label_range,
+    check_not_empty,
+    collate_batches,
+    read_column,
+)
 from .ensemble import TeacherEnsemble, ensemble_for
 from .feature_trainer import FeatureDistillationMixin
 from .losses import distillation_loss
 from .teacher import (
     add_teacher_logits,
     check_compatible,
+    check_fixed_inputs,
     check_same_inputs,
     check_teacher_logits,
     has_transform,
@@ -49,6 +49,7 @@ from .teacher import (
     prepare_teacher,
     teacher_outputs,
 )
+from .utils import remove_if_left_empty
 
 logger = logging.get_logger(__name__)
 
@@ -74,56 +75,10 @@ def _collate_keeping(features, keep: frozenset, row_collator: Callable):
     return row_collator(features)
 
 
-def _column_names(dataset) -> list[str] | None:
-    """The columns of a `datasets.Dataset` or an `InMemoryDataset`; None for a plain torch dataset."""
-    return getattr(dataset, "column_names", None)
-
-
-def _column(dataset, name: str):
-    """One column, read whole (a tensor or an array, one array per row when ragged); None when absent or unreadable
-    up front (a plain torch dataset)."""
-    if name not in (_column_names(dataset) or []):
-        return None
-    if isinstance(dataset, InMemoryDataset):
-        return dataset.columns[name]
-    return dataset.with_format("numpy")[name][:]  # a new format: a transform set on the dataset does not run
-
-
 def _named_eval_datasets(eval_dataset) -> list[tuple[str, Any]]:
     if isinstance(eval_dataset, dict):
         return [(f"eval_dataset[{key!r}]", value) for key, value in eval_dataset.items()]
     return [] if eval_dataset is None else [("eval_dataset", eval_dataset)]
-
-
-def _check_data(student, teacher, train_dataset, processing_class) -> None:
-    """What can be checked before the Trainer is built: a train set with rows and, when the data carries no
-    `teacher_*` inputs, a teacher that can read the student's inputs ([`check_same_inputs`])."""
-    if train_dataset is not None and hasattr(train_dataset, "__len__"):
-        check_not_empty(train_dataset, "train_dataset")
-    columns = _column_names(train_dataset)
-    if teacher is not None and columns is not None and not distillation_columns(columns):
-        check_same_inputs(student, teacher, processing_class)
-
-
-def _check_labels(student, named_datasets: list[tuple[str, Any]]) -> None:
-    """Class ids within the student's classes in every split, read once (plain torch datasets: per batch)."""
-    num_labels = getattr(getattr(student, "config", None), "num_labels", None)
-    for name, dataset in named_datasets if num_labels else []:
-        for column in (LABELS, "label"):  # the Trainer's default collator renames `label` to `labels`
-            values = _column(dataset, column)
-            if values is not None:
-                check_label_range(values, num_labels, name, column)
-
-
-@contextmanager
-def _remove_if_left_empty(path: str):
-    """Remove `path` when the block fails and leaves it empty (the Trainer creates the output directory early)."""
-    try:
-        yield
-    except BaseException:
-        if os.path.isdir(path) and not os.listdir(path):
-            os.rmdir(path)
-        raise
 
 
 class DistillationTrainer(FeatureDistillationMixin, Trainer):
@@ -192,9 +147,11 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
                 "teacher_model_init_kwargs only applies when the teacher is loaded from a name or path, but "
                 "teacher_model is already a model instance."
             )
+        if train_dataset is not None and hasattr(train_dataset, "__len__"):
+            check_not_empty(train_dataset, "train_dataset")
         if teacher_model is not None:
             check_compatible(model, teacher_model)
-        _check_data(model, teacher_model, train_dataset, processing_class)
+            check_same_inputs(model, teacher_model, processing_class, getattr(train_dataset, "column_names", None))
         if data_collator is None:
             # The Trainer's own default, plus the pass-through of batches that an InMemoryDataset built whole.
             fallback = (
@@ -222,7 +179,7 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
         # skips the Trainer's per-step label counting for `num_items_in_batch`.
         self.model_accepts_loss_kwargs = False
         self.teacher_model = None
-        with _remove_if_left_empty(args.output_dir):  # a refused trainer leaves no empty output directory behind
+        with remove_if_left_empty(args.output_dir):  # a refused trainer leaves no empty output directory behind
             if teacher_model is not None:
                 dtype = getattr(torch, args.teacher_dtype) if args.teacher_dtype else None
                 self.teacher_model = prepare_teacher(teacher_model, self.accelerator, dtype=dtype)
@@ -230,9 +187,12 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
             self.train_dataset = self._with_teacher_logits(self.train_dataset)
             for name, dataset in _named_eval_datasets(self.eval_dataset):
                 self._check_carried_logits(dataset, name)
-            _check_labels(self.model, [("train_dataset", self.train_dataset), *_named_eval_datasets(self.eval_dataset)])
+            num_labels = getattr(getattr(self.model, "config", None), "num_labels", None)
+            if num_labels:
+                named = [("train_dataset", self.train_dataset), *_named_eval_datasets(self.eval_dataset)]
+                check_dataset_labels(named, num_labels)
         # Plain torch datasets cannot be read column-wise up front: their labels are checked batch by batch.
-        self._check_batch_labels = _column_names(self.train_dataset) is None
+        self._check_batch_labels = getattr(self.train_dataset, "column_names", None) is None
         # Unweighted loss parts, accumulated per step and averaged over each logging window (see `log`).
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
             "train": defaultdict(list),
@@ -245,12 +205,12 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
         args: DistillationConfig = self.args
         if dataset is None:
             return dataset
-        carries_logits = TEACHER_LOGITS in (_column_names(dataset) or [])
+        carries_logits = TEACHER_LOGITS in (getattr(dataset, "column_names", None) or [])
         if args.precompute_teacher_logits or carries_logits:
-            self._check_fixed_inputs(dataset, carries_logits)
+            check_fixed_inputs(dataset, self.data_collator, carries_logits)
         if args.precompute_teacher_logits and not carries_logits:
             dataset = self._precompute_teacher_logits(dataset)
-        columns = _column_names(dataset)
+        columns = getattr(dataset, "column_names", None)
         if columns is None:  # a plain torch Dataset: its batches are checked in `compute_loss`
             return dataset
         if TEACHER_LOGITS in columns:
@@ -262,28 +222,9 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
             )
         return dataset
 
-    def _check_fixed_inputs(self, dataset, carries_logits: bool) -> None:
-        """Logits computed once must meet the inputs they were computed on: refuse a collator that augments (marked
-        `augments_inputs`, as [`RandomShiftCollator`]) and a transform added after a `teacher_logits` column."""
-        if getattr(self.data_collator, "augments_inputs", False):
-            raise ValueError(
-                f"The data_collator ({type(self.data_collator).__name__}) changes the inputs at random "
-                "(augments_inputs=True), but the teacher's logits are "
-                f"{'carried by the dataset' if carries_logits else 'precomputed (precompute_teacher_logits=True)'}: "
-                "they were computed on the unchanged inputs. Use a collator without augmentation, or keep the teacher "
-                "live (precompute_teacher_logits=False and no teacher_logits column)."
-            )
-        if carries_logits and has_transform(dataset):
-            raise ValueError(
-                "The train dataset has both a teacher_logits column and an on-the-fly transform (set_transform / "
-                "with_transform, e.g. random augmentation): the logits were computed before the transform and would "
-                "not match the inputs the student trains on. Drop the transform, or remove the teacher_logits "
-                "column and keep the teacher live."
-            )
-
     def _check_carried_logits(self, dataset, name: str) -> None:
         """A dataset's `teacher_logits`, when it carries them: one column per class of the student, all finite."""
-        values = _column(dataset, TEACHER_LOGITS)
+        values = read_column(dataset, TEACHER_LOGITS)
         if values is not None:
             check_teacher_logits(values, getattr(getattr(self.model, "config", None), "num_labels", None), name)
 

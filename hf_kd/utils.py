@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -54,3 +55,15 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def remove_if_left_empty(path: str | os.PathLike) -> Iterator[None]:
+    """Remove the directory `path` when the block fails and leaves it empty (e.g. created by a `Trainer` that was
+    then refused): a failed run leaves no empty directory behind."""
+    try:
+        yield
+    except BaseException:
+        if os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+        raise

@@ -65,7 +65,8 @@ CASES = [
     ("alpha-above-one", IMAGE, "good", ["--alpha", "1.5"], ValueError, r"alpha must be a number in \[0, 1\]"),
     ("zero-epochs", IMAGE, "good", ["--num_train_epochs", "0"], ValueError, r"num_train_epochs must be > 0"),
     ("zero-steps", IMAGE, "good", ["--max_steps", "0"], ValueError, r"max_steps must be > 0"),
-    ("loss-type", IMAGE, "good", ["--loss_type", "js"], SystemExit, r"--loss_type.*: invalid choice: 'js' \(choose from 'kl', 'reverse_kl', 'mse'\)"),
+    ("loss-type", IMAGE, "good", ["--loss_type", "js"], SystemExit,
+     r"--loss_type.*: invalid choice: 'js' \(choose from 'kl', 'reverse_kl', 'mse'\)"),
     ("resume-missing", IMAGE, "good", ["--resume_from_checkpoint", "{out}/student_kd/checkpoint-99"], ValueError,
      r"--resume_from_checkpoint '.*checkpoint-99' does not exist"),
     ("resume-and-overwrite", IMAGE, "good", ["--resume_from_checkpoint", "{out}", "--overwrite_output_dir"],
@@ -75,13 +76,15 @@ CASES = [
     ("label-column", IMAGE, "good", ["--label_column", "class"], ValueError, r"label_column='class' is not a column"),
     ("max-train-samples", IMAGE, "good", ["--max_train_samples", "0"], ValueError,
      r"max_train_samples must be a positive integer"),
-    ("empty-train", IMAGE, "empty_train", [], ValueError, r"train_split='train' of the dataset .*empty_train has no rows"),
+    ("empty-train", IMAGE, "empty_train", [], ValueError,
+     r"train_split='train' of the dataset .*empty_train has no rows"),
     ("unseen-test-label", IMAGE, "unseen_label", [], ValueError,
-     r"eval_split='test''s label hold class id 12 .*outside \[0, 10\)"),
+     r"eval_split='test': its 'label' column holds class id 12 .*outside \[0, 10\)"),
     ("text-teacher-for-images", IMAGE, "good", ["--teacher_model_name_or_path", "{bert}"], ValueError,
      r"The teacher .*bert \(model_type 'bert'\) and the student \(MLPForImageClassification\) take different inputs"),
     ("text-unseen-test-label", TEXT, "text_unseen", ["--teacher_model_name_or_path", "{bert}"], ValueError,
-     r"eval_split='test''s label hold \['meh'\], not classes of the training split \['neg', 'pos'\]"),
+     r"eval_split='test': its 'label' column holds \['meh'\], which are not classes of the training split "
+     r"\['neg', 'pos'\]"),
     ("text-empty-train", TEXT, "text_empty", ["--teacher_model_name_or_path", "{bert}"], ValueError,
      r"train_split='train' of the dataset .*text_empty has no rows"),
 ]
@@ -141,6 +144,7 @@ def test_overwrite_moves_the_previous_run_aside(tmp_path, data, caplog):
     assert len(aside) == 1 and (aside[0] / "student_ce" / "README.md").is_file()
     assert f"moved to {aside[0]}" in caplog.text
     assert not (out / "student_ce").exists() and "previous run" not in (out / "student_kd" / "README.md").read_text()
+    assert not (out / "student_kd" / "training_args.bin").exists()  # the stage dir holds the model that ships
     report = json.loads((out / "distillation_report.json").read_text())
     assert [model["name"] for model in report["models"]] == ["teacher", "student_kd"]
 

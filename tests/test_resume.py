@@ -96,7 +96,8 @@ def test_killed_run_resumes_each_stage_and_ends_as_an_uninterrupted_one(tmp_path
     assert "holds a finished stage" in log and teacher_marker.stat().st_mtime_ns == teacher_written  # not retrained
     assert f"Skipping the incomplete checkpoint {half_written}" in log  # and it was written again, whole
     assert f"Resuming {student_dir} from {student_dir / f'checkpoint-{last}'}" in log
-    resumed, expected = load_file(student_dir / "model.safetensors"), load_file(reference / "student_kd" / "model.safetensors")
+    resumed = load_file(student_dir / "model.safetensors")
+    expected = load_file(reference / "student_kd" / "model.safetensors")
     assert set(resumed) == set(expected)
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name], rtol=1e-4, atol=1e-5)

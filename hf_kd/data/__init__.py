@@ -8,6 +8,7 @@ from .image import (
     preprocess_image_dataset,
 )
 from .loading import (
+    check_dataset_labels,
     check_label_range,
     check_not_empty,
     check_split_labels,
@@ -16,7 +17,7 @@ from .loading import (
     load_raw_dataset,
     select_split,
 )
-from .memory import InMemoryDataset, collate_batches
+from .memory import InMemoryDataset, collate_batches, read_column
 from .text import (
     DataCollatorWithTeacherPadding,
     detect_label_column,
@@ -30,6 +31,7 @@ __all__ = [
     "DataCollatorWithTeacherPadding",
     "InMemoryDataset",
     "RandomShiftCollator",
+    "check_dataset_labels",
     "check_label_range",
     "check_not_empty",
     "check_split_labels",
@@ -43,6 +45,7 @@ __all__ = [
     "load_image_classification_dataset",
     "load_raw_dataset",
     "preprocess_image_dataset",
+    "read_column",
     "same_tokenizer",
     "select_split",
     "tokenize_dataset",

@@ -106,8 +106,8 @@ def check_split_labels(dataset: Dataset, label_column: str, names: list[str], ar
         unknown = sorted(set(values.tolist()) - set(names))
         if unknown:
             raise ValueError(
-                f"{argument}'s {label_column} hold {unknown[:5]}, not classes of the training split {names}: every "
-                "split must use the training split's classes."
+                f"{argument}: its {label_column!r} column holds {unknown[:5]}, which are not classes of the training "
+                f"split {names}: every split must use the training split's classes."
             )
         return
     check_label_range(values, len(names), argument, label_column)
@@ -126,9 +126,22 @@ def check_label_range(labels, num_labels: int, where: str, column: str = "labels
     bad = values[(values != -100) & ((values < 0) | (values >= num_labels))]
     if bad.size:
         raise ValueError(
-            f"{where}'s {column} hold class id {bad[0]} ({bad.size} value(s) in all) outside [0, {num_labels}), the "
-            f"classes of the model (num_labels={num_labels}): every split must use the training split's classes."
+            f"{where}: its {column!r} column holds class id {bad[0]} ({bad.size} value(s) in all), outside [0, "
+            f"{num_labels}), the classes of the model (num_labels={num_labels}): every split must use the training "
+            "split's classes."
         )
+
+
+def check_dataset_labels(named_datasets: list[tuple[str, Any]], num_labels: int) -> None:
+    """[`check_label_range`] on the `labels` (or `label`) column of each `(name, dataset)`, read once; plain torch
+    datasets, which have no columns to read, are skipped (their batches are checked as they come)."""
+    from .memory import read_column
+
+    for name, dataset in named_datasets:
+        for column in ("labels", "label"):  # the Trainer's default collator renames `label` to `labels`
+            values = read_column(dataset, column)
+            if values is not None:
+                check_label_range(values, num_labels, name, column)
 
 
 def check_not_empty(dataset, argument: str, dataset_name: Any = None) -> None:

@@ -81,3 +81,13 @@ def collate_batches(features, fallback: Callable | None = None):
     if fallback is None:
         from transformers import default_data_collator as fallback
     return fallback(features)
+
+
+def read_column(dataset, name: str):
+    """One column of a `datasets.Dataset` or an [`InMemoryDataset`], read whole (a tensor, or an array with one
+    array per row when ragged); `None` when it has no such column or is a plain torch dataset (no columns)."""
+    if name not in (getattr(dataset, "column_names", None) or []):
+        return None
+    if isinstance(dataset, InMemoryDataset):
+        return dataset.columns[name]
+    return dataset.with_format("numpy")[name][:]  # a new format: a transform set on the dataset does not run
