@@ -13,6 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))  # the generic script beside this one
 from distill_image_classification import main as distill_image_classification  # noqa: E402
 
+from hf_kd.experiment import user_errors_as_messages  # noqa: E402
+
 DEFAULTS = {
     "dataset_name": "uoft-cs/cifar10",
     "teacher": "cifar10-cnn-teacher",
@@ -37,4 +39,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors_as_messages():
+        main()

@@ -32,6 +32,7 @@ from hf_kd.experiment import (
     stage_args,
     train_baseline,
     train_teacher,
+    user_errors_as_messages,
 )
 from hf_kd.metrics import load_metric
 from hf_kd.online import born_again, distil_from_ema, train_mutual
@@ -137,4 +138,5 @@ def online_or_self_distillation(data, label_names, data_args, experiment_args, c
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors_as_messages():
+        main()

@@ -30,6 +30,7 @@ from hf_kd.experiment import (
     stage_args,
     train_baseline,
     train_teacher,
+    user_errors_as_messages,
 )
 from hf_kd.metrics import load_metric
 from hf_kd.recipes import text_setup
@@ -105,4 +106,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors_as_messages():
+        main()

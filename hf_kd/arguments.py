@@ -107,7 +107,9 @@ class ExperimentArguments:
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Run even if output_dir holds the report of a finished run (its results are replaced)."},
+        metadata={
+            "help": "Run even if output_dir holds a previous run: its contents are first moved aside to <output_dir>.previous-<time>."
+        },
     )
     latency_examples: int = field(
         default=200, metadata={"help": "Test examples timed one at a time for the batch-1 latency."}

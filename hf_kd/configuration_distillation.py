@@ -8,6 +8,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from .ensemble import ENSEMBLE_METHODS, normalized_weights
 from .features import (
     DEFAULT_FEATURE_WEIGHTS,
     FEATURE_CONNECTORS,
@@ -15,7 +16,6 @@ from .features import (
     parse_feature_pairs,
 )
 from .losses import SOFT_LOSS_TYPES
-from .ensemble import ENSEMBLE_METHODS, normalized_weights
 from .teacher import TEACHER_DTYPES, TEACHER_LOGITS_DTYPES
 
 
@@ -161,7 +161,6 @@ class DistillationConfig(TrainingArguments):
             "'auto' to time a few sizes on the first batches and keep the fastest per token (logged)."
         },
     )
-
     feature_pairs: list[str] | None = field(
         default=None,
         metadata={

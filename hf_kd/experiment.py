@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import PartialState
-from transformers import PreTrainedModel, Trainer, set_seed
+from transformers import PreTrainedModel, ProgressCallback, Trainer, set_seed
 from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
@@ -109,6 +111,17 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> None:
         )
 
 
+@contextmanager
+def user_errors_as_messages():
+    """For an example's `__main__`: an output directory that already holds a finished run is the user's choice to
+    make, not a bug, so its message is printed alone (no traceback) and the command exits with status 1."""
+    try:
+        yield
+    except FileExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def prepare_run(config: DistillationConfig, experiment_args: ExperimentArguments) -> None:
     """Checks before anything is trained (sharding, a finished run in `output_dir`), and the torch thread count."""
     check_sharded_saving(config)  # ZeRO-3 and FSDP: every process saves (hf_kd.sharding); refuse what cannot
@@ -147,20 +160,8 @@ def stage_args(config: DistillationConfig, name: str, train_dataset: Any = None,
 
 
 def compute_metrics_for(metric, extra_metrics: dict[str, Any] | None = None) -> Callable:
-    """The Trainers' `compute_metrics`: the main metric, then the extra ones (logged as `eval_<name lowercased>`)."""
-    main = compute_metrics_fn(metric)
-    if not extra_metrics:
-        return main
-
-    def compute_metrics(eval_prediction):
-        scores = main(eval_prediction)
-        logits = eval_prediction.predictions
-        predictions = (logits[0] if isinstance(logits, tuple) else logits).argmax(-1)
-        for name, extra in extra_metrics.items():
-            scores[name.lower()] = metric_value(extra, predictions, eval_prediction.label_ids)
-        return scores
-
-    return compute_metrics
+    """The Trainers' `compute_metrics`: the main metric, then the extra ones (by display name)."""
+    return compute_metrics_fn(metric, list((extra_metrics or {}).values()))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -168,8 +169,33 @@ def compute_metrics_for(metric, extra_metrics: dict[str, Any] | None = None) -> 
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+STAGE_TITLES = {
+    TEACHER_DIR: "the teacher, on the labels",
+    STUDENT_KD_DIR: "the student, distilled from the teacher",
+    STUDENT_CE_DIR: "the baseline: the same student on the labels alone",
+}
+
+
+class StageProgressCallback(ProgressCallback):
+    """The Trainer's progress bar, labelled with the stage it counts (three identical `0/4690` bars in one run
+    do not tell a user which model is training)."""
+
+    def __init__(self, description: str):
+        super().__init__()
+        self.description = description
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.description)
+
+
 def finish_training(name: str, trainer: Trainer, data: ModelData) -> Trained:
-    """Run `trainer.train()` and keep what the report needs: the model, its training time and log."""
+    """Announce the stage, run `trainer.train()` (its progress bar labelled with the stage's name) and keep what the
+    report needs: the model, its training time and log."""
+    PartialState().print(f"\n[hf_kd] Training {STAGE_TITLES.get(name, name)} ({name}) -> {trainer.args.output_dir}")
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(StageProgressCallback(name))
     train_time_s, log_history = train_or_resume(trainer)  # a finished stage is loaded, an interrupted one resumed
     return Trained(name, trainer.model, data, train_time_s, log_history, trainer)
 
@@ -334,7 +360,9 @@ def publish(distilled: Trained, data_args: DataArguments, config: DistillationCo
         print(f"Distilled student pushed to {commit.commit_url}")
     else:
         distilled.trainer.create_model_card(model_name=hub_model_id.split("/")[-1], **card_kwargs)
-    print(f"Report and models written to {os.path.abspath(output_dir)}")
+    written = [output_dir / name for name in (REPORT_MD, REPORT_JSON, REPORT_PNG) if (output_dir / name).is_file()]
+    written += sorted(path for path in output_dir.iterdir() if (path / "config.json").is_file())
+    print(f"Written to {os.path.abspath(output_dir)}:\n" + "\n".join(f"  {path.name}" for path in written))
 
 
 def report_run(

@@ -26,7 +26,6 @@ from .feature_losses import (
 from .features import (
     AUTO,
     FeatureCollector,
-    FeatureName,
     auto_pairs,
     compatible_for,
     make_connector,

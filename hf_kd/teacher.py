@@ -81,6 +81,28 @@ def load_teacher(
     return auto_cls.from_pretrained(name_or_path, **kwargs)
 
 
+def resolve_teacher(teacher, student: nn.Module, args) -> nn.Module | None:
+    """The teacher a [`DistillationTrainer`] distils: `teacher` as given (default: `args.teacher_model_name_or_path`),
+    a name or path loaded with the Auto class of the student's task, or several teachers combined into one
+    [`hf_kd.ensemble.TeacherEnsemble`]."""
+    from .ensemble import (  # a module above this one (it checks teachers with ours)
+        TeacherEnsemble,
+        ensemble_for,
+    )
+
+    teacher = args.teacher_model_name_or_path if teacher is None else teacher
+    if isinstance(teacher, (list, tuple, TeacherEnsemble)):  # several teachers behave as one
+        return ensemble_for(teacher, student, args)
+    if isinstance(teacher, str):
+        return load_teacher(teacher, student, args.teacher_model_init_kwargs)
+    if teacher is not None and args.teacher_model_init_kwargs:
+        raise ValueError(
+            "teacher_model_init_kwargs only applies when the teacher is loaded from a name or path, but "
+            "teacher_model is already a model instance."
+        )
+    return teacher
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """No gradients, no dropout: the teacher's outputs depend on its inputs only."""
     model.requires_grad_(False)
@@ -170,7 +192,9 @@ def _prepare_deepspeed(model: nn.Module, accelerator: Accelerator) -> nn.Module:
     config = deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
     stage = config["zero_optimization"]["stage"]
     model_config = getattr(model, "config", None)
-    hidden_size = getattr(model_config, "hidden_size", None)
+    # As TRL's `prepare_deepspeed`: configs of vision models list `hidden_sizes` (hf_kd's MLPs and CNNs among them).
+    hidden_sizes = getattr(model_config, "hidden_sizes", None)
+    hidden_size = max(hidden_sizes) if hidden_sizes else getattr(model_config, "hidden_size", None)
     if stage == 3 and isinstance(hidden_size, int):
         config["zero_optimization"].update(
             {

@@ -33,7 +33,6 @@ from .data import (
     collate_batches,
     read_column,
 )
-from .ensemble import TeacherEnsemble, ensemble_for
 from .feature_trainer import FeatureDistillationMixin
 from .losses import distillation_loss
 from .teacher import (
@@ -44,9 +43,9 @@ from .teacher import (
     check_teacher_logits,
     has_transform,
     is_sharded,
-    load_teacher,
     logits_of,
     prepare_teacher,
+    resolve_teacher,
     teacher_outputs,
 )
 from .utils import remove_if_left_empty
@@ -136,17 +135,7 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
         if model is None:
             raise ValueError("DistillationTrainer needs the student as `model`.")
 
-        if teacher_model is None:
-            teacher_model = args.teacher_model_name_or_path
-        if isinstance(teacher_model, (list, tuple, TeacherEnsemble)):  # several teachers behave as one
-            teacher_model = ensemble_for(teacher_model, model, args)
-        elif isinstance(teacher_model, str):
-            teacher_model = load_teacher(teacher_model, model, args.teacher_model_init_kwargs)
-        elif teacher_model is not None and args.teacher_model_init_kwargs:
-            raise ValueError(
-                "teacher_model_init_kwargs only applies when the teacher is loaded from a name or path, but "
-                "teacher_model is already a model instance."
-            )
+        teacher_model = resolve_teacher(teacher_model, model, args)
         if train_dataset is not None and hasattr(train_dataset, "__len__"):
             check_not_empty(train_dataset, "train_dataset")
         if teacher_model is not None:
@@ -178,19 +167,8 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
         # The loss never goes through the student's forward, so the student's loss kwargs do not matter; this also
         # skips the Trainer's per-step label counting for `num_items_in_batch`.
         self.model_accepts_loss_kwargs = False
-        self.teacher_model = None
         with remove_if_left_empty(args.output_dir):  # a refused trainer leaves no empty output directory behind
-            if teacher_model is not None:
-                dtype = getattr(torch, args.teacher_dtype) if args.teacher_dtype else None
-                self.teacher_model = prepare_teacher(teacher_model, self.accelerator, dtype=dtype)
-            self._feature_term = self._build_feature_term()  # connectors exist before the optimizer
-            self.train_dataset = self._with_teacher_logits(self.train_dataset)
-            for name, dataset in _named_eval_datasets(self.eval_dataset):
-                self._check_carried_logits(dataset, name)
-            num_labels = getattr(getattr(self.model, "config", None), "num_labels", None)
-            if num_labels:
-                named = [("train_dataset", self.train_dataset), *_named_eval_datasets(self.eval_dataset)]
-                check_dataset_labels(named, num_labels)
+            self._prepare_distillation(teacher_model)
         # Plain torch datasets cannot be read column-wise up front: their labels are checked batch by batch.
         self._check_batch_labels = getattr(self.train_dataset, "column_names", None) is None
         # Unweighted loss parts, accumulated per step and averaged over each logging window (see `log`).
@@ -199,6 +177,23 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
             "eval": defaultdict(list),
         }
         self._num_parameters: tuple[nn.Module, int] | None = None  # see `floating_point_ops`
+
+    def _prepare_distillation(self, teacher_model: nn.Module | None) -> None:
+        """The teacher placed by Accelerate, the feature term's connectors (before the optimizer exists), the train
+        dataset's teacher logits, and the checks of every dataset against the student."""
+        self.teacher_model = None
+        if teacher_model is not None:
+            dtype = getattr(torch, self.args.teacher_dtype) if self.args.teacher_dtype else None
+            self.teacher_model = prepare_teacher(teacher_model, self.accelerator, dtype=dtype)
+        self._feature_term = self._build_feature_term()
+        self.train_dataset = self._with_teacher_logits(self.train_dataset)
+        for name, dataset in _named_eval_datasets(self.eval_dataset):
+            self._check_carried_logits(dataset, name)
+        num_labels = getattr(getattr(self.model, "config", None), "num_labels", None)
+        if num_labels:
+            check_dataset_labels(
+                [("train_dataset", self.train_dataset), *_named_eval_datasets(self.eval_dataset)], num_labels
+            )
 
     def _with_teacher_logits(self, dataset):
         """Validate the train dataset's `teacher_logits`, computing them first when `precompute_teacher_logits`."""

@@ -104,6 +104,11 @@ def test_distill_mnist_on_generated_images(tmp_path):
     )
     report = check_report(output_dir, ["teacher", "student_ce", "student_kd"])
     assert "| Student (KD) |" in result.stdout  # the report is printed
+    # Each stage announces itself and labels its progress bar; the run ends with where everything went.
+    for name in ("teacher", "student_kd", "student_ce"):
+        assert "[hf_kd] Training " in result.stdout and f"({name}) -> {output_dir / name}" in result.stdout
+        assert f"{name}: 100%" in result.stderr, name
+    assert f"Written to {output_dir}:" in result.stdout and "  student_kd" in result.stdout
     assert report["teacher"] == "trained here"
     assert report["settings"]["teacher_logits"] == "precomputed"  # the example default: no augmentation of the student
     assert report["plot"] == "distillation_report.png" and (output_dir / "distillation_report.png").is_file()
@@ -129,6 +134,14 @@ def test_distill_mnist_on_generated_images(tmp_path):
     # A second run into the finished dir is refused before any work, naming the dir.
     with pytest.raises(FileExistsError, match=str(output_dir)):
         load_example("distill_mnist.py").main(["--dataset_name", str(data_dir), "--output_dir", str(output_dir)])
+    # As a command: the message alone, no traceback, exit status 1.
+    refused = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / "distill_mnist.py"), "--dataset_name", str(data_dir),
+         "--output_dir", str(output_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("error: The output directory") and "--overwrite_output_dir" in refused.stderr
 
 
 def test_distill_cifar10_on_generated_imagefolder(tmp_path):

@@ -70,7 +70,9 @@ def one_process_run(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("engine", [pytest.param("zero3", marks=needs_deepspeed)])
+@pytest.mark.parametrize(
+    "engine", [pytest.param("zero3", marks=needs_deepspeed), "fsdp2"]
+)
 def test_distill_mnist_sharded_reports_like_one_process(engine, one_process_run, tmp_path):
     single, sharded_dir = one_process_run / "one", tmp_path / engine
     if engine == "zero3":
