@@ -37,8 +37,10 @@ from .report import (
     REPORT_PNG,
     DistillationReport,
     ModelResult,
+    batch1_examples,
     dataset_labels,
     has_finished_report,
+    interleaved_latencies_ms,
     label_statistics,
     lineage_of,
     measure_model,
@@ -46,7 +48,7 @@ from .report import (
     teacher_recipe,
     training_curve,
 )
-from .resume import check_resume_argument, train_or_resume
+from .resume import check_resume_argument, finished_stage, train_or_resume
 from .sharding import allow_another_trainer, check_sharded_saving, gather_sharded_runs
 from .trainer import DistillationTrainer
 
@@ -297,20 +299,26 @@ def measure(
     runs: Sequence[Trained], output_dir: str | os.PathLike, metric, batch_size: int, latency_examples: int,
     extra_metrics: dict[str, Any] | None = None,
 ) -> tuple[list[ModelResult], dict[str, dict[str, float]]]:  # fmt: skip
-    """Save each model with its processor into `output_dir/<name>` and score it on its test split; the first run is
-    the reference for `agreement_with_teacher`. Returns the results and the extra metrics' scores by model."""
+    """Score each model on its test split from `output_dir/<name>` (saved there with its processor unless its
+    stage already did) and time them together at batch 1 ([`interleaved_latencies_ms`]); the first run is the
+    reference for `agreement_with_teacher`. Returns the results and the extra metrics' scores by model."""
     results, teacher_predictions = [], None
     extra_scores = {metric_name: {} for metric_name in extra_metrics or {}}
-    for run in runs:
+    latencies = interleaved_latencies_ms([
+        (run.model, batch1_examples(run.model, run.data.eval_dataset, latency_examples, run.data.data_collator))
+        for run in runs
+    ])  # fmt: skip
+    for run, latency in zip(runs, latencies):
         path = Path(output_dir) / run.name
-        run.model.save_pretrained(path)
-        run.data.processing_class.save_pretrained(path)
+        if finished_stage(path) is None:  # a finished stage saved its model and processor there already
+            run.model.save_pretrained(path)
+            run.data.processing_class.save_pretrained(path)
         result, predictions = measure_model(
             run.name, run.model, run.data.eval_dataset,
             lambda predictions, references: metric_value(metric, predictions, references),
             saved_path=path, output_dir=output_dir, train_time_s=run.train_time_s,
-            teacher_predictions=teacher_predictions, batch_size=batch_size, latency_examples=latency_examples,
-            data_collator=run.data.data_collator,
+            teacher_predictions=teacher_predictions, batch_size=batch_size, data_collator=run.data.data_collator,
+            latency=latency,
         )  # fmt: skip
         references = dataset_labels(run.data.eval_dataset)
         for metric_name, extra in (extra_metrics or {}).items():

@@ -11,8 +11,10 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
@@ -23,6 +25,17 @@ from .teacher import teacher_outputs
 logger = logging.get_logger(__name__)
 
 PROBE_EXAMPLES = 8
+
+
+class ZeroConnectorGradients(TrainerCallback):
+    """After each optimizer step, the connectors' gradients are cleared as the Trainer clears the model's
+    (`model.zero_grad()`, which does not reach modules outside the model): without it they would add up over the run."""
+
+    def __init__(self, connectors: torch.nn.Module):
+        self.connectors = connectors
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.connectors.zero_grad()
 
 
 class FeatureDistillationMixin:
@@ -67,6 +80,7 @@ class FeatureDistillationMixin:
         if term.connectors.has_parameters():
             # DDP (gradients averaged across processes) and mixed precision, like the student.
             term.connectors_forward = self.accelerator.prepare_model(term.connectors)
+            self.add_callback(ZeroConnectorGradients(term.connectors))
         logger.info(
             f"Feature term {args.feature_loss} (weight {args.feature_weight}) on {term.describe()}; the teacher runs "
             f"on every batch for its features; {sum(p.numel() for p in term.connectors.parameters())} connector "
@@ -123,6 +137,16 @@ class FeatureDistillationMixin:
             if group:
                 optimizer.add_param_group({"params": group, "weight_decay": weight_decay})
         return optimizer
+
+    def _clip_grad_norm(self, model):
+        """The student's and the connectors' gradients clipped together, by one norm, as one optimizer's parameters
+        (the Trainer's clipping sees the model's alone). DeepSpeed and FSDP clip their own model: left to them."""
+        term = self._feature_term
+        sharded = self.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        if term is None or not term.connectors.has_parameters() or sharded or self._has_mixed_mesh_grads(model):
+            return super()._clip_grad_norm(model)
+        parameters = [*model.parameters(), *term.connectors.parameters()]
+        return self.accelerator.clip_grad_norm_(parameters, self.args.max_grad_norm)
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ def model_label(name: str) -> str:
         return INDEXED_LABELS[kind].format(index)
     return MODEL_LABELS.get(name, name)
 # Batch-1 latency: warm-up calls first, then this many passes over the timed examples.
-LATENCY_WARMUP, LATENCY_PASSES = 50, 5
+LATENCY_WARMUP, LATENCY_PASSES = 50, 10
 
 @dataclass
 class ModelResult:
@@ -130,41 +130,72 @@ def predict(
     return torch.cat(predictions).numpy(), elapsed
 
 
-@torch.inference_mode()
-def latency_ms(
+def batch1_examples(
     model: nn.Module, dataset, num_examples: int = 200, data_collator: Callable | None = None, role: str = "student"
-) -> tuple[float, float]:
-    """
-    Time of one forward pass on one example (batch size 1, unpadded), in milliseconds: what a single request waits.
-    The examples are collated and moved to the device before the clock starts; [`LATENCY_WARMUP`] calls warm the
-    caches and the allocator, then [`LATENCY_PASSES`] passes time every example. One pass can land on a busy moment
-    of the machine, so the result is the median of the passes' medians (steadier than one pass's median).
-
-    Returns:
-        `(latency, iqr)`: that median, and the interquartile range of all the single calls (their spread).
-    """
-    model.eval()
+) -> list[dict[str, Any]]:
+    """The first `num_examples` test examples one at a time (batch size 1, unpadded), collated and already on the
+    model's device: what [`interleaved_latencies_ms`] times."""
     device = next(model.parameters()).device
     examples = []
     for batch in _batches(dataset, 1, data_collator):
         if len(examples) == num_examples:
             break
         examples.append(_on(device, model_inputs(batch, role)))
+    return examples
+
+
+def _timed_calls(model: nn.Module, examples: Sequence[Mapping[str, Any]]) -> list[float]:
+    device = next(model.parameters()).device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda device: None)
-    for i in range(LATENCY_WARMUP):
-        model(**examples[i % len(examples)])
-    sync(device)
-    passes = []
+    times = []
+    for example in examples:
+        start = time.perf_counter()
+        model(**example)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+@torch.inference_mode()
+def interleaved_latencies_ms(timed: Sequence[tuple[nn.Module, Sequence[Mapping[str, Any]]]]) -> list[tuple[float, float]]:
+    """
+    Batch-1 latency of several models, in milliseconds, measured in one window. After [`LATENCY_WARMUP`] calls
+    each, [`LATENCY_PASSES`] passes time every model on each of its examples in turn, so a busy or slow moment of
+    the machine falls on all the models of that pass alike and their ratios hold. A model's latency is its fastest
+    pass's median call: on a shared machine the slow passes measure the neighbours (a virtual CPU here switches
+    between two speeds about 1.7x apart within seconds), the fastest one what the model costs (`timeit`'s rule).
+
+    Args:
+        timed: `(model, examples)` pairs, the examples from [`batch1_examples`].
+
+    Returns:
+        Per model, `(latency, iqr)`: that median, and the interquartile range of all its single calls (their spread).
+    """
+    for model, examples in timed:
+        model.eval()
+        for i in range(LATENCY_WARMUP):
+            model(**examples[i % len(examples)])
+    passes = [[] for _ in timed]
     for _ in range(LATENCY_PASSES):
-        times = []
-        for example in examples:
-            start = time.perf_counter()
-            model(**example)
-            sync(device)
-            times.append(time.perf_counter() - start)
-        passes.append(times)
+        for calls, (model, examples) in zip(passes, timed):
+            calls.append(_timed_calls(model, examples))
+    return [latency_statistics(calls) for calls in passes]
+
+
+def latency_statistics(passes: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """`(latency, iqr)` in milliseconds from one model's call times in seconds, a list per pass: the fastest pass's
+    median call, and the interquartile range of all the calls."""
     p25, p75 = np.percentile(passes, [25, 75])
-    return float(np.median(np.median(passes, axis=1)) * 1000), float((p75 - p25) * 1000)
+    return float(np.min(np.median(passes, axis=1)) * 1000), float((p75 - p25) * 1000)
+
+
+def latency_ms(
+    model: nn.Module, dataset, num_examples: int = 200, data_collator: Callable | None = None, role: str = "student"
+) -> tuple[float, float]:
+    """One model's batch-1 latency and spread, `(latency, iqr)` in milliseconds, as [`interleaved_latencies_ms`]
+    measures it (to compare models, measure them together there)."""
+    examples = batch1_examples(model, dataset, num_examples, data_collator, role)
+    return interleaved_latencies_ms([(model, examples)])[0]
 
 
 def measure_model(
@@ -180,6 +211,7 @@ def measure_model(
     latency_examples: int = 200,
     data_collator: Callable | None = None,
     role: str = "student",
+    latency: tuple[float, float] | None = None,
 ) -> tuple[ModelResult, np.ndarray]:
     """
     Score and time one model on the test split.
@@ -199,13 +231,17 @@ def measure_model(
             tokenized text. Default: `hf_kd.data.collate_batches` (stacks rows; passes an in-memory batch through).
         role (`str`): Whose inputs of the batch the model reads (see [`hf_kd.batch.model_inputs`]): `"student"`, or
             `"teacher"` to score a teacher on its own `teacher_*` inputs.
+        latency (`tuple[float, float]`, *optional*): The model's `(latency, iqr)` when it was measured beside the
+            others ([`interleaved_latencies_ms`]); measured here, alone, otherwise.
 
     Returns:
         The [`ModelResult`] and the model's predictions (pass the teacher's to the students).
     """
     references = dataset_labels(dataset)
     predictions, eval_time = predict(model, dataset, batch_size, data_collator, role)
-    latency, spread = latency_ms(model, dataset, latency_examples, data_collator=data_collator, role=role)
+    if latency is None:
+        latency = latency_ms(model, dataset, latency_examples, data_collator=data_collator, role=role)
+    latency, spread = latency
     agreement = 1.0 if teacher_predictions is None else float(np.mean(predictions == teacher_predictions))
     path = Path(saved_path)
     result = ModelResult(

@@ -32,9 +32,11 @@ from .measure import (  # noqa: F401 - the report's measuring half, importable f
     LATENCY_WARMUP,
     MODEL_LABELS,
     ModelResult,
+    batch1_examples,
     count_parameters,
     dataset_labels,
     directory_size_mb,
+    interleaved_latencies_ms,
     label_statistics,
     latency_ms,
     measure_model,
@@ -276,9 +278,9 @@ class DistillationReport:
     def latency_method() -> str:
         """How the batch-1 latency was measured, in words."""
         return (
-            f"Latency: one example at a time, after {LATENCY_WARMUP} warm-up calls; the median of {LATENCY_PASSES} "
-            "passes' medians, ± the interquartile range of the single calls. Timings depend on the machine and its "
-            "load: compare models within one report."
+            f"Latency: one example at a time, after {LATENCY_WARMUP} warm-up calls; the models timed in turn over "
+            f"{LATENCY_PASSES} passes, each model's fastest pass's median, ± the interquartile range of its single "
+            "calls. Timings depend on the machine and its load: compare models within one report."
         )
 
     def notes(self) -> list[str]:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""White-box distillation on real Fashion-MNIST with hf_kd's reference CNNs (1-channel 28x28 versions of the
-CIFAR-10 presets): CE only / logit KD / KD + hint / KD + overhaul / KD + attention transfer / KD + RKD, 3 student
-seeds, mean and spread of the test accuracy on the full 10,000-image test split.
+"""White-box distillation on real data: CE only / logit KD / KD + hint / KD + overhaul / KD + attention transfer /
+KD + RKD, 3 student seeds, mean and spread of the test accuracy on the full 10,000-image test split. Fashion-MNIST
+with hf_kd's reference CNNs (1-channel 28x28 versions of the CIFAR-10 presets), or MNIST with the reference MLPs
+(`--dataset mnist`; attention transfer needs spatial maps, so it has no MLP row).
 
 Sized for a shared 2-core CPU (the teacher's forward is ~10 ms an image there): one teacher (seed 0) trained on a
 training subset, every student on the same subset for a few epochs. Pairs are `auto` (relative depth over the
@@ -9,6 +10,9 @@ pre-ReLU outputs; attention transfer keeps the conv pairs, RKD the penultimate f
 implementations' defaults (`hf_kd.features.DEFAULT_FEATURE_WEIGHTS`), not tuned.
 
     python studies/white_box.py --train_examples 2000 --epochs 2 --teacher_epochs 3 --output_dir /tmp/white_box
+    python studies/white_box.py --dataset mnist --output_dir /tmp/white_box_mnist
+
+`results.json` in the output directory is rewritten after every run (a stopped study keeps what it measured).
 """
 
 from __future__ import annotations
@@ -28,9 +32,18 @@ from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.data import InMemoryDataset, collate_batches
 from hf_kd.models import model_from_preset
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_mnist"
-MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set statistics
-CNN = {"num_channels": 1, "image_size": 28}
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATASETS = {  # name -> parquet files, training-set mean and std, teacher and student presets with their options
+    "fashion_mnist": (
+        {"train": SHARED / "fashion_mnist" / "train.parquet", "test": SHARED / "fashion_mnist" / "test.parquet"},
+        (0.2860, 0.3530), ("cifar10-cnn-teacher", "cifar10-cnn-student"), {"num_channels": 1, "image_size": 28},
+    ),
+    "mnist": (
+        {"train": SHARED / "mnist" / "mnist" / "train-00000-of-00001.parquet",
+         "test": SHARED / "mnist" / "mnist" / "test-00000-of-00001.parquet"},
+        (0.1307, 0.3081), ("mnist-mlp-teacher", "mnist-mlp-student"), {},
+    ),
+}  # fmt: skip
 METHODS = {  # name -> DistillationConfig overrides
     "CE only": {"alpha": 0.0},
     "logit KD": {},
@@ -41,12 +54,13 @@ METHODS = {  # name -> DistillationConfig overrides
 }
 
 
-def load_split(split: str, count: int | None, seed: int = 0) -> InMemoryDataset:
-    data = load_dataset("parquet", data_files=str(DATA_DIR / f"{split}.parquet"), split="train")
+def load_split(dataset: str, split: str, count: int | None, seed: int = 0) -> InMemoryDataset:
+    files, (mean, std) = DATASETS[dataset][:2]
+    data = load_dataset("parquet", data_files=str(files[split]), split="train")
     if count is not None:
         data = data.shuffle(seed=seed).select(range(count))
     pixels = np.stack([np.asarray(image, dtype=np.float32) for image in data["image"]]) / 255.0
-    pixels = torch.from_numpy((pixels - MEAN) / STD).unsqueeze(1)
+    pixels = torch.from_numpy((pixels - mean) / std).unsqueeze(1)
     return InMemoryDataset({"pixel_values": pixels, "labels": torch.tensor(data["label"])})
 
 
@@ -66,17 +80,19 @@ def common_args(output_dir: str, seed: int, epochs: int) -> dict:
     )  # fmt: skip
 
 
-def train_teacher(train, epochs: int, output_dir: str):
+def train_teacher(dataset: str, train, epochs: int, output_dir: str):
+    (teacher_preset, _), options = DATASETS[dataset][2:]
     torch.manual_seed(0)
-    teacher = model_from_preset("cifar10-cnn-teacher", **CNN)
+    teacher = model_from_preset(teacher_preset, **options)
     args = TrainingArguments(**common_args(output_dir, 0, epochs), remove_unused_columns=False)
     Trainer(model=teacher, args=args, train_dataset=train, data_collator=collate_batches).train()
     return teacher.eval()
 
 
-def distil(method: str, teacher, train, seed: int, epochs: int, output_dir: str) -> tuple[object, list[dict]]:
+def distil(dataset: str, method: str, teacher, train, seed: int, epochs: int, output_dir: str):
+    (_, student_preset), options = DATASETS[dataset][2:]
     torch.manual_seed(seed)
-    student = model_from_preset("cifar10-cnn-student", **CNN)
+    student = model_from_preset(student_preset, **options)
     settings = {"temperature": 4.0, "alpha": 0.5, **METHODS[method]}
     args = DistillationConfig(**common_args(output_dir, seed, epochs), **settings)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train)
@@ -86,6 +102,7 @@ def distil(method: str, teacher, train, seed: int, epochs: int, output_dir: str)
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=list(DATASETS), default="fashion_mnist")
     parser.add_argument("--train_examples", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--teacher_epochs", type=int, default=3)
@@ -94,23 +111,28 @@ def main():
     parser.add_argument("--output_dir", default="/tmp/hf_kd_white_box")
     options = parser.parse_args()
     torch.set_num_threads(1)
-    train, test = load_split("train", options.train_examples), load_split("test", None)
+    train = load_split(options.dataset, "train", options.train_examples)
+    test = load_split(options.dataset, "test", None)
     start = time.time()
-    teacher = train_teacher(train, options.teacher_epochs, f"{options.output_dir}/teacher")
-    results = {"teacher": accuracy(teacher, test), "teacher_seconds": time.time() - start, "methods": {}}
+    teacher = train_teacher(options.dataset, train, options.teacher_epochs, f"{options.output_dir}/teacher")
+    results = {"dataset": options.dataset, "options": vars(options), "teacher": accuracy(teacher, test),
+               "teacher_seconds": time.time() - start, "methods": {}}  # fmt: skip
     print(f"teacher: {results['teacher']:.4f} ({results['teacher_seconds']:.0f} s)", flush=True)
-    for method in options.methods:
+    Path(options.output_dir).mkdir(parents=True, exist_ok=True)
+    methods = [m for m in options.methods if not (options.dataset == "mnist" and "attention" in m)]
+    for method in methods:
         for seed in options.seeds:
             start = time.time()
-            student, history = distil(method, teacher, train, seed, options.epochs, f"{options.output_dir}/s")
+            student, history = distil(
+                options.dataset, method, teacher, train, seed, options.epochs, f"{options.output_dir}/s"
+            )
             feature = [e["loss_feature"] for e in history if "loss_feature" in e]
             run = {"seed": seed, "accuracy": accuracy(student, test), "seconds": time.time() - start,
                    "loss_feature_first_last": feature[:1] + feature[-1:]}  # fmt: skip
             results["methods"].setdefault(method, []).append(run)
             print(method, json.dumps(run), flush=True)
-    Path(options.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(options.output_dir) / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"\nFashion-MNIST, {options.train_examples} training images, students {options.epochs} epochs, teacher "
+            (Path(options.output_dir) / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"\n{options.dataset}, {options.train_examples} training images, students {options.epochs} epochs, teacher "
           f"{options.teacher_epochs} epochs ({results['teacher']:.2%} test accuracy); 10,000 test images")  # fmt: skip
     print("| method | test accuracy (mean ± std over seeds) | per seed |\n|---|---|---|")
     for method, runs in results["methods"].items():

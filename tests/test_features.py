@@ -7,7 +7,7 @@ import pytest
 import torch
 from datasets import Dataset
 from safetensors.torch import load_file
-from transformers import BertConfig, BertForSequenceClassification, HfArgumentParser
+from transformers import BertConfig, BertForSequenceClassification, HfArgumentParser, TrainerCallback
 
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.feature_term import CONNECTORS_NAME
@@ -186,12 +186,44 @@ def test_connectors_train_and_are_checkpointed_but_never_saved_with_the_student(
     restored = resumed._feature_term.connectors.state_dict()
     assert all(torch.equal(restored[key], saved[key]) for key in saved)
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    # The continuation is as close as the Trainer's own resume (float-level differences, see test_trainer), which
-    # Adam amplifies in connector weights whose inputs are mostly zero (post-ReLU): compare the student and the term.
-    x = torch.randn(4, 1, 28, 28)
-    torch.testing.assert_close(resumed_student(pixel_values=x).logits, student(pixel_values=x).logits, rtol=1e-4, atol=1e-5)
-    last = [[e["loss_feature"] for e in t.state.log_history if "loss_feature" in e][-1] for t in (trainer, resumed)]
-    assert last[1] == pytest.approx(last[0], rel=1e-2)
+    for key, value in student.state_dict().items():
+        torch.testing.assert_close(resumed_student.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    end = resumed._feature_term.connectors.state_dict()
+    for key, value in trainer._feature_term.connectors.state_dict().items():
+        torch.testing.assert_close(end[key], value, rtol=0, atol=0, msg=key)
+
+
+class ConnectorGradients(TrainerCallback):
+    """Records, just before each optimizer step (after clipping), the connectors' and the student's gradients."""
+
+    def __init__(self, connectors, student):
+        self.connectors, self.student, self.steps = connectors, student, []
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        grads = lambda module: [p.grad.detach().clone() for p in module.parameters()]  # noqa: E731
+        self.steps.append((grads(self.connectors), grads(self.student)))
+
+
+def test_connector_gradients_are_zeroed_each_step_and_clipped_with_the_students(tmp_path):
+    teacher, student = mlps()
+    same_batch = Dataset.from_dict({k: v[:1] * 4 for k, v in images(1).to_dict().items()})  # one example, 4 times
+    trainer = trainer_for(
+        tmp_path, teacher, student, same_batch, feature_pairs=["hidden_states.2:hidden_states.2"],
+        per_device_train_batch_size=4, num_train_epochs=3, learning_rate=0.0, max_grad_norm=1e-3,
+    )  # fmt: skip
+    record = ConnectorGradients(trainer._feature_term.connectors, student)
+    trainer.add_callback(record)
+    trainer.train()
+    assert len(record.steps) == 3
+    # lr 0 and the same batch: every step's gradients are the first step's, not their running sum.
+    first_connectors, first_student = record.steps[0]
+    for connectors, student_grads in record.steps[1:]:
+        for grad, first in zip(connectors + student_grads, first_connectors + first_student):
+            torch.testing.assert_close(grad, first)
+    # One norm over the student's and the connectors' gradients, clipped to max_grad_norm (unclipped: ~1e-1).
+    total = torch.linalg.vector_norm(torch.stack([g.norm() for g in first_connectors + first_student]))
+    assert total.item() == pytest.approx(1e-3, rel=1e-3)
+    assert torch.linalg.vector_norm(torch.stack([g.norm() for g in first_connectors])) > 1e-5
 
 
 def test_the_feature_loss_falls_by_half_in_a_short_run(tmp_path):

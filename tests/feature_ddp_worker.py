@@ -1,0 +1,52 @@
+"""One process of a feature-distillation run, launched by tests/test_distributed.py with `accelerate launch` (one
+process, or two gloo processes with half the per-device batch each).
+
+MLP teacher and student from fixed seeds, generated images, a Linear connector (student 100 -> teacher 400
+features); after training, the main process writes the student and the connectors to `<output_dir>/end.safetensors`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from safetensors.torch import save_file
+
+from hf_kd import DistillationConfig, DistillationTrainer
+from hf_kd.models import model_from_preset
+
+GLOBAL_BATCH, EXAMPLES = 16, 64
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output_dir", required=True)
+    cli = parser.parse_args()
+    torch.set_num_threads(1)
+    args = DistillationConfig(
+        output_dir=cli.output_dir, use_cpu=True, num_train_epochs=2, learning_rate=1e-2, seed=0, save_strategy="no",
+        report_to="none", logging_steps=1, dataloader_pin_memory=False, disable_tqdm=True,
+        per_device_train_batch_size=GLOBAL_BATCH // int(os.environ.get("WORLD_SIZE", "1")),
+        feature_pairs=["hidden_states.2:hidden_states.2"], feature_loss="hint",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    teacher, student = model_from_preset("mnist-mlp-teacher"), model_from_preset("mnist-mlp-student")
+    g = torch.Generator().manual_seed(1)
+    data = Dataset.from_dict({
+        "pixel_values": torch.randn(EXAMPLES, 1, 28, 28, generator=g).numpy(),
+        "labels": torch.randint(0, 10, (EXAMPLES,), generator=g).numpy(),
+    }).with_format("torch")  # fmt: skip
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
+    trainer.train()
+    if trainer.accelerator.is_main_process:
+        state = {f"student.{k}": v for k, v in student.state_dict().items()}
+        state.update({f"connectors.{k}": v for k, v in trainer._feature_term.connectors.state_dict().items()})
+        Path(cli.output_dir).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, Path(cli.output_dir) / "end.safetensors")
+
+
+if __name__ == "__main__":
+    main()
