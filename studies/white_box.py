@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import load_dataset
-from transformers import Trainer, TrainingArguments
+from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
 
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.data import InMemoryDataset, collate_batches
@@ -81,19 +81,26 @@ def common_args(output_dir: str, seed: int, epochs: int) -> dict:
 
 
 def train_teacher(dataset: str, train, epochs: int, output_dir: str):
+    """The teacher (seed 0), saved in `output_dir`; one saved there by an earlier run of the same settings is loaded
+    instead (`--output_dir` of that run, `/teacher`)."""
     (teacher_preset, _), options = DATASETS[dataset][2:]
+    if (Path(output_dir) / "config.json").is_file():
+        return AutoModelForImageClassification.from_pretrained(output_dir).eval()
     torch.manual_seed(0)
     teacher = model_from_preset(teacher_preset, **options)
     args = TrainingArguments(**common_args(output_dir, 0, epochs), remove_unused_columns=False)
     Trainer(model=teacher, args=args, train_dataset=train, data_collator=collate_batches).train()
+    teacher.save_pretrained(output_dir)
     return teacher.eval()
 
 
-def distil(dataset: str, method: str, teacher, train, seed: int, epochs: int, output_dir: str):
+def distil(dataset: str, method: str, teacher, train, seed: int, epochs: int, output_dir: str, weight=None):
     (_, student_preset), options = DATASETS[dataset][2:]
     torch.manual_seed(seed)
     student = model_from_preset(student_preset, **options)
     settings = {"temperature": 4.0, "alpha": 0.5, **METHODS[method]}
+    if weight is not None and "feature_pairs" in settings:
+        settings["feature_weight"] = weight
     args = DistillationConfig(**common_args(output_dir, seed, epochs), **settings)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train)
     trainer.train()
@@ -108,13 +115,22 @@ def main():
     parser.add_argument("--teacher_epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument(
+        "--feature_weight", type=float, default=None,
+        help="the feature term's weight for every white-box method (default: each loss's reference weight)",
+    )
     parser.add_argument("--output_dir", default="/tmp/hf_kd_white_box")
+    parser.add_argument(
+        "--teacher_dir", default=None,
+        help="where the teacher is saved, or loaded from when an earlier run saved it (default: <output_dir>/teacher)",
+    )
     options = parser.parse_args()
     torch.set_num_threads(1)
     train = load_split(options.dataset, "train", options.train_examples)
     test = load_split(options.dataset, "test", None)
     start = time.time()
-    teacher = train_teacher(options.dataset, train, options.teacher_epochs, f"{options.output_dir}/teacher")
+    teacher_dir = options.teacher_dir or f"{options.output_dir}/teacher"
+    teacher = train_teacher(options.dataset, train, options.teacher_epochs, teacher_dir)
     results = {"dataset": options.dataset, "options": vars(options), "teacher": accuracy(teacher, test),
                "teacher_seconds": time.time() - start, "methods": {}}  # fmt: skip
     print(f"teacher: {results['teacher']:.4f} ({results['teacher_seconds']:.0f} s)", flush=True)
@@ -124,7 +140,8 @@ def main():
         for seed in options.seeds:
             start = time.time()
             student, history = distil(
-                options.dataset, method, teacher, train, seed, options.epochs, f"{options.output_dir}/s"
+                options.dataset, method, teacher, train, seed, options.epochs, f"{options.output_dir}/s",
+                options.feature_weight,
             )
             feature = [e["loss_feature"] for e in history if "loss_feature" in e]
             run = {"seed": seed, "accuracy": accuracy(student, test), "seconds": time.time() - start,
