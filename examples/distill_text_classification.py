@@ -15,21 +15,26 @@ distillation_report.{md,json,png} to ./distill-rotten-tomatoes. Offline, point a
 Sentence pairs (`sentence1`/`sentence2`, `premise`/`hypothesis`, ...) are detected, or name them with
 `--text_column_names a,b`. `--student_model_name_or_path` takes any pretrained student instead, with its own
 tokenizer: the teacher then reads its own tokenization of the same text. `--help` lists every argument.
+
+Many teachers: `--teacher_model_name_or_path a b c` distils an ensemble (`--ensemble_method`, `--teacher_weights`),
+each teacher fine-tuned here when its head is new and reading its own tokenization of the text (`teacher_<k>_*`
+inputs when its tokenizer differs from the student's); the student is derived from the first. The report lists the
+ensemble and every teacher.
 """
 
 from hf_kd import DistillationTrainer
 from hf_kd.arguments import parse_text_arguments
+from hf_kd.ensemble import ensemble_for
 from hf_kd.experiment import (
     STUDENT_KD_DIR,
-    TEACHER_DIR,
     Trained,
     compute_metrics_for,
     finish_training,
     prepare_run,
+    prepare_teachers,
     report_run,
     stage_args,
     train_baseline,
-    train_teacher,
     user_errors_as_messages,
 )
 from hf_kd.metrics import load_metric
@@ -69,22 +74,24 @@ def main(argv=None):
     metric = load_metric(experiment_args.metric_name_or_path)
 
     # 2. Data and models: columns detected, each model's tokenization done once (the student's data carries the
-    #    teacher's own `teacher_input_ids` when the tokenizers differ), the teacher loaded as a sequence classifier.
+    #    teacher's own `teacher_input_ids` when the tokenizers differ; with several teachers, `teacher_<k>_input_ids`
+    #    for each teacher k whose tokenizer differs from the student's), each teacher loaded as a sequence classifier.
     setup = text_setup(data_args, text_args, config)
     compute_metrics = compute_metrics_for(metric, setup.extra_metrics)
 
-    # 3. Teacher: fine-tuned here on the labels when its classification head is new.
-    teacher = Trained(TEACHER_DIR, setup.teacher, setup.teacher_data)
-    if setup.train_teacher:
-        teacher = train_teacher(setup.teacher, setup.teacher_data, config, experiment_args, compute_metrics)
-    teacher.model.eval()
-
-    # 4. The student (derived from the teacher, or pretrained), distilled by a DistillationTrainer.
+    # 3. Teachers: each fine-tuned here on the labels when its classification head is new. Several are distilled as
+    #    one ensemble (--ensemble_method), whose members each read their own inputs.
+    teachers = prepare_teachers(setup, config, experiment_args, compute_metrics)
     data = setup.student_data
+    args = stage_args(config, STUDENT_KD_DIR, data.train_dataset)  # the teachers' init kwargs were applied already
+    student = setup.build_student(teachers[0].model)  # derived from the (first) teacher, or pretrained
+    teacher = teachers[0].model if len(teachers) == 1 else ensemble_for([t.model for t in teachers], student, args)
+
+    # 4. The student, distilled by a DistillationTrainer.
     trainer = DistillationTrainer(
-        model=setup.build_student(teacher.model),
-        teacher_model=teacher.model,
-        args=stage_args(config, STUDENT_KD_DIR, data.train_dataset),
+        model=student,
+        teacher_model=teacher,
+        args=args,
         train_dataset=data.train_dataset,
         eval_dataset=data.eval_dataset,
         data_collator=data.data_collator,
@@ -93,10 +100,14 @@ def main(argv=None):
     )
     distilled = finish_training(STUDENT_KD_DIR, trainer, data)
 
-    # 5. The baseline: the same student, from the same weights, on the labels alone.
-    runs = [teacher]
+    # 5. The baseline: the same student, from the same weights, on the labels alone. The ensemble, when it can predict
+    #    without the labels, is measured first, on the student's data with each teacher's own inputs: the others'
+    #    agreement is with it; each teacher is measured on its own tokenization.
+    measured_ensemble = len(teachers) > 1 and not teacher.needs_labels
+    ensemble = [Trained("ensemble", teacher, data, role="teacher")] if measured_ensemble else []
+    runs = [*ensemble, *teachers]
     if not experiment_args.skip_baseline:
-        runs.append(train_baseline(setup.build_student(teacher.model), data, config, compute_metrics))
+        runs.append(train_baseline(setup.build_student(teachers[0].model), data, config, compute_metrics))
     runs.append(distilled)
 
     # 6. Report (accuracy, and F1 beside it for two classes) and the distilled student's card, on the main process.

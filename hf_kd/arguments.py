@@ -334,12 +334,6 @@ def parse_text_arguments(
         raise ValueError(
             "--teacher_model_name_or_path is required: the teacher (or the pretrained encoder to fine-tune)."
         )
-    if isinstance(config.teacher_model_name_or_path, list):
-        raise ValueError(
-            "The text example distils one --teacher_model_name_or_path (it may fine-tune it and derive the student "
-            "from it). For an ensemble of text teachers use DistillationTrainer(teacher_model=[...]), with each "
-            "teacher's own tokens as teacher_<k>_* columns (hf_kd.batch)."
-        )
     for name, unset in _IMAGE_ONLY.items():
         if getattr(experiment_args, name) != unset:
             raise ValueError(

@@ -57,6 +57,22 @@ def member_inputs(inputs: Mapping[str, Any], index: int) -> dict[str, Any]:
     return own or {name: value for name, value in inputs.items() if member_index(name) is None}
 
 
+def teacher_column(name: str, member: int | None = None) -> str:
+    """The column of the teacher's input `name`: `teacher_<name>`, or ensemble member `member`'s own
+    `teacher_<member>_<name>` (the names a tokenizer's outputs get for one teacher, or for each of several)."""
+    return TEACHER_PREFIX + (name if member is None else f"{member}_{name}")
+
+
+def inputs_by_member(teacher_inputs: Mapping[str, Any]) -> dict[int | None, dict[str, Any]]:
+    """The teacher's inputs (prefix removed) grouped by owner: `None` for the shared ones (`input_ids`), `k` for
+    member `k`'s own (`k_input_ids`, the index removed), so that each group can be padded with its own tokenizer."""
+    groups: dict[int | None, dict[str, Any]] = {}
+    for name, value in teacher_inputs.items():
+        member = member_index(name)
+        groups.setdefault(member, {})[name if member is None else name.partition("_")[2]] = value
+    return groups
+
+
 def _only_member_inputs(teacher_names: Iterable[str]) -> bool:
     names = list(teacher_names)
     return bool(names) and all(member_index(name) is not None for name in names)

@@ -82,6 +82,9 @@ class Trained:
     log_history: list[dict] = field(default_factory=list)
     trainer: Trainer | None = None
     recipe: dict[str, Any] | None = None  # how it was trained, when a stage trained it on the labels
+    # Whose inputs of its data's batches it reads (`hf_kd.batch.model_inputs`): "teacher" for a teacher measured on
+    # the student's data, e.g. an ensemble whose members read their own `teacher_<k>_*` tokens.
+    role: str = "student"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -229,11 +232,12 @@ def train_with_labels(
 
 def train_teacher(
     model: PreTrainedModel, data: ModelData, config: DistillationConfig, experiment_args: ExperimentArguments,
-    compute_metrics: Callable, augmentation: Callable | None = None,
+    compute_metrics: Callable, augmentation: Callable | None = None, name: str = TEACHER_DIR,
 ) -> Trained:  # fmt: skip
-    """The teacher, trained here on the labels with its own epochs and learning rate (default: the student's)."""
+    """The teacher, trained here on the labels with its own epochs and learning rate (default: the student's);
+    `name` is its stage's (`teacher_<k>` for the teachers of an ensemble)."""
     return train_with_labels(
-        TEACHER_DIR, model, data, config, compute_metrics, augmentation,
+        name, model, data, config, compute_metrics, augmentation,
         num_train_epochs=experiment_args.teacher_num_train_epochs or config.num_train_epochs,
         learning_rate=experiment_args.teacher_learning_rate or config.learning_rate,
     )  # fmt: skip
@@ -305,7 +309,9 @@ def measure(
     results, teacher_predictions = [], None
     extra_scores = {metric_name: {} for metric_name in extra_metrics or {}}
     latencies = interleaved_latencies_ms([
-        (run.model, batch1_examples(run.model, run.data.eval_dataset, latency_examples, run.data.data_collator))
+        (run.model, batch1_examples(
+            run.model, run.data.eval_dataset, latency_examples, run.data.data_collator, role=run.role
+        ))
         for run in runs
     ])  # fmt: skip
     for run, latency in zip(runs, latencies):
@@ -318,7 +324,7 @@ def measure(
             lambda predictions, references: metric_value(metric, predictions, references),
             saved_path=path, output_dir=output_dir, train_time_s=run.train_time_s,
             teacher_predictions=teacher_predictions, batch_size=batch_size, data_collator=run.data.data_collator,
-            latency=latency,
+            role=run.role, latency=latency,
         )  # fmt: skip
         references = dataset_labels(run.data.eval_dataset)
         for metric_name, extra in (extra_metrics or {}).items():
@@ -402,6 +408,25 @@ def report_run(
 
 
 @dataclass
+class TeacherSetup:
+    """One of several teachers as a recipe prepares it (see [`DistillationSetup.teachers`]).
+
+    Args:
+        name (`str`): Its stage and report row, `teacher_<k>`.
+        model (`PreTrainedModel`): Loaded, or to be trained here first (`train`).
+        data ([`ModelData`]): What it reads when trained and measured alone: its own tokenization.
+        source (`str`): Where it came from, as the report says it.
+        train (`bool`): Whether the run trains it on the labels before distilling (e.g. its head is new).
+    """
+
+    name: str
+    model: PreTrainedModel
+    data: ModelData
+    source: str
+    train: bool = False
+
+
+@dataclass
 class DistillationSetup:
     """What a modality prepares for [`run_distillation`] (see [`hf_kd.recipes`]).
 
@@ -415,6 +440,9 @@ class DistillationSetup:
             for the distilled student and the baseline, which must come out identical: seed inside.
         teacher_augmentation (`Callable`, *optional*): Collates the teacher's training batches (random shifts).
         extra_metrics (`dict`): Metrics logged and printed beside the main one, by display name.
+        teachers (`list[TeacherSetup]`): Every teacher when there are several (distilled as one ensemble, each reading
+            its own `teacher_<k>_*` inputs of the student's data); `teacher`, `teacher_data` and `train_teacher` are
+            then the first one's, from which a derived student is built. Empty for one teacher.
     """
 
     task: str
@@ -426,6 +454,28 @@ class DistillationSetup:
     build_student: Callable[[PreTrainedModel], PreTrainedModel]
     teacher_augmentation: Callable | None = None
     extra_metrics: dict[str, Any] = field(default_factory=dict)
+    teachers: list[TeacherSetup] = field(default_factory=list)
+
+
+def prepare_teachers(
+    setup: DistillationSetup, config: DistillationConfig, experiment_args: ExperimentArguments, compute_metrics: Callable
+) -> list[Trained]:  # fmt: skip
+    """Every teacher of `setup` ready, in eval mode: `[teacher]` for one, `[teacher_0, teacher_1, ...]` for several
+    ([`DistillationSetup.teachers`]); each trained here on the labels first when its setup says so (its own stage)."""
+    teachers = setup.teachers or [
+        TeacherSetup(TEACHER_DIR, setup.teacher, setup.teacher_data, setup.teacher_name, setup.train_teacher)
+    ]
+    ready = []
+    for teacher in teachers:
+        augmentation = setup.teacher_augmentation if len(teachers) == 1 else None
+        trained = Trained(teacher.name, teacher.model, teacher.data)
+        if teacher.train:
+            trained = train_teacher(
+                teacher.model, teacher.data, config, experiment_args, compute_metrics, augmentation, name=teacher.name
+            )
+        trained.model.eval()
+        ready.append(trained)
+    return ready
 
 
 def run_distillation(
@@ -435,12 +485,12 @@ def run_distillation(
     """Teacher (trained or loaded) -> distilled student -> CE-only baseline -> measure -> report -> card / push.
     Returns the report on the main process, `None` on the others."""
     compute_metrics = compute_metrics_for(metric, setup.extra_metrics)
-    teacher = Trained(TEACHER_DIR, setup.teacher, setup.teacher_data)
-    if setup.train_teacher:
-        teacher = train_teacher(
-            setup.teacher, setup.teacher_data, config, experiment_args, compute_metrics, setup.teacher_augmentation
+    if len(setup.teachers) > 1:
+        raise ValueError(
+            "run_distillation distils one teacher; several (an ensemble) are run by the examples "
+            "(examples/distill_text_classification.py, examples/distill_image_classification.py)."
         )
-    teacher.model.eval()
+    (teacher,) = prepare_teachers(setup, config, experiment_args, compute_metrics)
     data = setup.student_data
     distilled = distil(setup.build_student(teacher.model), teacher, data, config, compute_metrics)
     runs = [teacher]

@@ -5,12 +5,13 @@ how to build its student, as a [`hf_kd.experiment.DistillationSetup`].
   teacher is a preset / config trained here (with random shifts) or a trained model loaded by path.
 - [`text_setup`]: text and label columns detected, each model's tokenization done once; the teacher fine-tuned here
   when its head is new; the student pretrained, or derived from the teacher ([`hf_kd.student.derive_student`]).
+  Several teachers ([`text_ensemble_setup`]): each prepared so, each reading its own tokenization.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from accelerate import PartialState
@@ -42,9 +43,10 @@ from .data import (
     load_raw_dataset,
     same_tokenizer,
     select_split,
+    teacher_encoders,
     tokenize_dataset,
 )
-from .experiment import DistillationSetup, ModelData
+from .experiment import TEACHER_DIR, DistillationSetup, ModelData, TeacherSetup
 from .metrics import load_metric
 from .models import PRESET_NAMES, image_processor_for_preset, model_from_preset
 from .student import derive_student
@@ -262,43 +264,56 @@ def text_student_builder(
     return build_student
 
 
+def _tokenized(tokenizer, label2id, splits, text_columns, label_column, text_args, data_args, teacher_tokenizer=None):
+    """The splits tokenized once for a model with `tokenizer` (and `teacher_tokenizer`'s inputs riding along, see
+    [`tokenize_dataset`]); one process fills the datasets cache, the others read it."""
+    with PartialState().main_process_first():
+        return [
+            tokenize_dataset(
+                split, tokenizer, text_columns, label_column, label2id, max_length=text_args.max_length,
+                teacher_tokenizer=teacher_tokenizer, num_proc=data_args.preprocessing_num_workers,
+            )  # fmt: skip
+            for split in splits
+        ]
+
+
+def _fine_tune(text_args: TextArguments, head_is_new: bool, source: str) -> bool:
+    """Whether the run fine-tunes a teacher first: `--train_teacher yes`, or `auto` and its head is new."""
+    fine_tune = text_args.train_teacher == "yes" or (text_args.train_teacher == "auto" and head_is_new)
+    if head_is_new and not fine_tune:
+        logger.warning(
+            f"The classification head of the teacher {source} is new but --train_teacher no: it distils an untrained "
+            "head."
+        )
+    return fine_tune
+
+
 def text_setup(data_args: DataArguments, text_args: TextArguments, config: DistillationConfig) -> DistillationSetup:
     """Text: the text and label columns detected; the teacher (`config.teacher_model_name_or_path`) loaded as a
     sequence classifier, to be fine-tuned here when its head is new (`--train_teacher auto`); each model's
-    tokenization done once; with two tokenizers the student's data carries the teacher's own inputs."""
+    tokenization done once; with two tokenizers the student's data carries the teacher's own inputs. Several
+    teachers (a list) are prepared by [`text_ensemble_setup`]."""
     train_raw, test_raw = load_text_splits(data_args)
     label_column = detect_label_column(train_raw, data_args.label_column)
     text_columns = detect_text_columns(train_raw, text_args.text_column_names, label_column)
     names = label_names(train_raw, label_column)
     check_split_labels(test_raw, label_column, names, f"eval_split={data_args.eval_split!r}")
     logger.info(f"Text columns {text_columns}, label column {label_column!r}, classes {names}.")
+    splits = (train_raw, test_raw)
+
+    def tokenize(tokenizer, label2id, other=None):
+        return _tokenized(tokenizer, label2id, splits, text_columns, label_column, text_args, data_args, other)
 
     source = config.teacher_model_name_or_path
+    if isinstance(source, list):
+        return text_ensemble_setup(source, names, tokenize, text_args, config)
     set_seed(config.seed)  # a new classification head is initialised at random: the same seed gives the same teacher
     teacher, label2id, head_is_new = load_text_teacher(source, names, config.teacher_model_init_kwargs)
     teacher_tokenizer = AutoTokenizer.from_pretrained(source)
-    fine_tune = text_args.train_teacher == "yes" or (text_args.train_teacher == "auto" and head_is_new)
-    if head_is_new and not fine_tune:
-        logger.warning("The teacher's classification head is new but --train_teacher no: it distils an untrained head.")
-
-    def tokenize(tokenizer, other=None):
-        with PartialState().main_process_first():  # one process fills the datasets cache, the others read it
-            return [
-                tokenize_dataset(
-                    split,
-                    tokenizer,
-                    text_columns,
-                    label_column,
-                    label2id,
-                    max_length=text_args.max_length,
-                    teacher_tokenizer=other,
-                    num_proc=data_args.preprocessing_num_workers,
-                )  # fmt: skip
-                for split in (train_raw, test_raw)
-            ]
+    fine_tune = _fine_tune(text_args, head_is_new, source)
 
     teacher_data = ModelData(
-        *tokenize(teacher_tokenizer), DataCollatorWithTeacherPadding(teacher_tokenizer), teacher_tokenizer
+        *tokenize(teacher_tokenizer, label2id), DataCollatorWithTeacherPadding(teacher_tokenizer), teacher_tokenizer
     )
     student_data = teacher_data
     if text_args.student_model_name_or_path:
@@ -310,7 +325,9 @@ def text_setup(data_args: DataArguments, text_args: TextArguments, config: Disti
                 "Teacher and student tokenize differently: the teacher gets its own inputs (teacher_input_ids, ...)."
             )
             collator = DataCollatorWithTeacherPadding(student_tokenizer, teacher_tokenizer)
-            student_data = ModelData(*tokenize(student_tokenizer, teacher_tokenizer), collator, student_tokenizer)
+            student_data = ModelData(
+                *tokenize(student_tokenizer, label2id, teacher_tokenizer), collator, student_tokenizer
+            )
     f1 = _optional_f1(text_args.f1_metric_name_or_path, len(names))
     return DistillationSetup(
         task="text-classification",
@@ -321,4 +338,47 @@ def text_setup(data_args: DataArguments, text_args: TextArguments, config: Disti
         train_teacher=fine_tune,
         build_student=text_student_builder(text_args, teacher, label2id, config.seed, fine_tune),
         extra_metrics={"F1": f1} if f1 is not None else {},
+    )
+
+
+def text_ensemble_setup(
+    sources: Sequence[str], names: Sequence[str], tokenize: Callable, text_args: TextArguments,
+    config: DistillationConfig,
+) -> DistillationSetup:  # fmt: skip
+    """Several text teachers, distilled as one ensemble: each loaded as a sequence classifier (fine-tuned here when
+    its head is new, as stage `teacher_<k>`) and measured on its own tokenization. The student is derived from the
+    first teacher (or is `--student_model_name_or_path`) and reads its tokenizer; in the student's data, each
+    teacher whose tokenizer differs from the student's gets its own `teacher_<k>_*` inputs, the others read the
+    student's. `tokenize(tokenizer, label2id, teacher_tokenizers)` tokenizes both splits."""
+    teachers, tokenizers, label2ids = [], [], []
+    for index, source in enumerate(sources):
+        set_seed(config.seed)  # each new head from the run's seed, whatever the teachers before it drew
+        model, label2id, head_is_new = load_text_teacher(source, names, config.teacher_model_init_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        fine_tune = _fine_tune(text_args, head_is_new, source)
+        data = ModelData(*tokenize(tokenizer, label2id), DataCollatorWithTeacherPadding(tokenizer), tokenizer)
+        name = source + (" (fine-tuned here)" if fine_tune else "")
+        teachers.append(TeacherSetup(f"{TEACHER_DIR}_{index}", model, data, name, fine_tune))
+        tokenizers.append(tokenizer)
+        label2ids.append(label2id)
+    first = teachers[0]
+    student_tokenizer = tokenizers[0]
+    if text_args.student_model_name_or_path:
+        student_tokenizer = AutoTokenizer.from_pretrained(text_args.student_model_name_or_path)
+    own = sorted(k for k in teacher_encoders(student_tokenizer, tokenizers) if k is not None)
+    if own:
+        logger.info(f"Teachers {own} tokenize differently from the student: each gets its own teacher_<k>_* inputs.")
+    collator = DataCollatorWithTeacherPadding(student_tokenizer, tokenizers)
+    student_data = ModelData(*tokenize(student_tokenizer, label2ids[0], tokenizers), collator, student_tokenizer)
+    f1 = _optional_f1(text_args.f1_metric_name_or_path, len(names))
+    return DistillationSetup(
+        task="text-classification",
+        student_data=student_data,
+        teacher_data=first.data,
+        teacher=first.model,
+        teacher_name=", ".join(teacher.source for teacher in teachers),
+        train_teacher=first.train,
+        build_student=text_student_builder(text_args, first.model, label2ids[0], config.seed, first.train),
+        extra_metrics={"F1": f1} if f1 is not None else {},
+        teachers=teachers,
     )

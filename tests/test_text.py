@@ -247,6 +247,90 @@ def test_distillation_feeds_the_teacher_its_own_tokenization(tmp_path, student_t
     assert kd[-1] < kd[0] / 2, kd
 
 
+# Several teachers, each with its own tokenizer (an ensemble)
+
+
+@pytest.fixture
+def other_tokenizer(tmp_path):
+    # A third vocabulary: whole words only, in another order, with [PAD] in the middle.
+    words = sorted(POSITIVE + NEGATIVE + NEUTRAL)
+    return make_tokenizer(tmp_path, "other_tok", words[:6] + SPECIALS[1:] + words[6:] + ["[PAD]", "extra"])
+
+
+def test_tokenize_for_several_teachers_and_pad_each_with_its_own_pad_id(
+    student_tokenizer, teacher_tokenizer, other_tokenizer
+):
+    dataset = sentiment_dataset(16, seed=0, pair=True, counts=[3])
+    columns = ["premise", "text"]
+    tokenizers = [student_tokenizer, teacher_tokenizer, other_tokenizer]  # teacher 0 shares the student's
+    encoded = tokenize_dataset(dataset, student_tokenizer, columns, "label", teacher_tokenizer=tokenizers)
+    own = ["input_ids", "token_type_ids", "attention_mask"]
+    assert set(encoded.column_names) == {*own, "labels", *(f"teacher_{k}_{n}" for k in (1, 2) for n in own)}
+    for i in range(len(dataset)):
+        row, raw = encoded[i], dataset[i]
+        for k, tokenizer in enumerate(tokenizers):
+            prefix = "" if k == 0 else f"teacher_{k}_"
+            assert {n: row[prefix + n] for n in own} == dict(tokenizer(raw["premise"], raw["text"]))
+    assert encoded[0]["teacher_1_input_ids"] != encoded[0]["teacher_2_input_ids"] != encoded[0]["input_ids"]
+    # One teacher in a list is the one-teacher convention (teacher_*), as before.
+    single = tokenize_dataset(dataset, student_tokenizer, columns, "label", teacher_tokenizer=[teacher_tokenizer])
+    assert sorted(c for c in single.column_names if c.startswith("teacher_")) == sorted(f"teacher_{n}" for n in own)
+
+    pads = [t.pad_token_id for t in tokenizers]
+    assert len(set(pads)) == 3  # a wrong tokenizer's padding would show
+    features = [encoded[i] for i in range(8)]
+    batch = DataCollatorWithTeacherPadding(student_tokenizer, tokenizers)(features)
+    for k, pad in enumerate(pads):
+        prefix = "" if k == 0 else f"teacher_{k}_"
+        ids, mask = batch[prefix + "input_ids"], batch[prefix + "attention_mask"]
+        assert ids.shape == (8, max(len(f[prefix + "input_ids"]) for f in features))
+        for i, f in enumerate(features):
+            n = len(f[prefix + "input_ids"])
+            assert ids[i, :n].tolist() == f[prefix + "input_ids"] and ids[i, n:].eq(pad).all()
+            assert mask[i].sum() == n
+    with pytest.raises(ValueError, match="teacher_tokenizer gives tokenizers for teachers"):
+        DataCollatorWithTeacherPadding(student_tokenizer, tokenizers[:2])(features)
+
+
+def _padded(tokenizer, texts):
+    return dict(tokenizer(list(texts), padding=True, return_tensors="pt"))
+
+
+def test_ensemble_reads_each_teachers_own_tokenization(tmp_path, student_tokenizer, teacher_tokenizer, other_tokenizer):
+    """Live, precomputed and measured: the ensemble's logits are the mixture of each teacher run on its own
+    tokenization of the text (neither tokenizer is the student's)."""
+    from hf_kd import add_teacher_logits
+    from hf_kd.batch import model_inputs
+    from hf_kd.ensemble import TeacherEnsemble, mixture_logits
+    from hf_kd.measure import predict
+
+    dataset = sentiment_dataset(24, seed=4)
+    tokenizers = [teacher_tokenizer, other_tokenizer]
+    teachers = [tiny_bert(BertForSequenceClassification, t, num_layers=1, seed=k) for k, t in enumerate(tokenizers)]
+    for teacher in teachers:
+        with torch.no_grad():
+            teacher.classifier.weight.mul_(20.0)  # distinct, confident teachers
+    ensemble = TeacherEnsemble(teachers, temperature=2.0)
+    encoded = tokenize_dataset(dataset, student_tokenizer, ["text"], "label", teacher_tokenizer=tokenizers)
+    collator = DataCollatorWithTeacherPadding(student_tokenizer, tokenizers)
+    with torch.no_grad():
+        each = torch.stack([t(**_padded(tok, dataset["text"])).logits for t, tok in zip(teachers, tokenizers)])
+    expected = mixture_logits(each, ensemble.weights, 2.0)
+    assert not torch.allclose(each[0], each[1], atol=1e-2)
+
+    batch = collator([encoded[i] for i in range(len(encoded))])
+    with torch.no_grad():
+        live = ensemble(**model_inputs(batch, "teacher"))
+    torch.testing.assert_close(live.teacher_logits, each, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(live.logits, expected, atol=1e-5, rtol=1e-5)
+
+    cached = add_teacher_logits(encoded, ensemble, batch_size=5, data_collator=collator)
+    torch.testing.assert_close(torch.tensor(cached["teacher_logits"]), expected, atol=1e-5, rtol=1e-5)
+
+    predictions, _ = predict(ensemble, encoded, batch_size=7, data_collator=collator, role="teacher")
+    assert predictions.tolist() == expected.argmax(-1).tolist()
+
+
 # Derived students
 
 
@@ -453,6 +537,73 @@ def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
     assert rows["teacher"].accuracy == teacher["accuracy"]
     assert list(rows) == ["teacher", "student_kd"] and second.settings["teacher_logits"] == "live"
     assert rows["student_kd"].agreement_with_teacher >= 0.7, rows
+
+
+def test_example_with_two_teachers_of_different_tokenizers(tmp_path, teacher_tokenizer, other_tokenizer):
+    """Two --teacher_model_name_or_path: a fine-tuned classifier loaded as it is, and an encoder whose new head is
+    fine-tuned here (stage teacher_1); the student, derived from the first, shares its tokenizer, so only the second
+    teacher gets its own teacher_1_* inputs. The report lists the ensemble and both teachers."""
+    from conftest import REPO_ROOT
+    from transformers import BertModel
+
+    from hf_kd.arguments import parse_text_arguments
+    from hf_kd.recipes import text_setup
+
+    data = _save_text_data(tmp_path / "data", n_train=64, n_test=32)
+    first, second = tmp_path / "classifier", tmp_path / "encoder"
+    labels = {"id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
+    tiny_bert(BertForSequenceClassification, teacher_tokenizer, num_layers=2, seed=0, **labels).save_pretrained(first)
+    teacher_tokenizer.save_pretrained(first)
+    tiny_bert(BertModel, other_tokenizer, num_layers=1, seed=1).save_pretrained(second)  # no classifier.*
+    other_tokenizer.save_pretrained(second)
+    argv = [
+        "--dataset_name", str(data), "--teacher_model_name_or_path", str(first), str(second),
+        "--output_dir", str(tmp_path / "run"), "--max_length", "32", "--per_device_train_batch_size", "16",
+        "--num_train_epochs", "1", "--teacher_num_train_epochs", "1", "--student_num_layers", "1",
+        "--eval_strategy", "no", "--metric_name_or_path", str(REPO_ROOT / "tests/metrics/accuracy"),
+        "--f1_metric_name_or_path", "none", "--latency_examples", "2", "--plot", "false", "--use_cpu",
+        "--disable_tqdm", "true", "--torch_num_threads", "1",
+    ]  # fmt: skip
+
+    data_args, _, text_args, config = parse_text_arguments(None, argv)
+    setup = text_setup(data_args, text_args, config)
+    assert [(t.name, t.train) for t in setup.teachers] == [("teacher_0", False), ("teacher_1", True)]
+    columns = setup.student_data.train_dataset.column_names
+    assert sorted(c for c in columns if c.startswith("teacher_")) == [
+        "teacher_1_attention_mask", "teacher_1_input_ids", "teacher_1_token_type_ids"
+    ]  # fmt: skip
+    raw = sentiment_dataset(64, seed=2)
+    assert setup.student_data.train_dataset[5]["teacher_1_input_ids"] == other_tokenizer(raw[5]["text"])["input_ids"]
+    assert setup.student_data.train_dataset[5]["input_ids"] == teacher_tokenizer(raw[5]["text"])["input_ids"]
+    assert setup.teachers[1].data.eval_dataset.column_names == ["input_ids", "token_type_ids", "attention_mask", "labels"]
+
+    from importlib import util
+
+    path = REPO_ROOT / "examples/distill_text_classification.py"
+    spec = util.spec_from_file_location("distill_text_classification", path)
+    example = util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    report = example.main(argv)
+    rows = {m.name: m for m in report.models}
+    assert list(rows) == ["ensemble", "teacher_0", "teacher_1", "student_ce", "student_kd"]
+    assert [rows[n].label for n in ("ensemble", "teacher_0", "teacher_1")] == [
+        "Teacher ensemble", "Teacher 0", "Teacher 1"
+    ]  # fmt: skip
+    assert rows["teacher_0"].train_time_s is None and rows["teacher_1"].train_time_s > 0  # its new head, trained here
+    assert rows["ensemble"].parameters == rows["teacher_0"].parameters + rows["teacher_1"].parameters
+    assert report.teacher == f"{first}, {second} (fine-tuned here)"
+    assert report.lineage["teachers"] == ["teacher_0", "teacher_1"]
+    # The ensemble was measured with each teacher on its own tokens: its accuracy is the mixture's, recomputed here.
+    from hf_kd.ensemble import mixture_logits
+
+    test = sentiment_dataset(32, seed=3)
+    with torch.no_grad():
+        each = torch.stack([
+            BertForSequenceClassification.from_pretrained(tmp_path / "run" / name)(**_padded(tok, test["text"])).logits
+            for name, tok in (("teacher_0", teacher_tokenizer), ("teacher_1", other_tokenizer))
+        ])  # fmt: skip
+    mixture = mixture_logits(each, [0.5, 0.5], report.settings["temperature"]).argmax(-1)
+    assert rows["ensemble"].accuracy == pytest.approx((mixture == torch.tensor(test["label"])).float().mean().item())
 
 
 # Real data: Rotten Tomatoes and the real pretrained all-MiniLM-L6-v2, on a subset

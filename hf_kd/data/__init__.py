@@ -24,6 +24,7 @@ from .text import (
     detect_text_columns,
     label_mapping,
     same_tokenizer,
+    teacher_encoders,
     tokenize_dataset,
 )
 
@@ -48,5 +49,6 @@ __all__ = [
     "read_column",
     "same_tokenizer",
     "select_split",
+    "teacher_encoders",
     "tokenize_dataset",
 ]

@@ -3,9 +3,10 @@ the collator that pads the student's and the teacher's inputs each with its own 
 
 - [`detect_text_columns`] / [`detect_label_column`]: the text (one column, or a sentence pair) and the label.
 - [`tokenize_dataset`]: tokenizes once up front with `Dataset.map` (cached by fingerprint). When the teacher has
-  its own tokenizer, the teacher's encoding of the same text rides along as `teacher_input_ids`, ... (see
+  its own tokenizer, the teacher's encoding of the same text rides along as `teacher_input_ids`, ...; with several
+  teachers (an ensemble), each whose tokenizer differs from the student's as `teacher_<k>_input_ids`, ... (see
   [`hf_kd.batch`]).
-- [`DataCollatorWithTeacherPadding`]: dynamic padding of the student's inputs *and* the teacher's, and of
+- [`DataCollatorWithTeacherPadding`]: dynamic padding of the student's inputs *and* each teacher's, and of
   token-level labels and teacher logits.
 """
 
@@ -23,7 +24,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ..batch import LABELS, TEACHER_LOGITS, TEACHER_PREFIX, split_batch
+from ..batch import (
+    LABELS,
+    TEACHER_LOGITS,
+    inputs_by_member,
+    split_batch,
+    teacher_column,
+)
 from ..losses import IGNORE_INDEX
 from .loading import generic_labels, is_string
 
@@ -135,6 +142,35 @@ def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bo
     return dict(a(*probe)) == dict(b(*probe))
 
 
+TeacherTokenizers = PreTrainedTokenizerBase | Sequence[PreTrainedTokenizerBase | None] | None
+
+
+def _as_members(teacher_tokenizer: TeacherTokenizers) -> dict[int | None, PreTrainedTokenizerBase | None]:
+    """Each teacher's tokenizer by the member index of its columns: `{None: t}` for one teacher (its columns are
+    `teacher_*`; a sequence of one is one teacher), `{k: t_k}` for the teachers of an ensemble (`teacher_<k>_*`)."""
+    if teacher_tokenizer is None:
+        return {}
+    if isinstance(teacher_tokenizer, PreTrainedTokenizerBase):
+        return {None: teacher_tokenizer}
+    tokenizers = list(teacher_tokenizer)
+    if not all(t is None or isinstance(t, PreTrainedTokenizerBase) for t in tokenizers):
+        raise ValueError(
+            "teacher_tokenizer must be a tokenizer, or a sequence of one tokenizer (or None) per teacher, got "
+            f"{[type(t).__name__ for t in tokenizers]}."
+        )
+    return {None: tokenizers[0]} if len(tokenizers) == 1 else dict(enumerate(tokenizers))
+
+
+def teacher_encoders(
+    tokenizer: PreTrainedTokenizerBase, teacher_tokenizer: TeacherTokenizers
+) -> dict[int | None, PreTrainedTokenizerBase]:
+    """The teachers that need an encoding of their own, by member index (see [`_as_members`]): those whose tokenizer
+    encodes differently from the student's `tokenizer` ([`same_tokenizer`]). The others read the student's columns,
+    so no column is stored twice."""
+    members = _as_members(teacher_tokenizer)
+    return {k: t for k, t in members.items() if t is not None and not same_tokenizer(tokenizer, t)}
+
+
 def tokenize_dataset(
     dataset: Dataset,
     tokenizer: PreTrainedTokenizerBase,
@@ -142,7 +178,7 @@ def tokenize_dataset(
     label_column: str | None = None,
     label2id: Mapping[str, int] | None = None,
     max_length: int | None = None,
-    teacher_tokenizer: PreTrainedTokenizerBase | None = None,
+    teacher_tokenizer: TeacherTokenizers = None,
     teacher_max_length: int | None = None,
     num_proc: int | None = None,
 ) -> Dataset:
@@ -151,12 +187,13 @@ def tokenize_dataset(
     Returns a dataset with the student's inputs (`input_ids`, `attention_mask`, ...), `labels` (class ids, mapped
     through `label2id` from the names of [`label_names`] when given), and, when `teacher_tokenizer` encodes
     differently from `tokenizer`, the teacher's inputs as `teacher_input_ids`, `teacher_attention_mask`, ...
-    Every other column is dropped.
+    `teacher_tokenizer` may also be a sequence, one tokenizer (or `None`: the student's) per teacher of an ensemble:
+    teacher `k` then gets `teacher_<k>_input_ids`, ... when its tokenizer differs from the student's, and reads the
+    student's columns otherwise ([`teacher_encoders`]). Every other column is dropped.
     """
     if not 1 <= len(text_columns) <= 2:
         raise ValueError(f"text_columns must name one or two columns, got {list(text_columns)}.")
-    if teacher_tokenizer is not None and same_tokenizer(tokenizer, teacher_tokenizer):
-        teacher_tokenizer = None  # one encoding serves both models
+    teachers = teacher_encoders(tokenizer, teacher_tokenizer)  # empty when one encoding serves every model
     feature = dataset.features[label_column] if label_column is not None else None
     # Class ids stored as a ClassLabel are turned into names only to be mapped into the model's order.
     id_to_name = feature.int2str if isinstance(feature, ClassLabel) and label2id is not None else None
@@ -172,9 +209,9 @@ def tokenize_dataset(
     def encode(batch: dict[str, list]) -> dict[str, list]:
         texts = [batch[c] for c in text_columns]
         encoded = dict(tokenizer(*texts, truncation=True, max_length=max_length))
-        if teacher_tokenizer is not None:
-            teacher = teacher_tokenizer(*texts, truncation=True, max_length=teacher_max_length or max_length)
-            encoded.update({TEACHER_PREFIX + k: v for k, v in teacher.items()})
+        for member, encoder in teachers.items():
+            teacher = encoder(*texts, truncation=True, max_length=teacher_max_length or max_length)
+            encoded.update({teacher_column(k, member): v for k, v in teacher.items()})
         if label_column is not None:
             encoded["labels"] = [to_id(v) for v in batch[label_column]]
         return encoded
@@ -184,27 +221,29 @@ def tokenize_dataset(
         batched=True,
         remove_columns=dataset.column_names,
         num_proc=num_proc,
-        desc="Tokenizing" + (" for student and teacher" if teacher_tokenizer is not None else ""),
+        desc="Tokenizing" + (" for student and teacher" + "s" * (len(teachers) > 1) if teachers else ""),
     )
 
 
 @dataclass
 class DataCollatorWithTeacherPadding:
     """Pads a batch of tokenized examples for distillation: the student's inputs with `tokenizer`, the
-    `teacher_*` inputs with `teacher_tokenizer` (its own pad id and padding side), each to its own longest sequence.
+    `teacher_*` inputs with `teacher_tokenizer` (its own pad id and padding side), each to its own longest sequence;
+    with several teachers, each member's `teacher_<k>_*` inputs with its own tokenizer `teacher_tokenizer[k]`.
 
     `labels` are class ids (sequence classification) or per-token ids padded with `label_pad_token_id`
     (token classification); per-token `teacher_logits` are padded with zeros, positions the loss masks anyway.
 
     Args:
         tokenizer: the student's tokenizer.
-        teacher_tokenizer: the teacher's, when it differs; defaults to `tokenizer`.
+        teacher_tokenizer: the teacher's, when it differs; defaults to `tokenizer`. For an ensemble, a sequence of
+            one tokenizer (or `None`: the student's) per teacher, as given to [`tokenize_dataset`].
         padding, max_length, pad_to_multiple_of: as for [`~transformers.DataCollatorWithPadding`], for both models.
         label_pad_token_id: the label of padded positions in token classification (ignored by the losses).
     """
 
     tokenizer: PreTrainedTokenizerBase
-    teacher_tokenizer: PreTrainedTokenizerBase | None = None
+    teacher_tokenizer: TeacherTokenizers = None
     padding: bool | str = True
     max_length: int | None = None
     pad_to_multiple_of: int | None = None
@@ -241,12 +280,27 @@ class DataCollatorWithTeacherPadding:
         batch = self._pad(self.tokenizer, [row.student_inputs for row in rows], labels if per_token else None)
         if labels is not None and not per_token:
             batch[LABELS] = torch.as_tensor(labels, dtype=torch.long)
-        if rows[0].teacher_inputs:
-            padded = self._pad(self.teacher_tokenizer or self.tokenizer, [row.teacher_inputs for row in rows], None)
-            batch.update({TEACHER_PREFIX + k: v for k, v in padded.items()})
+        members = [inputs_by_member(row.teacher_inputs) for row in rows]
+        for member in members[0]:
+            padded = self._pad(self._teacher_tokenizer(member), [groups[member] for groups in members], None)
+            batch.update({teacher_column(k, member): v for k, v in padded.items()})
         if rows[0].teacher_logits is not None:
             batch[TEACHER_LOGITS] = self._pad_logits([row.teacher_logits for row in rows], batch)
         return batch
+
+    def _teacher_tokenizer(self, member: int | None) -> PreTrainedTokenizerBase:
+        """The tokenizer that pads the `teacher_*` inputs (`member=None`) or member `k`'s `teacher_<k>_*` ones:
+        `teacher_tokenizer` when it is one tokenizer, its `k`-th entry for an ensemble, the student's when none."""
+        members = _as_members(self.teacher_tokenizer)
+        if None in members or not members:
+            return members.get(None) or self.tokenizer
+        if member is None or member not in members:
+            column = teacher_column("input_ids", member)
+            raise ValueError(
+                f"The batch has {column!r} but teacher_tokenizer gives tokenizers for teachers {sorted(members)} only: "
+                "give one tokenizer per teacher, in the order of the teacher_<k>_* columns."
+            )
+        return members[member] or self.tokenizer
 
     def _pad_logits(self, values: list, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Stack per-example teacher logits; per-token ones `(L_i, C)` padded with zeros (positions the losses mask)
