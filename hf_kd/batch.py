@@ -6,7 +6,8 @@ A distillation batch carries, beside the student's own inputs:
 - `teacher_<name>`: the teacher's own inputs (e.g. `teacher_input_ids` from the teacher's tokenizer), fed to the
   teacher with the prefix removed; absent when both models read the same inputs;
 - `teacher_logits`: the teacher's outputs when they are already known (computed once up front, or by an API): the
-  teacher is then not run for that batch.
+  teacher is then not run for that batch;
+- `teacher_feature_<i>`: teacher features computed once with the logits (vectors per example, for a feature term).
 
 An ensemble of teachers ([`hf_kd.ensemble.TeacherEnsemble`]) is one teacher to this convention; its member `k` reads
 its own inputs `teacher_<k>_<name>` (e.g. `teacher_1_input_ids` from the second teacher's tokenizer) when the batch has
@@ -24,14 +25,22 @@ from typing import Any
 
 LABELS = "labels"
 TEACHER_PREFIX = "teacher_"
-# The teacher's outputs, when known in advance. One name today (logits); cached features would join it here.
+# The teacher's outputs, when known in advance: its logits, and features cached with them (`teacher_feature_<i>`).
 TEACHER_LOGITS = "teacher_logits"
 TEACHER_TARGETS = (TEACHER_LOGITS,)
+TEACHER_FEATURE_PREFIX = "teacher_feature_"
+
+
+def teacher_feature_column(index: int) -> str:
+    """The column of the `index`-th teacher feature cached with the logits: `teacher_feature_<index>`."""
+    return f"{TEACHER_FEATURE_PREFIX}{index}"
 
 
 def is_teacher_target(name: str) -> bool:
-    """True for a column holding the teacher's outputs (`teacher_logits`)."""
-    return name in TEACHER_TARGETS
+    """True for a column holding the teacher's outputs (`teacher_logits`, `teacher_feature_<i>`)."""
+    return name in TEACHER_TARGETS or (
+        name.startswith(TEACHER_FEATURE_PREFIX) and name[len(TEACHER_FEATURE_PREFIX) :].isdigit()
+    )
 
 
 def is_teacher_input(name: str) -> bool:

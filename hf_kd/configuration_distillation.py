@@ -56,7 +56,9 @@ class DistillationConfig(TrainingArguments):
         precompute_teacher_logits (`bool`, *optional*, defaults to `False`):
             Run the teacher once over the train dataset before training and cache its logits (a `teacher_logits`
             column, see [`add_teacher_logits`]) instead of running it on every batch. Only valid without on-the-fly
-            augmentation.
+            augmentation. With `feature_pairs`, the teacher features they compare are cached in the same pass
+            (`teacher_feature_<i>` columns) when each is a vector per example; feature maps and token states are
+            refused with the size they would take.
         teacher_logits_dtype (`str`, *optional*, defaults to `"float32"`):
             Storage precision of precomputed teacher logits: `"float32"` or `"float16"`.
         teacher_batch_size (`int` or `str`, *optional*, defaults to `"auto"`):
@@ -67,7 +69,8 @@ class DistillationConfig(TrainingArguments):
             White-box distillation: `"student_feature:teacher_feature"` pairs whose features a feature term compares
             (names as in [`hf_kd.features`]: `hidden_states.<i>`, `attentions.<i>`, a module path such as
             `bert.encoder.layer.3`, optionally with `@input`), or `["auto"]`: pairs chosen by relative depth with
-            connectors sized by a shape probe. The teacher then runs on every batch (its features are not cached).
+            connectors sized by a shape probe. The teacher then runs on every batch, unless
+            `precompute_teacher_logits` caches its features (vectors only) with its logits.
         feature_loss (`str`, *optional*, defaults to `"hint"`):
             The feature term: `"hint"` (FitNets), `"cosine"` (DistilBERT), `"overhaul"` (Heo et al., pre-ReLU
             features with margins), `"attention"` (attention transfer), `"hidden_mse"` / `"attention_mse"`

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .batch import teacher_feature_column
 from .feature_losses import (
     attention_mse_loss,
     attention_transfer_loss,
@@ -131,6 +132,8 @@ class FeatureTerm:
         # What the loss calls: the connectors, or their DistributedDataParallel wrapper (set by the trainer).
         self.connectors_forward: nn.Module = connectors
         self.teacher_shapes: dict[str, tuple[int, ...]] = {}
+        # Teacher feature -> the batch column that carries it when it was cached with the logits (see `use_cached`).
+        self.cached_columns: dict[str, str] = {}
 
     @classmethod
     def build(
@@ -176,9 +179,28 @@ class FeatureTerm:
         """The pairs as `"student_feature:teacher_feature"` strings."""
         return [f"{s.text}:{t.text}" for s, t in self.pairs]
 
-    def teacher_bytes_per_example(self) -> int:
-        """The float32 size of the teacher's features of one example (what caching them would take)."""
-        return 4 * sum(int(torch.Size(shape).numel()) for shape in self.teacher_shapes.values())
+    def teacher_features(self) -> list[str]:
+        """The teacher features the pairs compare, each once, in pair order (the order they are cached in)."""
+        return list(dict.fromkeys(t.text for _, t in self.pairs))
+
+    def uncacheable_teacher_features(self) -> dict[str, tuple[int, ...]]:
+        """The teacher features that are not one vector per example (maps, token states, attention maps), with
+        their per-example shapes as probed: caching them would take `C*H*W` or `L*D` values per example."""
+        return {name: shape for name, shape in self.teacher_shapes.items() if len(shape) != 1}
+
+    def use_cached(self) -> list[str]:
+        """Read the teacher's features from the batch columns `teacher_feature_<i>` (in `teacher_features()` order)
+        from now on; returns the feature names to cache. Only features this term asked to cache are ever read."""
+        names = self.teacher_features()
+        self.cached_columns = {name: teacher_feature_column(index) for index, name in enumerate(names)}
+        return names
+
+    def cached_teacher_features(self, teacher_targets: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """The batch's cached teacher features by name, or `None` when it does not carry them all (an evaluation
+        batch, or a collator that dropped them): the live teacher's features are used then."""
+        if not self.cached_columns or any(c not in teacher_targets for c in self.cached_columns.values()):
+            return None
+        return {name: teacher_targets[column] for name, column in self.cached_columns.items()}
 
     @contextmanager
     def collecting(self):
@@ -191,9 +213,11 @@ class FeatureTerm:
     def has_teacher_features(self) -> bool:
         return all(t.text in self.teacher.features for _, t in self.pairs)
 
-    def __call__(self, labels=None, attention_mask=None) -> torch.Tensor:
-        """The term for the features the last forwards of both models produced (taken: the next step needs its own)."""
+    def __call__(self, labels=None, attention_mask=None, teacher_features=None) -> torch.Tensor:
+        """The term for the features the last forwards of both models produced (taken: the next step needs its own),
+        or, when given, for `teacher_features` (cached with the logits) instead of the teacher's."""
         student, teacher = self.student.take(), self.teacher.take()
+        teacher = teacher_features if teacher_features is not None else teacher
         missing = [s.text for s, _ in self.pairs if s.text not in student]
         missing += [t.text for _, t in self.pairs if t.text not in teacher]
         if missing:

@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from .batch import DistillationBatch, split_batch
+from .batch import TEACHER_LOGITS, DistillationBatch, split_batch
 from .feature_term import CONNECTORS_NAME, FeatureTerm
 from .teacher import teacher_outputs
 
@@ -42,6 +42,7 @@ class FeatureDistillationMixin:
     """Adds the feature term of `args.feature_pairs` to a `DistillationTrainer` (see [`hf_kd.features`])."""
 
     _feature_term: FeatureTerm | None = None
+    _warned_live_features = False
 
     def _build_feature_term(self) -> FeatureTerm | None:
         """The run's feature term (None without `feature_pairs`): pairs resolved and connectors sized by one probe
@@ -70,23 +71,46 @@ class FeatureDistillationMixin:
                 margin_batches=self._teacher_input_batches,
             )  # fmt: skip
         if args.precompute_teacher_logits:
-            size = term.teacher_bytes_per_example() * len(self.train_dataset)
-            raise ValueError(
-                f"precompute_teacher_logits=True with feature_pairs: the feature term needs the teacher's features "
-                f"{term.teacher_shapes} on every batch, and caching them for the {len(self.train_dataset)} training "
-                f"examples would take {size / 2**20:.1f} MiB (float32); hf_kd does not cache features. Set "
-                "precompute_teacher_logits=False: the teacher then runs on every batch."
-            )
+            self._check_cacheable(term)
         if term.connectors.has_parameters():
             # DDP (gradients averaged across processes) and mixed precision, like the student.
             term.connectors_forward = self.accelerator.prepare_model(term.connectors)
             self.add_callback(ZeroConnectorGradients(term.connectors))
+        carried = TEACHER_LOGITS in (getattr(self.train_dataset, "column_names", None) or [])
+        source = "cached with its logits" if args.precompute_teacher_logits and not carried else "live, on every batch"
         logger.info(
-            f"Feature term {args.feature_loss} (weight {args.feature_weight}) on {term.describe()}; the teacher runs "
-            f"on every batch for its features; {sum(p.numel() for p in term.connectors.parameters())} connector "
-            "parameters, trained with the student and not saved with it."
+            f"Feature term {args.feature_loss} (weight {args.feature_weight}) on {term.describe()}; the teacher's "
+            f"features: {source}; {sum(p.numel() for p in term.connectors.parameters())} connector parameters, "
+            "trained with the student and not saved with it."
         )
         return term
+
+    def _check_cacheable(self, term: FeatureTerm) -> None:
+        """With `precompute_teacher_logits`, the teacher's features are cached with its logits when each is a vector
+        per example; maps and token states (`C*H*W` or `L*D` values per example) are refused with their size."""
+        refused = term.uncacheable_teacher_features()
+        if not refused:
+            return
+        n, dtype = len(self.train_dataset), self.args.teacher_logits_dtype
+        itemsize = getattr(torch, dtype).itemsize
+        sizes = {name: n * torch.Size(shape).numel() * itemsize for name, shape in refused.items()}
+        listed = ", ".join(f"{name} {refused[name]}: {size / 2**20:.1f} MiB" for name, size in sizes.items())
+        raise ValueError(
+            f"precompute_teacher_logits=True with feature_pairs: hf_kd caches the teacher's features with its logits "
+            f"only when each is a vector per example, but {listed} (per-example shape as probed on the first batch, "
+            f"and its size for the {n} training examples in {dtype}; {sum(sizes.values()) / 2**20:.1f} MiB in all) "
+            "are not. Set precompute_teacher_logits=False (the teacher then runs on every batch), or pair vector "
+            "features (a pooled or penultimate feature)."
+        )
+
+    def _cache_teacher_features(self) -> list[str]:
+        """The teacher features to compute with the precomputed logits (none without a feature term); from then on
+        the feature term reads them from the batches instead of running the teacher."""
+        if self._feature_term is None:
+            return []
+        # The Trainer's kept columns may have been listed (by the shape probe) before these columns existed.
+        self._signature_columns = None
+        return self._feature_term.use_cached()
 
     def _feature_sample(self) -> DistillationBatch:
         dataset = self.train_dataset
@@ -105,12 +129,20 @@ class FeatureDistillationMixin:
             yield split_batch(self._prepare_inputs(batch)).inputs_for_teacher()
 
     def _feature_loss(self, batch: DistillationBatch) -> torch.Tensor:
-        """The feature term of the batch whose forwards just ran; the teacher is run here when the batch carried its
-        logits (so it did not run) and features are needed."""
+        """The feature term of the batch whose forwards just ran: with the teacher features the batch carries (cached
+        with its logits), else the teacher's own, run here when the batch carried its logits (so it did not run)."""
         term = self._feature_term
-        if not term.has_teacher_features():
+        cached = term.cached_teacher_features(batch.teacher_targets)
+        if cached is None and not term.has_teacher_features():
+            if term.cached_columns and self.model.training and not self._warned_live_features:
+                self._warned_live_features = True
+                logger.warning(
+                    f"A training batch carries no cached teacher features ({sorted(term.cached_columns.values())}): "
+                    "the teacher runs for them. Does the data collator drop the teacher_feature_* columns?"
+                )
             teacher_outputs(self.teacher_model, batch.inputs_for_teacher())
-        return term(labels=batch.labels, attention_mask=batch.student_inputs.get("attention_mask"))
+        mask = batch.student_inputs.get("attention_mask")
+        return term(labels=batch.labels, attention_mask=mask, teacher_features=cached)
 
     def _collecting_features(self):
         return self._feature_term.collecting() if self._feature_term is not None else nullcontext()

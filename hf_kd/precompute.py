@@ -17,16 +17,20 @@ What makes it fast, each measured with the real all-MiniLM-L6-v2 teacher on 1,28
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from transformers.utils import logging
 
 from . import batch as batch_convention
 from .batch import TEACHER_LOGITS as TEACHER_LOGITS_COLUMN
+from .batch import teacher_feature_column
 from .data import InMemoryDataset
+from .features import FeatureCollector, parse_feature
 from .teacher import (
     TEACHER_LOGITS_DTYPES,
     freeze,
@@ -90,26 +94,38 @@ def example_lengths(values: dict[str, Any]) -> torch.Tensor | None:
 
 
 class _TeacherLogits:
-    """The teacher's logits, batch by batch, for the precompute: each batch split by the batch convention (so the
-    teacher reads its own `teacher_*` inputs when there are any), moved to `device`, trimmed of shared padding and
-    run in inference mode, with bf16 autocast when `precision` says so. `batch_size=None` measures it (`_probe`)."""
+    """The teacher's logits (and the named `features`, when asked), batch by batch, for the precompute: each batch
+    split by the batch convention (so the teacher reads its own `teacher_*` inputs when there are any), moved to
+    `device`, trimmed of shared padding and run in inference mode, with bf16 autocast when `precision` says so.
+    `batch_size=None` measures it (`_probe`). Each batch's outputs come as `{column: tensor}`."""
 
-    def __init__(self, teacher: nn.Module, device: torch.device, out_dtype: torch.dtype, batch_size, precision: str):
+    def __init__(self, teacher: nn.Module, device: torch.device, out_dtype: torch.dtype, batch_size, precision: str,
+                 features: Sequence[str] = ()):  # fmt: skip
         self.teacher, self.device, self.out_dtype, self.precision = teacher, device, out_dtype, precision
         self.batch_size = None if batch_size in (None, AUTO_BATCH_SIZE) else int(batch_size)
         self.candidates = BATCH_SIZE_CANDIDATES.get(device.type, BATCH_SIZE_CANDIDATES["cpu"])
+        names = [parse_feature(name) for name in features]
+        self.features = [name.text for name in names]
+        # Hooks on the model itself (a DeepSpeed engine's module paths would carry its `module.` prefix).
+        self.collector = FeatureCollector(extract_model_from_parallel(teacher), names, "teacher") if names else None
+        self.columns = [TEACHER_LOGITS_COLUMN, *(teacher_feature_column(i) for i in range(len(self.features)))]
 
-    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def __call__(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         inputs = batch_convention.split_batch(batch).inputs_for_teacher()
         inputs = trim_padding({k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()})
-        autocast = self.precision == "bfloat16"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = logits_of(teacher_outputs(self.teacher, inputs)).float()
-        return logits, inputs
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
+        collecting = self.collector.active() if self.collector is not None else nullcontext()
+        with torch.inference_mode(), autocast, collecting:
+            outputs = {TEACHER_LOGITS_COLUMN: logits_of(teacher_outputs(self.teacher, inputs)).float()}
+        if self.collector is not None:
+            features = self.collector.take()
+            for index, name in enumerate(self.features):
+                outputs[teacher_feature_column(index)] = _vector_feature(name, features.get(name)).float()
+        return outputs, inputs
 
-    def batches(self, order: torch.Tensor, make_batch: Callable) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
-        """`(indices, logits, inputs)` for consecutive batches of `order`; while the batch size is unknown, the first
-        batches measure it."""
+    def batches(self, order: torch.Tensor, make_batch: Callable) -> Iterator[tuple[torch.Tensor, dict, dict]]:
+        """`(indices, outputs, inputs)` for consecutive batches of `order`; while the batch size is unknown, the
+        first batches measure it."""
         start = 0
         if len(order) == 0:
             return
@@ -134,12 +150,12 @@ class _TeacherLogits:
                 if len(indices) < size:
                     break
                 tick = time.perf_counter()
-                logits, inputs = self(make_batch(indices))
+                outputs, inputs = self(make_batch(indices))
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 seconds.append((time.perf_counter() - tick) / _tokens(inputs))
                 start += size
-                yield indices, logits, inputs
+                yield indices, outputs, inputs
             if not seconds:
                 break  # too few examples left to time this size
             timings[size] = min(seconds)
@@ -153,6 +169,19 @@ class _TeacherLogits:
             f"using teacher_batch_size={self.batch_size}."
         )
         return start
+
+
+def _vector_feature(name: str, feature: torch.Tensor | None) -> torch.Tensor:
+    """A feature to cache: one vector per example `(N, D)`. Maps and token states would take `C*H*W` or `L*D` values
+    per example (and token states one length per row); they are computed by the live teacher instead."""
+    if feature is None:
+        raise ValueError(f"features: the teacher's forward never produced the feature {name!r} (a module it skips?).")
+    if feature.dim() != 2:
+        raise ValueError(
+            f"features: the teacher's feature {name!r} has shape {tuple(feature.shape[1:])} per example; only "
+            "vectors (one (D,) per example: a pooled or penultimate feature) are cached with the logits."
+        )
+    return feature
 
 
 def _tokens(inputs: dict[str, Any]) -> int:
@@ -194,20 +223,23 @@ def add_teacher_logits(
     data_collator=None,
     device: torch.device | str | None = None,
     precision: str | None = None,
+    features: Sequence[str] = (),
 ):
-    """Run the frozen teacher once over `dataset` and return it with a `teacher_logits` column.
+    """Run the frozen teacher once over `dataset` and return it with a `teacher_logits` column (and, for `features`,
+    a `teacher_feature_<i>` column per name).
 
     The one precompute path of hf_kd ([`DistillationTrainer`] calls it with `precompute_teacher_logits=True`). The
     teacher runs in inference mode over batches of examples of similar length (sorted longest first, padded per
     batch, the original order restored), at a batch size measured on the device (see the module's docstring).
 
     For a `datasets.Dataset` the result is cached by `datasets`' fingerprinting: the cache key combines the dataset's
-    fingerprint, [`teacher_fingerprint`], the storage `dtype` and the `precision` the teacher ran in, so a second
-    run with the same teacher and data reuses the cached column, a teacher with other weights never does, and bf16
-    logits never stand in for float32 ones. The batch size and the sorting change nothing but float rounding, so
-    they are not part of the key (a measured batch size may differ from one run to the next).
+    fingerprint, [`teacher_fingerprint`], the storage `dtype`, the `precision` the teacher ran in and the `features`
+    cached, so a second run with the same teacher and data reuses the cached columns, a teacher with other weights
+    (or other features) never does, and bf16 logits never stand in for float32 ones. The batch size and the
+    sorting change nothing but float rounding, so they are not part of the key (a measured batch size may differ
+    from one run to the next).
 
-    An [`hf_kd.data.InMemoryDataset`] comes back as an `InMemoryDataset` with the extra column, sharing the other
+    An [`hf_kd.data.InMemoryDataset`] comes back as an `InMemoryDataset` with the extra columns, sharing the other
     columns' memory. When it was read from a `datasets.Dataset` (`InMemoryDataset.from_dataset`), the logits are
     computed on that dataset, so they are cached across runs too; otherwise they are computed from its tensors
     and live in memory only.
@@ -226,35 +258,59 @@ def add_teacher_logits(
         device (*optional*): where to run the teacher; defaults to the device of its parameters.
         precision (`str`, *optional*): `"bfloat16"` (autocast) or `"float32"`; default: bfloat16 on a CUDA GPU that
             supports it, float32 elsewhere.
+        features (`list[str]`, *optional*): teacher features to cache in the same pass (names as in
+            [`hf_kd.features`], e.g. `"hidden_states.3"` or `"bert.pooler"`), stored in `dtype` as
+            `teacher_feature_0`, `teacher_feature_1`, ... in this order. Each must be a vector per example `(N, D)`:
+            a feature map or token states raise a `ValueError` (they would take `C*H*W` or `L*D` values per example).
     """
     _check_precompute_arguments(dataset, dtype, batch_size)
     freeze(teacher)
     device = torch.device(device) if device is not None else next(iter(teacher.parameters())).device
-    run = _TeacherLogits(teacher, device, getattr(torch, dtype), batch_size, precompute_precision(device, precision))
+    precision = precompute_precision(device, precision)
+    run = _TeacherLogits(teacher, device, getattr(torch, dtype), batch_size, precision, features)
     columns = teacher_input_columns(list(dataset.column_names), teacher)
     if isinstance(dataset, InMemoryDataset):
-        return _add_logits_in_memory(dataset, run, columns, dtype, data_collator)
-    return _add_logits_to_dataset(dataset, run, columns, dtype, data_collator)
+        result = _add_logits_in_memory(dataset, run, columns, dtype, data_collator)
+    else:
+        result = _add_logits_to_dataset(dataset, run, columns, dtype, data_collator)
+    _log_sizes(result, run)
+    return result
+
+
+def _log_sizes(dataset, run: _TeacherLogits) -> None:
+    """One line with what the cached outputs take in memory (or on disk): the logits and each feature, in MiB."""
+    if isinstance(dataset, InMemoryDataset):
+        sizes = [dataset.columns[name].nbytes for name in run.columns]
+    else:
+        sizes = [dataset.data.column(name).nbytes for name in run.columns]
+    names = [TEACHER_LOGITS_COLUMN, *(f"{teacher_feature_column(i)} ({f})" for i, f in enumerate(run.features))]
+    listed = ", ".join(f"{name} {size / 2**20:.2f} MiB" for name, size in zip(names, sizes))
+    dtype = str(run.out_dtype).removeprefix("torch.")
+    logger.info(f"Teacher outputs of {len(dataset)} examples computed once ({dtype}): {listed}.")
 
 
 def _add_logits_in_memory(dataset: InMemoryDataset, run: _TeacherLogits, columns, dtype, data_collator):
     if dataset.source is not None:
-        # Computed on the Arrow dataset it was read from, for the cache across runs; only the new column is read.
+        # Computed on the Arrow dataset it was read from, for the cache across runs; only the new columns are read.
         source = _add_logits_to_dataset(dataset.source, run, columns, dtype, data_collator)
-        logits = InMemoryDataset.from_dataset(source, [TEACHER_LOGITS_COLUMN]).columns[TEACHER_LOGITS_COLUMN]
-        logits = logits.to(run.out_dtype)  # the torch format reads float16 back as float32
-        return dataset.with_column(TEACHER_LOGITS_COLUMN, logits)
+        computed = InMemoryDataset.from_dataset(source, run.columns).columns
+        for name in run.columns:
+            dataset = dataset.with_column(name, computed[name].to(run.out_dtype))  # torch reads float16 as float32
+        return dataset
     # Already tensors of one shape per column: index them, no Arrow round trip and no copy of the inputs.
     values = {name: dataset.columns[name] for name in columns}
-    result = None
-    for indices, logits, _ in run.batches(_length_order(values, len(dataset)), lambda i: {k: v[i] for k, v in values.items()}):
-        if logits.dim() > 2:  # token-level: back to the dataset's padded length (zeros, masked by the losses)
-            full = next(v for k, v in values.items() if k.endswith("input_ids") or k.endswith("attention_mask"))
-            logits = torch.nn.functional.pad(logits, (0, 0, 0, full.shape[1] - logits.shape[1]))
-        if result is None:  # created outside inference mode: an ordinary tensor the training can use
-            result = torch.zeros(len(dataset), *logits.shape[1:], dtype=run.out_dtype)
-        result[indices] = logits.to(run.out_dtype).cpu()
-    return dataset.with_column(TEACHER_LOGITS_COLUMN, result)
+    results: dict[str, torch.Tensor] = {}
+    for indices, outputs, _ in run.batches(_length_order(values, len(dataset)), lambda i: {k: v[i] for k, v in values.items()}):
+        for name, output in outputs.items():
+            if output.dim() > 2:  # token-level: back to the dataset's padded length (zeros, masked by the losses)
+                full = next(v for k, v in values.items() if k.endswith(("input_ids", "attention_mask")))
+                output = torch.nn.functional.pad(output, (0, 0, 0, full.shape[1] - output.shape[1]))
+            if name not in results:  # created outside inference mode: an ordinary tensor the training can use
+                results[name] = torch.zeros(len(dataset), *output.shape[1:], dtype=run.out_dtype)
+            results[name][indices] = output.to(run.out_dtype).cpu()
+    for name in run.columns:
+        dataset = dataset.with_column(name, results[name])
+    return dataset
 
 
 def _add_logits_to_dataset(dataset, run: _TeacherLogits, columns, dtype, data_collator):
@@ -271,33 +327,37 @@ def _add_logits_to_dataset(dataset, run: _TeacherLogits, columns, dtype, data_co
     def compute(*chunk):
         values = dict(zip(columns, chunk))
         n = len(chunk[0])
-        rows, table = [None] * n, None
-        for indices, logits, inputs in run.batches(_length_order(values, n), lambda i: make_batch(values, i)):
-            logits = logits.to(run.out_dtype).cpu()
-            if logits.dim() == 2:  # one row of class logits per example: straight into the chunk's table
-                table = torch.empty(n, logits.shape[1], dtype=run.out_dtype) if table is None else table
-                table[indices] = logits
-                continue
-            if "attention_mask" in inputs:
-                # Token-level logits: keep each row's own length, not the batch's padding.
-                logits = [row[:length] for row, length in zip(logits, inputs["attention_mask"].sum(-1).tolist())]
-            for i, row in zip(indices.tolist(), logits):
-                rows[i] = row.numpy()
-        return {TEACHER_LOGITS_COLUMN: table.numpy() if table is not None else rows}
+        rows, tables = {name: [None] * n for name in run.columns}, {}
+        for indices, outputs, inputs in run.batches(_length_order(values, n), lambda i: make_batch(values, i)):
+            for name, output in outputs.items():
+                output = output.to(run.out_dtype).cpu()
+                if output.dim() == 2:  # one row per example (class logits, a vector): straight into the chunk's table
+                    if name not in tables:
+                        tables[name] = torch.empty(n, output.shape[1], dtype=run.out_dtype)
+                    tables[name][indices] = output
+                    continue
+                if "attention_mask" in inputs:
+                    # Token-level logits: keep each row's own length, not the batch's padding.
+                    output = [row[:length] for row, length in zip(output, inputs["attention_mask"].sum(-1).tolist())]
+                for i, row in zip(indices.tolist(), output):
+                    rows[name][i] = row.numpy()
+        return {name: tables[name].numpy() if name in tables else rows[name] for name in run.columns}
 
     original_format = dict(dataset.format)
     key = [dataset._fingerprint, teacher_fingerprint(run.teacher), dtype, columns, run.precision]
+    if run.features:  # which features are cached is part of the key (a run without features keeps its old key)
+        key.append(run.features)
     result = dataset.with_format("torch").map(
         compute,
         batched=True,
         batch_size=SORT_WINDOW,
         input_columns=columns,
         new_fingerprint=Hasher.hash(key),
-        desc="Teacher logits",
+        desc="Teacher logits" + (" and features" if run.features else ""),
     )
     format_columns = original_format.get("columns")
-    if format_columns is not None and TEACHER_LOGITS_COLUMN not in format_columns:
-        format_columns = [*format_columns, TEACHER_LOGITS_COLUMN]
+    if format_columns is not None:
+        format_columns = [*format_columns, *(name for name in run.columns if name not in format_columns)]
     result.set_format(
         type=original_format.get("type"),
         columns=format_columns,

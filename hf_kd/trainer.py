@@ -224,7 +224,8 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
             check_teacher_logits(values, getattr(getattr(self.model, "config", None), "num_labels", None), name)
 
     def _precompute_teacher_logits(self, dataset):
-        """hf_kd's one precompute path ([`add_teacher_logits`]), batched by the trainer's own collator."""
+        """hf_kd's one precompute path ([`add_teacher_logits`]), batched by the trainer's own collator; the feature
+        term's teacher features (vectors) are computed in the same pass."""
         args: DistillationConfig = self.args
         if not isinstance(dataset, (datasets.Dataset, InMemoryDataset)):
             raise ValueError(
@@ -249,12 +250,9 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
             batch_size = args.per_device_eval_batch_size
         with nullcontext() if together else args.main_process_first(desc="teacher logits"):
             return add_teacher_logits(
-                dataset,
-                self.teacher_model,
-                batch_size=batch_size,
-                dtype=args.teacher_logits_dtype,
-                data_collator=self.data_collator,
-            )
+                dataset, self.teacher_model, batch_size=batch_size, dtype=args.teacher_logits_dtype,
+                data_collator=self.data_collator, features=self._cache_teacher_features(),
+            )  # fmt: skip
 
     def _set_signature_columns_if_needed(self):
         # Keep the teacher's columns when `remove_unused_columns` drops what the student's forward does not take.

@@ -246,11 +246,118 @@ def test_the_feature_loss_falls_by_half_in_a_short_run(tmp_path):
     assert trainer.predict(images(8, seed=4).with_format("torch")).predictions.shape == (8, 10)
 
 
-def test_precomputed_teacher_logits_are_refused_with_the_size_of_the_features(tmp_path):
+# ------------------------------------------------------------------------------------------------------------------
+# teacher features cached with the precomputed logits
+
+
+class CountCalls:
+    """A forward pre-hook that counts the model's forwards."""
+
+    def __init__(self, model):
+        self.count = 0
+        self.handle = model.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        self.count += 1
+
+
+@pytest.mark.parametrize(
+    "loss, pairs",
+    # Two pairs, two cached columns; and the overhaul (auto: pre-ReLU 100 <-> 100) with its margins measured once.
+    [("hint", ["hidden_states.1:hidden_states.3", "hidden_states.2:hidden_states.2"]), ("overhaul", ["auto"])],
+)
+def test_vector_features_cached_with_the_logits_train_the_student_the_live_teacher_does(tmp_path, caplog, loss, pairs):
+    import logging
+
+    data = images(128)
+    # teacher_batch_size = the training batch size: the precompute's matmuls have the live run's shapes (and both
+    # runs measure the overhaul margins over the same batches).
+    settings = dict(feature_loss=loss, feature_pairs=pairs, num_train_epochs=2, logging_steps=4, teacher_batch_size=32)
     teacher, student = mlps()
-    with pytest.raises(ValueError, match=r"caching them for the 128 training examples would take 0\.2 MiB"):
-        trainer_for(tmp_path, teacher, student, images(128), feature_pairs=["hidden_states.2:hidden_states.2"],
+    with caplog.at_level(logging.INFO, logger="hf_kd.precompute"):
+        cached = trainer_for(tmp_path, teacher, student, data, precompute_teacher_logits=True, **settings)
+    names = cached._feature_term.teacher_features()
+    columns = [f"teacher_feature_{i}" for i in range(len(names))]
+    assert set(columns) < set(cached.train_dataset.column_names)
+    logged = next(r.getMessage() for r in caplog.records if "computed once" in r.getMessage())
+    assert f"teacher_feature_0 ({names[0]}) 0.05 MiB" in logged and "teacher_logits 0.01 MiB" in logged  # 128 x 100
+    # Every example's cached features are the live teacher's (rows in the dataset's order).
+    with torch.no_grad():
+        pixels = data.with_format("torch")["pixel_values"][:]
+        hidden = teacher(pixel_values=pixels, output_hidden_states=True).hidden_states
+    for name, column in zip(names, columns):
+        live = hidden[int(name.split(".")[1])]
+        torch.testing.assert_close(cached.train_dataset.with_format("torch")[column][:], live, rtol=0, atol=0)
+    calls = CountCalls(teacher)
+    cached.train()
+    assert calls.count == 0  # neither for the logits nor for the features
+    if loss == "overhaul":
+        assert cached._feature_term.connectors.margin(0).shape == (100,)
+
+    live_teacher, live_student = mlps()
+    live = trainer_for(tmp_path, live_teacher, live_student, data, **settings)
+    live_calls = CountCalls(live_teacher)
+    live.train()
+    assert live_calls.count == 8  # one forward per step
+    # Bit for bit: the same teacher weights, the same float32 matmuls (shape (32, ...) rows), the same data order.
+    for key, value in live_student.state_dict().items():
+        torch.testing.assert_close(student.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    for key, value in live._feature_term.connectors.state_dict().items():
+        torch.testing.assert_close(cached._feature_term.connectors.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_cached_features_are_restored_to_the_datasets_order_and_keyed_by_which_are_cached(tmp_path):
+    from hf_kd import add_teacher_logits
+    from hf_kd.data import InMemoryDataset
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=16, num_labels=3)  # fmt: skip
+    bert = BertForSequenceClassification(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(2, 13, (24,), generator=g)  # sorted longest first for the pass, then put back
+    mask = (torch.arange(12) < lengths[:, None]).long()
+    ids = torch.randint(1, 50, (24, 12), generator=g) * mask
+    data = Dataset.from_dict({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    with torch.no_grad():  # one example at a time, unpadded: nothing to sort or trim
+        live = torch.cat([bert.bert(input_ids=i[None, :n]).pooler_output for i, n in zip(ids, lengths)])
+    on_disk = add_teacher_logits(data.with_format("torch"), bert, batch_size=5, features=["bert.pooler"])
+    in_memory = add_teacher_logits(InMemoryDataset({"input_ids": ids, "attention_mask": mask}), bert, batch_size=5,
+                                   features=["bert.pooler"])  # fmt: skip
+    torch.testing.assert_close(on_disk["teacher_feature_0"][:], live)  # float rounding only: shorter padded batches
+    torch.testing.assert_close(in_memory.columns["teacher_feature_0"], live)
+    # Which features are cached is part of the cache key; the logits alone keep the key they had.
+    keys = {
+        features: add_teacher_logits(data, bert, batch_size=8, features=features)._fingerprint
+        for features in ((), ("bert.pooler",), ("classifier@input",), ("bert.pooler", "classifier@input"))
+    }
+    assert len(set(keys.values())) == 4
+    assert add_teacher_logits(data, bert, batch_size=8, features=["bert.pooler"])._fingerprint == keys[("bert.pooler",)]
+    with pytest.raises(ValueError, match=r"'bert.encoder.layer.0' has shape \(12, 16\) per example; only vectors"):
+        add_teacher_logits(data, bert, batch_size=8, features=["bert.encoder.layer.0"])
+
+    # Through the trainer: another teacher feature in feature_pairs, another cache.
+    teacher, student = mlps()
+    pairs = ("hidden_states.1:hidden_states.3", "hidden_states.1:hidden_states.1", "hidden_states.2:hidden_states.3")
+    fingerprints = [
+        trainer_for(tmp_path, teacher, student, images(32), feature_pairs=[pair], precompute_teacher_logits=True,
+                    max_steps=1).train_dataset._fingerprint
+        for pair in pairs
+    ]  # fmt: skip
+    assert fingerprints[0] != fingerprints[1] and fingerprints[0] == fingerprints[2]  # the student side is not cached
+
+
+def test_feature_maps_are_not_cached_and_are_refused_with_their_size(tmp_path):
+    torch.manual_seed(0)
+    cnn = {"num_channels": 1, "image_size": 28}
+    teacher, student = model_from_preset("cifar10-cnn-teacher", **cnn), model_from_preset("cifar10-cnn-student", **cnn)
+    with pytest.raises(ValueError) as error:
+        trainer_for(tmp_path, teacher, student, images(32), feature_pairs=["hidden_states.1:hidden_states.3"],
                     precompute_teacher_logits=True)  # fmt: skip
+    message = str(error.value)
+    # 32 examples x 64 x 28 x 28 float32 = 6.1 MiB.
+    assert "hidden_states.3 (64, 28, 28): 6.1 MiB" in message and "the 32 training examples in float32" in message
+    assert "precompute_teacher_logits=False" in message
 
 
 def test_the_report_records_the_feature_settings_only_when_there_are_pairs(tmp_path):
