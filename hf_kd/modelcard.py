@@ -20,6 +20,7 @@ come from, so the card sets it to the student's own starting checkpoint when tha
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -40,8 +41,15 @@ from huggingface_hub.utils import validate_repo_id
 from transformers.modelcard import parse_log_history
 
 from .batch import TEACHER_LOGITS
+from .ensemble import ENSEMBLE_CONFIG_NAME, TeacherEnsemble
 from .losses import distillation_loss
-from .report import SETTING_LABELS, DistillationReport, count_parameters, run_settings
+from .report import (
+    SETTING_LABELS,
+    DistillationReport,
+    count_parameters,
+    model_label,
+    run_settings,
+)
 from .utils import atomic_write
 
 try:  # huggingface_hub >= 2 talks HTTP through httpx2, 1.x through httpx
@@ -126,11 +134,53 @@ def _unique(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(v for v in values if v))
 
 
+def _format_architecture(class_name: str | None, model_type: str | None) -> str:
+    if not class_name:
+        return "–"
+    return f"`{class_name}` ({model_type})" if model_type else f"`{class_name}`"
+
+
 def _architecture(model: Any) -> str:
     if model is None:
         return "–"
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    return f"`{type(model).__name__}` ({model_type})" if model_type else f"`{type(model).__name__}`"
+    return _format_architecture(type(model).__name__, getattr(getattr(model, "config", None), "model_type", None))
+
+
+def _saved_architecture(directory: Path | None) -> str:
+    """A saved model's architecture as [`_architecture`] writes it, read off its `config.json` (or an ensemble's
+    `ensemble_config.json`): the card of a chain's student describes models its trainer does not hold."""
+    if directory is None:
+        return "–"
+    for name, class_name in (("config.json", None), (ENSEMBLE_CONFIG_NAME, TeacherEnsemble.__name__)):
+        if (directory / name).is_file():
+            config = json.loads((directory / name).read_text())
+            class_name = class_name or (config.get("architectures") or [None])[0]
+            return _format_architecture(class_name, config.get("model_type"))
+    return "–"
+
+
+def _teacher_entry(report: DistillationReport | None):
+    """The report's row of the run's teacher: `teacher`, or an ensemble's `ensemble` row."""
+    return (report.model("teacher") or report.model("ensemble")) if report else None
+
+
+def _chain_columns(report: DistillationReport | None, report_dir: Path | None, last: Any) -> list[dict[str, str]]:
+    """The card table's column of each assistant of a teacher-assistant chain (`report.lineage`), each with its own
+    architecture and size: the last one is the student's teacher (`last`), the others are read from their saved
+    directories. Empty without assistants."""
+    names = (report.lineage or {}).get("assistants", []) if report else []
+    columns = []
+    for name in names:
+        row = report.model(name)
+        saved = report_dir / row.path if row is not None and report_dir is not None else None
+        is_last = name == names[-1] and last is not None
+        parameters = count_parameters(last) if is_last else getattr(row, "parameters", None)
+        columns.append({
+            "label": model_label(name), "name": f"`{name}`",
+            "architecture": _architecture(last) if is_last else _saved_architecture(saved),
+            "parameters": _format_count(parameters),
+        })  # fmt: skip
+    return columns
 
 
 def _task_of(model: Any) -> str | None:
@@ -237,6 +287,8 @@ def model_card(
     eval_metrics: Mapping[str, float] | None = None,
     eval_split: str | None = None,
     plot: str | None = None,
+    teacher_architecture: str | None = None,
+    assistants: Iterable[Mapping[str, str]] = (),
 ) -> ModelCard:
     """
     Render the card of a distilled student from the template.
@@ -251,10 +303,12 @@ def model_card(
         dataset_name (`str`, *optional*): A readable dataset name; a Hub dataset of `card_data.datasets` is linked.
         eval_metrics (`Mapping`, *optional*): The final evaluation (`{"accuracy": 0.97}`) when there is no report.
         eval_split (`str`, *optional*), plot (`str`, *optional*): The split of the results; the plot, next to the card.
+        teacher_architecture (`str`, *optional*): The teacher's architecture when `teacher` is not given (a chain).
+        assistants: A teacher-assistant chain's columns of the table (`label`, `name`, `architecture`, `parameters`).
     """
     task = card_data.pipeline_tag
     student_parameters = count_parameters(student)
-    teacher_entry = report.model("teacher") if report else None
+    teacher_entry = _teacher_entry(report)
     teacher_parameters = count_parameters(teacher) if teacher is not None else getattr(teacher_entry, "parameters", None)
     dataset_text = None
     if dataset_name:
@@ -280,7 +334,8 @@ def model_card(
         pipeline_var="classifier" if "classification" in (task or "") else "pipe",
         example_input=_EXAMPLE_INPUT.get(task, "..."),
         trust_remote_code=bool(getattr(getattr(student, "config", None), "auto_map", None)),
-        teacher_name=_teacher_link(teacher_name), teacher_architecture=_architecture(teacher),
+        teacher_name=_teacher_link(teacher_name), assistants=list(assistants),
+        teacher_architecture=teacher_architecture or _architecture(teacher),
         teacher_parameters=_format_count(teacher_parameters), student_name=f"`{card_data.model_name}` (this model)",
         student_architecture=_architecture(student), student_parameters=_format_count(student_parameters),
         compression=compression, teacher_recipe=report.recipe_text() if report else None, dataset_text=dataset_text,
@@ -343,6 +398,12 @@ def create_model_card(
     student = trainer.accelerator.unwrap_model(trainer.model)
     teacher = getattr(trainer, "teacher_model", None)
     teacher = trainer.accelerator.unwrap_model(teacher) if teacher is not None else None
+    # In a teacher-assistant chain the trainer's teacher is the last assistant: the table gives it its own column, and
+    # the teacher's architecture and size come from the teacher's saved directory and row of the report.
+    assistants, teacher_architecture = _chain_columns(report, report_dir, teacher), None
+    if assistants:
+        entry = _teacher_entry(report)
+        teacher_architecture = _saved_architecture(report_dir / entry.path if entry and report_dir else None)
     # The student's own starting checkpoint, if it came from the Hub (never the teacher: see the module docstring).
     base_model = finetuned_from
     if base_model is None and _is_hub_id(getattr(getattr(student, "config", None), "_name_or_path", "")):
@@ -372,7 +433,8 @@ def create_model_card(
     )
     card = model_card(
         card_data, repo_id=repo_id or trainer.hub_model_id or str(args.output_dir), student=student,
-        settings=settings, report=report, teacher=teacher, teacher_name=teacher_name,
+        settings=settings, report=report, teacher=None if assistants else teacher, teacher_name=teacher_name,
+        teacher_architecture=teacher_architecture, assistants=assistants,
         dataset_name=(_as_list(dataset) or datasets or [report.dataset if report else None])[0],
         eval_metrics=final_eval_metrics(trainer.state.log_history), eval_split=eval_split, plot=plot,
     )  # fmt: skip

@@ -49,3 +49,14 @@ def test_ensemble_through_an_assistant(tmp_path):
     lineage = next(line for line in card.splitlines() if line.startswith("Lineage:"))
     assert "an ensemble of 2 teachers (Teacher 0 (" in lineage and "`mean_probs`" in lineage
     assert f"→ {model_label('assistant_1')} (" in lineage and lineage.count("→") == 2
+    # The table gives each model of the chain its own column: the ensemble as the teacher (not the last assistant,
+    # the student's trainer's teacher), then the assistant, then the student.
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in card.splitlines() if line.startswith("| ")}  # fmt: skip
+    params = {model["name"]: f"{model['parameters']:,}" for model in report["models"]}
+    assert table[""] == ["Teacher", "Assistant 1 (KD)", "Student"]
+    assert table["Parameters"] == [params["ensemble"], params["assistant_1"], params["student_kd"]]
+    assert table["Architecture"][:2] == [
+        "`TeacherEnsemble` (hf_kd_teacher_ensemble)", "`MLPForImageClassification` (hf_kd_mlp)"
+    ]  # fmt: skip
+    assert params["assistant_1"] != params["ensemble"]
