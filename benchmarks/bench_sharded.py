@@ -1,9 +1,11 @@
-"""Memory and step time of DistillationTrainer per engine on 2 CPU processes: DDP, DeepSpeed ZeRO-2, ZeRO-3.
+"""Memory and step time of DistillationTrainer per engine on 2 CPU processes: DDP, DeepSpeed ZeRO-2, ZeRO-3 with the
+teacher sharded and with it whole (`DistillationConfig.teacher_sharding`).
 
 Each run is a fresh `accelerate launch` of this file in worker mode: an MLP teacher (784 -> 2048 -> 2048 -> 10,
 5.8M parameters, 23 MB in float32) distilled live (run at every step) into the MNIST MLP student, over MNIST-shaped
 generated tensors, global batch 64 (2 x 32). Per process it records the teacher's parameter bytes held there (whole
-under DDP and ZeRO-2, where hf_kd gives it a stage-0 engine; about half under ZeRO-3, its own sharded engine), the
+under DDP, ZeRO-2 and ZeRO-3 with `teacher_sharding="whole"`, where hf_kd gives it a stage-0 engine; about half
+under ZeRO-3 with `teacher_sharding="sharded"`, its own ZeRO-3 engine), the
 peak resident memory of the process (`ru_maxrss`: the Python, torch and DeepSpeed runtime included, so the teacher is
 a small part of it here), and the median training-step time. The engines alternate, `--repeats` times each; the
 ratio of each engine's median step time to DDP's is printed.
@@ -35,9 +37,11 @@ ENGINES = {
     "zero3": ["--use_deepspeed", "--zero_stage", "3", "--zero3_init_flag", "true", "--num_processes", "2",
               "--mixed_precision", "no"],
 }  # fmt: skip
+ENGINES["zero3-teacher-whole"] = ENGINES["zero3"]
+TEACHER_SHARDING = {"zero3": "sharded", "zero3-teacher-whole": "whole"}  # the others: "auto" (whole)
 
 
-def worker(steps: int, output: str) -> None:
+def worker(steps: int, output: str, teacher_sharding: str) -> None:
     import torch
     from transformers import TrainerCallback
     from transformers.utils import logging as hf_logging
@@ -62,9 +66,10 @@ def worker(steps: int, output: str) -> None:
     args = DistillationConfig(
         output_dir=tempfile.mkdtemp(), use_cpu=True, per_device_train_batch_size=PER_DEVICE_BATCH, num_train_epochs=1,
         save_strategy="no", report_to="none", logging_steps=1000, disable_tqdm=True, dataloader_pin_memory=False,
-        seed=0, remove_unused_columns=False,
+        seed=0, remove_unused_columns=False, teacher_sharding=teacher_sharding,
     )  # fmt: skip
-    # Built after the arguments: under ZeRO-3 `from_config` partitions the models as they are created.
+    # Built after the arguments: under ZeRO-3 `from_config` partitions the models as they are created (a whole
+    # teacher is gathered back by the trainer).
     teacher = MLPForImageClassification._from_config(MLPConfig(hidden_sizes=[2048, 2048]))
     trainer = DistillationTrainer(model=model_from_preset("mnist-mlp-student"), teacher_model=teacher, args=args,
                                   train_dataset=data, callbacks=[StepTimes()])  # fmt: skip
@@ -83,7 +88,8 @@ def launch(engine: str, steps: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         output = os.path.join(tmp, "result")
         command = [sys.executable, "-m", "accelerate.commands.launch", *ENGINES[engine], "--num_machines", "1",
-                   __file__, "--worker", "--steps", str(steps), "--output", output]  # fmt: skip
+                   __file__, "--worker", "--steps", str(steps), "--output", output,
+                   "--teacher_sharding", TEACHER_SHARDING.get(engine, "auto")]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         subprocess.run(command, check=True, capture_output=True, text=True, env=env)
         return [json.loads(Path(f"{output}.rank{rank}").read_text()) for rank in range(2)]
@@ -95,9 +101,10 @@ def main():
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
+    parser.add_argument("--teacher_sharding", default="auto", help=argparse.SUPPRESS)
     cli = parser.parse_args()
     if cli.worker:
-        return worker(cli.steps, cli.output)
+        return worker(cli.steps, cli.output, cli.teacher_sharding)
 
     results = {engine: [] for engine in ENGINES}
     for repeat in range(cli.repeats):

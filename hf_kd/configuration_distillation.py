@@ -16,7 +16,7 @@ from .features import (
     parse_feature_pairs,
 )
 from .losses import SOFT_LOSS_TYPES
-from .teacher import TEACHER_DTYPES, TEACHER_LOGITS_DTYPES
+from .teacher import TEACHER_DTYPES, TEACHER_LOGITS_DTYPES, TEACHER_SHARDINGS
 
 
 @dataclass
@@ -53,6 +53,14 @@ class DistillationConfig(TrainingArguments):
             Hold the teacher's weights in this precision (`"bfloat16"`, `"float16"` or `"float32"`) for the whole
             run: it only runs inference, so bf16 halves its memory with no optimizer state to protect. Its logits are
             upcast to float32 before the loss. Default: the precision it was loaded in.
+        teacher_sharding (`str`, *optional*, defaults to `"auto"`):
+            How the processes of a sharded run hold the teacher. `"whole"`: every process holds the teacher's full
+            weights in its dtype (e.g. 2 bytes per parameter in bf16) and runs it without communication; under
+            DeepSpeed ZeRO-3 it gets a stage-0 engine, gathered whole first if `zero.Init` partitioned it at load
+            time. `"sharded"` (DeepSpeed ZeRO-3 or FSDP only): each of N processes holds ~1/N of its weights, and
+            every forward all-gathers each layer in turn (all processes run it together); under ZeRO-3 it gets its own
+            ZeRO-3 engine (as TRL does), under FSDP it is wrapped with the plugin's settings, without gradients.
+            `"auto"`: sharded under ZeRO-3, whole otherwise (DDP, ZeRO-1/2, FSDP).
         precompute_teacher_logits (`bool`, *optional*, defaults to `False`):
             Run the teacher once over the train dataset before training and cache its logits (a `teacher_logits`
             column, see [`add_teacher_logits`]) instead of running it on every batch. Only valid without on-the-fly
@@ -146,6 +154,16 @@ class DistillationConfig(TrainingArguments):
             "choices": list(TEACHER_DTYPES),
         },
     )
+    teacher_sharding: str = field(
+        default="auto",
+        metadata={
+            "help": "How each process holds the teacher. 'whole': its full weights in its dtype on every process (no "
+            "communication). 'sharded' (DeepSpeed ZeRO-3 or FSDP only): ~1/N of them on each of N processes, plus an "
+            "all-gather of each layer at every forward (its own ZeRO-3 engine, or FSDP with the plugin's settings). "
+            "'auto': sharded under ZeRO-3, whole otherwise.",
+            "choices": list(TEACHER_SHARDINGS),
+        },
+    )
     precompute_teacher_logits: bool = field(
         default=False,
         metadata={
@@ -207,6 +225,11 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"loss_type must be one of {list(SOFT_LOSS_TYPES)}, got {self.loss_type!r}.")
         if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
             raise ValueError(f"teacher_dtype must be one of {list(TEACHER_DTYPES)}, got {self.teacher_dtype!r}.")
+        if self.teacher_sharding not in TEACHER_SHARDINGS:
+            raise ValueError(
+                f"teacher_sharding must be one of {list(TEACHER_SHARDINGS)}, got {self.teacher_sharding!r} ('sharded' "
+                "needs DeepSpeed ZeRO-3 or FSDP)."
+            )
         if self.teacher_logits_dtype not in TEACHER_LOGITS_DTYPES:
             raise ValueError(
                 f"teacher_logits_dtype must be one of {list(TEACHER_LOGITS_DTYPES)}, got {self.teacher_logits_dtype!r}."

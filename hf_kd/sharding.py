@@ -20,7 +20,7 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType, extract_model_from_parallel
 from transformers.utils import logging
 
-from .teacher import auto_class_for, is_sharded
+from .teacher import auto_class_for, is_sharded, whole_model_loading
 
 logger = logging.get_logger(__name__)
 
@@ -90,21 +90,6 @@ def saved_as_own_class(model: torch.nn.Module):
 def holds_shards(model: torch.nn.Module) -> bool:
     """True when this process holds only a shard of `model`'s weights (ZeRO-3, or an FSDP run)."""
     return is_sharded(model) or PartialState().distributed_type == DistributedType.FSDP
-
-
-@contextmanager
-def whole_model_loading():
-    """`from_pretrained` builds a whole model, on this process alone, even while a ZeRO-3 run is configured
-    (transformers would otherwise partition it with `deepspeed.zero.Init`: a collective the other processes never
-    join). transformers reads the run's DeepSpeed config through one module-level reference, swapped out here."""
-    from transformers.integrations import deepspeed as hf_deepspeed
-
-    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
-    hf_deepspeed._hf_deepspeed_config_weak_ref = None
-    try:
-        yield
-    finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def _save_sharded(run, path: Path) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from copy import deepcopy
+from contextlib import contextmanager, nullcontext
+from copy import copy, deepcopy
 from typing import Any
 
 import torch
@@ -61,10 +62,26 @@ def resolve_init_kwargs(init_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     return kwargs
 
 
+@contextmanager
+def whole_model_loading():
+    """`from_pretrained` builds a whole model, on this process alone, even while a ZeRO-3 run is configured
+    (transformers would otherwise partition it with `deepspeed.zero.Init`: a collective the other processes never
+    join). transformers reads the run's DeepSpeed config through one module-level reference, swapped out here."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 def load_teacher(
-    name_or_path: str, student: nn.Module, init_kwargs: dict[str, Any] | None = None
+    name_or_path: str, student: nn.Module, init_kwargs: dict[str, Any] | None = None, whole: bool = False
 ) -> transformers.PreTrainedModel:
-    """Load a teacher with the Auto class matching the student's task (local directory or Hub id)."""
+    """Load a teacher with the Auto class matching the student's task (local directory or Hub id); `whole`: never
+    partitioned at load time by a ZeRO-3 run's `zero.Init` (see `whole_model_loading`)."""
     auto_cls = auto_class_for(student)
     kwargs = resolve_init_kwargs(init_kwargs)
     config_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code", "token", "cache_dir")}
@@ -78,7 +95,8 @@ def load_teacher(
             "head. Give a teacher trained for the student's task and modality."
         )
     logger.info(f"Loading the teacher {name_or_path} with {auto_cls.__name__}")
-    return auto_cls.from_pretrained(name_or_path, **kwargs)
+    with whole_model_loading() if whole else nullcontext():
+        return auto_cls.from_pretrained(name_or_path, **kwargs)
 
 
 def resolve_teacher(teacher, student: nn.Module, args) -> nn.Module | None:
@@ -94,7 +112,8 @@ def resolve_teacher(teacher, student: nn.Module, args) -> nn.Module | None:
     if isinstance(teacher, (list, tuple, TeacherEnsemble)):  # several teachers behave as one
         return ensemble_for(teacher, student, args)
     if isinstance(teacher, str):
-        return load_teacher(teacher, student, args.teacher_model_init_kwargs)
+        whole = getattr(args, "teacher_sharding", "auto") == "whole"
+        return load_teacher(teacher, student, args.teacher_model_init_kwargs, whole=whole)
     if teacher is not None and args.teacher_model_init_kwargs:
         raise ValueError(
             "teacher_model_init_kwargs only applies when the teacher is loaded from a name or path, but "
@@ -184,18 +203,63 @@ def check_same_inputs(
         )
 
 
-def _prepare_deepspeed(model: nn.Module, accelerator: Accelerator) -> nn.Module:
-    """Wrap an inference-only model in its own DeepSpeed engine, as TRL does for reference models: ZeRO-3 shards it
-    like the student; lower stages gain nothing for a model without optimizer state, so it runs with stage 0."""
+TEACHER_SHARDINGS = ("auto", "whole", "sharded")
+
+
+def _zero_stage(accelerator: Accelerator) -> int | None:
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return None
+    return accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"]
+
+
+def shards_teacher(sharding: str, accelerator: Accelerator) -> bool:
+    """Whether this run shards the teacher over its processes, for `teacher_sharding` `sharding`: `"auto"` under
+    DeepSpeed ZeRO-3 only, `"sharded"` always (refused where nothing shards: only ZeRO-3 and FSDP do), `"whole"`
+    never."""
+    zero3 = _zero_stage(accelerator) == 3
+    if sharding == "sharded" and not (zero3 or accelerator.distributed_type == DistributedType.FSDP):
+        stage = _zero_stage(accelerator)
+        setup = f"DeepSpeed ZeRO-{stage}" if stage is not None else f"{accelerator.distributed_type.value}"
+        raise ValueError(
+            f"teacher_sharding='sharded' needs DeepSpeed ZeRO-3 or FSDP (e.g. accelerate launch --config_file "
+            f"examples/accelerate_configs/deepspeed_zero3.yaml or fsdp.yaml), but this run is {setup}: nothing would "
+            "shard the teacher. Use teacher_sharding='whole' (or 'auto') to hold it whole on every process."
+        )
+    return sharding == "sharded" or (sharding == "auto" and zero3)
+
+
+def _gather_whole(model: nn.Module) -> nn.Module:
+    """Give a model partitioned by ZeRO-3's `zero.Init` (built by `from_pretrained` while a ZeRO-3 run was configured)
+    plain, whole parameters on this process: each is gathered from all processes, one at a time, and replaced by a
+    copy of its full value (tied parameters stay tied). A collective; a model that is not partitioned is untouched."""
+    if not any(hasattr(p, "ds_id") for p in model.parameters()):
+        return model
+    import deepspeed
+
+    whole: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, parameter in list(module._parameters.items()):
+            if parameter is None or not hasattr(parameter, "ds_id"):
+                continue
+            if id(parameter) not in whole:
+                with deepspeed.zero.GatheredParameters([parameter]):
+                    whole[id(parameter)] = nn.Parameter(parameter.data.clone(), requires_grad=False)
+            module._parameters[name] = whole[id(parameter)]
+    return model
+
+
+def _prepare_deepspeed(model: nn.Module, accelerator: Accelerator, sharded: bool) -> nn.Module:
+    """Wrap an inference-only model in its own DeepSpeed engine, as TRL does for reference models: `sharded` (under
+    ZeRO-3), a ZeRO-3 engine shards it like the student; otherwise it runs whole with stage 0 (lower stages gain
+    nothing for a model without optimizer state), gathered whole first if `zero.Init` partitioned it at load time."""
     import deepspeed
 
     config = deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
-    stage = config["zero_optimization"]["stage"]
     model_config = getattr(model, "config", None)
     # As TRL's `prepare_deepspeed`: configs of vision models list `hidden_sizes` (hf_kd's MLPs and CNNs among them).
     hidden_sizes = getattr(model_config, "hidden_sizes", None)
     hidden_size = max(hidden_sizes) if hidden_sizes else getattr(model_config, "hidden_size", None)
-    if stage == 3 and isinstance(hidden_size, int):
+    if sharded and isinstance(hidden_size, int):
         config["zero_optimization"].update(
             {
                 "reduce_bucket_size": hidden_size * hidden_size,
@@ -203,11 +267,72 @@ def _prepare_deepspeed(model: nn.Module, accelerator: Accelerator) -> nn.Module:
                 "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
             }
         )
-    if stage != 3:
+    if not sharded:
         config["zero_optimization"]["stage"] = 0
+        freeze(_gather_whole(model))
     engine, *_ = deepspeed.initialize(model=model, config=config)
     engine.eval()
     return engine
+
+
+class _OutsideInferenceMode:
+    """Runs an FSDP-sharded module outside `torch.inference_mode` (still without gradients): FSDP allocates its
+    gathered weights once, at the first forward, and an inference tensor made then (the precompute runs the teacher
+    in inference mode) could not be refilled by a later forward outside it ("Inference tensors cannot be updated
+    inplace outside InferenceMode"). Inputs made in inference mode are read as they are."""
+
+    def __call__(self, *args, **kwargs):
+        with torch.inference_mode(False), torch.no_grad():
+            return super().__call__(*args, **kwargs)
+
+
+def _outside_inference_mode(model: nn.Module) -> nn.Module:
+    model.__class__ = type(type(model).__name__, (_OutsideInferenceMode, type(model)), {})
+    return model
+
+
+def _fully_shard(model: nn.Module, accelerator: Accelerator) -> nn.Module:
+    """Shard an inference-only model under FSDP with the run's plugin settings (wrap policy, mixed precision, CPU
+    offload, device mesh), resharded after every forward: the student's root unit keeps its gathered weights for the
+    backward, which a teacher never runs. The policy finds the teacher's own layer classes (its `_no_split_modules`),
+    not the student's, and the plugin itself is left as it was for the student."""
+    plugin = copy(accelerator.state.fsdp_plugin)
+    plugin.transformer_cls_names_to_wrap = None  # the names in the plugin are the student's layers
+    if accelerator.is_fsdp2:
+        from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy, get_module_children_bottom_up
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = getattr(accelerator, "torch_device_mesh", None)
+        kwargs = {
+            "reshard_after_forward": True,
+            "offload_policy": plugin.cpu_offload,
+            "mp_policy": plugin.mixed_precision_policy or MixedPrecisionPolicy(),
+            "mesh": mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)] if mesh is not None else None,
+        }
+        policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+        for module in get_module_children_bottom_up(model)[:-1] if policy is not None else []:
+            if policy(module):
+                fully_shard(module, **kwargs)
+        return _outside_inference_mode(fully_shard(model, **kwargs))
+    from functools import partial
+
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+
+    if isinstance(plugin.auto_wrap_policy, partial):  # bound to the student's layers by an earlier prepare
+        plugin.auto_wrap_policy = plugin.auto_wrap_policy.func
+    plugin.set_auto_wrap_policy(model)
+    # FSDP1 keeps the root unit's weights gathered after a forward: give the teacher an auto-wrap policy.
+    sharded = FullyShardedDataParallel(
+        model,
+        sharding_strategy=ShardingStrategy.FULL_SHARD,
+        cpu_offload=plugin.cpu_offload,
+        auto_wrap_policy=plugin.auto_wrap_policy,
+        mixed_precision=plugin.mixed_precision_policy,
+        use_orig_params=plugin.use_orig_params,
+        limit_all_gathers=plugin.limit_all_gathers,
+        device_id=accelerator.device,
+    )
+    return _outside_inference_mode(sharded)
 
 
 def cast_floating_inputs(inputs: dict[str, Any], model: nn.Module) -> dict[str, Any]:
@@ -222,26 +347,33 @@ def cast_floating_inputs(inputs: dict[str, Any], model: nn.Module) -> dict[str, 
     }
 
 
-def prepare_teacher(model: nn.Module, accelerator: Accelerator, dtype: torch.dtype | None = None) -> nn.Module:
+def prepare_teacher(
+    model: nn.Module, accelerator: Accelerator, dtype: torch.dtype | None = None, sharding: str = "auto"
+) -> nn.Module:
     """Freeze the teacher and place it for the run the way Accelerate places the student.
 
-    - DeepSpeed: its own inference engine (see `_prepare_deepspeed`).
-    - FSDP: `prepare_model(evaluation_mode=True)` neither wraps nor moves a model under FSDP, which would leave the
-      teacher on the CPU (TRL issue #2580). hf_kd keeps it whole, replicated on every process's device, on purpose:
-      an inference-only teacher has no optimizer state to shard, and replication avoids an all-gather per step.
+    `sharding` (`DistillationConfig.teacher_sharding`, see `shards_teacher`) decides whether every process holds the
+    whole teacher (its full weights in its dtype on each process; no communication) or about 1/N of it (N processes;
+    each forward then all-gathers every layer, a collective all processes enter together):
+
+    - DeepSpeed: its own inference engine (see `_prepare_deepspeed`): ZeRO-3 when sharded, else stage 0, whole.
+    - FSDP, sharded: wrapped with the plugin's settings (see `_fully_shard`), no gradients.
+    - FSDP, whole: `prepare_model(evaluation_mode=True)` neither wraps nor moves a model under FSDP, which would leave
+      the teacher on the CPU (TRL issue #2580): it is placed whole on every process's device.
     - Otherwise: `prepare_model(evaluation_mode=True)`: device placement and the mixed-precision autocast, no DDP.
 
     `dtype` (e.g. `torch.bfloat16`) holds the teacher's weights in that precision: half the memory of float32 for a
     model that only runs inference; its logits are upcast to float32 by the losses.
     """
+    sharded = shards_teacher(sharding, accelerator)
     freeze(model)
     if dtype is not None:
         model.to(dtype)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return _prepare_deepspeed(model, accelerator)
+        return _prepare_deepspeed(model, accelerator, sharded)
     model = accelerator.prepare_model(model, evaluation_mode=True)
     if accelerator.distributed_type == DistributedType.FSDP:
-        model.to(accelerator.device)
+        model = _fully_shard(model.to(accelerator.device), accelerator) if sharded else model.to(accelerator.device)
     return freeze(model)
 
 
@@ -255,20 +387,31 @@ def has_transform(dataset) -> bool:
     return getattr(dataset, "format", {}).get("type") == "custom"
 
 
+def _is_fsdp1(model: nn.Module | None) -> bool:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(model, FullyShardedDataParallel)
+
+
 def is_sharded(model: nn.Module | None) -> bool:
-    """True when `model`'s weights are partitioned over the processes (DeepSpeed ZeRO-3, or FSDP2's DTensors): its
-    forward, and reading its whole weights, are collectives that every process must enter together."""
+    """True when `model`'s weights are partitioned over the processes (DeepSpeed ZeRO-3, FSDP2's DTensors, an FSDP1
+    wrapper): its forward, and reading its whole weights, are collectives that every process must enter together."""
     from torch.distributed.tensor import DTensor
 
-    return model is not None and any(hasattr(p, "ds_id") or isinstance(p, DTensor) for p in model.parameters())
+    if model is None:
+        return False
+    return _is_fsdp1(model) or any(hasattr(p, "ds_id") or isinstance(p, DTensor) for p in model.parameters())
 
 
 def _whole_state(model: nn.Module):
     """`(name, tensor)` for every entry of `model.state_dict()`, whole: a ZeRO-3 parameter (an empty tensor here) is
-    gathered from all processes, one at a time, while it is read; an FSDP2 DTensor too. A collective for a sharded
-    model."""
+    gathered from all processes, one at a time, while it is read; an FSDP2 DTensor too; an FSDP1 wrapper's full state
+    dict is gathered by FSDP itself. A collective for a sharded model."""
     from torch.distributed.tensor import DTensor
 
+    if _is_fsdp1(model):  # its FULL_STATE_DICT (the default): whole tensors under the model's own names
+        yield from model.state_dict().items()
+        return
     parameters = dict(model.named_parameters()) if is_sharded(model) else {}
     for name, tensor in model.state_dict().items():
         if isinstance(tensor, DTensor):
@@ -304,6 +447,13 @@ def check_fixed_inputs(dataset, data_collator, carries_logits: bool) -> None:
         )
 
 
+def _own_class(model: nn.Module) -> type:
+    """`model`'s class, not the subclasses that FSDP2's `fully_shard` and `_outside_inference_mode` put on top."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(model).__mro__ if not issubclass(c, (FSDPModule, _OutsideInferenceMode)))
+
+
 def teacher_fingerprint(teacher: nn.Module) -> str:
     """A hash of everything that decides the teacher's outputs: its class, config and every weight and buffer.
 
@@ -313,11 +463,11 @@ def teacher_fingerprint(teacher: nn.Module) -> str:
 
     model = extract_model_from_parallel(teacher)  # a DDP / DeepSpeed wrapper hashes like the model it wraps
     digest = xxhash.xxh64()
-    digest.update(type(model).__qualname__.encode())
+    digest.update(_own_class(model).__qualname__.encode())
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
         digest.update(config.to_json_string(use_diff=False).encode())
-    for name, tensor in _whole_state(model):
+    for name, tensor in _whole_state(teacher if _is_fsdp1(teacher) else model):
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())

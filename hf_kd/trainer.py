@@ -184,7 +184,7 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
         self.teacher_model = None
         if teacher_model is not None:
             dtype = getattr(torch, self.args.teacher_dtype) if self.args.teacher_dtype else None
-            self.teacher_model = prepare_teacher(teacher_model, self.accelerator, dtype=dtype)
+            self.teacher_model = prepare_teacher(teacher_model, self.accelerator, dtype, self.args.teacher_sharding)
         self._feature_term = self._build_feature_term()
         self.train_dataset = self._with_teacher_logits(self.train_dataset)
         for name, dataset in _named_eval_datasets(self.eval_dataset):

@@ -4,6 +4,7 @@ Trains the student saved in `<models>/student` from the teacher in `<models>/tea
 `pixel_values`, `labels`), its teacher logits precomputed by the trainer, then saves the student with `save_model`
 on every process. Each process writes what the test checks to `<output_dir>/rank<k>.json`: how many of each
 model's parameter elements it holds, the teacher's live logits on the first examples, and the precomputed ones.
+`--teacher_sharding` is `DistillationConfig.teacher_sharding`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from datasets import load_from_disk
 
 from hf_kd import DistillationConfig, DistillationTrainer, MLPForImageClassification
-from hf_kd.teacher import teacher_fingerprint
+from hf_kd.teacher import resolve_teacher, teacher_fingerprint
 
 PROBE = 8  # examples whose teacher logits are compared with an unsharded teacher's
 
@@ -34,10 +35,14 @@ def training_args(output_dir: str, per_device_batch: int, **changes) -> Distilla
 
 def held_elements(model: torch.nn.Module) -> dict[str, int]:
     """This process's parameter elements and the model's full count: a ZeRO-3 parameter holds its partition in
-    `ds_tensor` and knows its full size as `ds_numel`; any other is whole here."""
-    held = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
+    `ds_tensor` and knows its full size as `ds_numel`; an FSDP2 DTensor holds its local shard; any other is whole."""
+
+    def held(p):
+        local = p.to_local() if hasattr(p, "to_local") else p
+        return p.ds_tensor.numel() if hasattr(p, "ds_tensor") else local.numel()
+
     full = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    return {"held": held, "full": full}
+    return {"held": sum(held(p) for p in model.parameters()), "full": full}
 
 
 def optimizer_elements(trainer) -> int | None:
@@ -72,11 +77,15 @@ def main():
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--per_device_batch", type=int, default=8)
     parser.add_argument("--fsdp_on_cpu", action="store_true", help="the test-only shim (see fsdp_on_cpu_shim)")
+    parser.add_argument("--teacher_sharding", default="auto")
     cli = parser.parse_args()
     torch.set_num_threads(1)
 
     changes = fsdp_on_cpu_shim() if cli.fsdp_on_cpu else {}
-    args = training_args(cli.output_dir, cli.per_device_batch, **changes)  # first: under ZeRO-3 the loads below are sharded
+    changes["teacher_sharding"] = cli.teacher_sharding
+    args = training_args(
+        cli.output_dir, cli.per_device_batch, **changes
+    )  # first: under ZeRO-3 the loads below are sharded
     student = MLPForImageClassification.from_pretrained(Path(cli.models) / "student")
     teacher = MLPForImageClassification.from_pretrained(Path(cli.models) / "teacher")
     dataset = load_from_disk(cli.data).with_format("torch")
@@ -89,7 +98,9 @@ def main():
     report = {
         "world_size": trainer.args.world_size,
         "distributed_type": str(trainer.accelerator.distributed_type),
-        "teacher": held_elements(trainer.teacher_model),
+        "teacher": held_elements(trainer.teacher_model),  # after a forward: a sharded teacher is resharded
+        # a teacher given by name, loaded as teacher_sharding says (whole: never partitioned by zero.Init)
+        "teacher_by_name": held_elements(resolve_teacher(str(Path(cli.models) / "teacher"), student, args)),
         "teacher_live_logits": live_logits.tolist(),
         "teacher_precomputed_logits": trainer.train_dataset[:PROBE]["teacher_logits"].tolist(),
         # the cache key of precomputed logits: a sharded teacher's weights are gathered to be hashed

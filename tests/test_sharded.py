@@ -2,9 +2,9 @@
 launch), against one process with the same global batch.
 
 Each launch (tests/sharded_worker.py) checks several things at once, since a launch costs 20-60 s here: the
-student (and, under ZeRO-3, the teacher) is really sharded, the teacher's logits (live, and precomputed by every
-process together) equal an unsharded teacher's, `save_model` on every process writes a whole student that reloads
-with `from_pretrained`, and that student equals the one-process run's.
+student (and, under ZeRO-3 or with `teacher_sharding="sharded"`, the teacher) is really sharded, the teacher's
+logits (live, and precomputed by every process together) equal an unsharded teacher's, `save_model` on every process
+writes a whole student that reloads with `from_pretrained`, and that student equals the one-process run's.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from datasets import Dataset
 
 from hf_kd import DistillationTrainer, MLPForImageClassification
 from hf_kd.models import MLPConfig
-from hf_kd.teacher import teacher_fingerprint
+from hf_kd.teacher import shards_teacher, teacher_fingerprint
 
 needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,
@@ -111,9 +111,18 @@ def one_process_student(run_inputs):
 
 
 @pytest.mark.parametrize(
-    "engine", [pytest.param("zero2", marks=needs_deepspeed), pytest.param("zero3", marks=needs_deepspeed), "fsdp2"]
+    ("engine", "teacher_sharding"),
+    [
+        pytest.param("zero2", "auto", marks=needs_deepspeed, id="zero2"),
+        pytest.param("zero3", "auto", marks=needs_deepspeed, id="zero3"),
+        pytest.param("fsdp2", "auto", id="fsdp2"),
+        pytest.param("zero3", "whole", marks=needs_deepspeed, id="zero3-teacher_whole"),
+        pytest.param("fsdp2", "sharded", id="fsdp2-teacher_sharded"),
+    ],
 )
-def test_sharded_training_trains_like_one_process(engine, run_inputs, one_process_student, tmp_path, request):
+def test_sharded_training_trains_like_one_process(
+    engine, teacher_sharding, run_inputs, one_process_student, tmp_path, request
+):
     if engine.startswith("zero"):
         request.getfixturevalue("deepspeed_cpu_comm_op")
     config_file = tmp_path / "accelerate.yaml"
@@ -123,6 +132,7 @@ def test_sharded_training_trains_like_one_process(engine, run_inputs, one_proces
         config_file, str(REPO_ROOT / "tests" / "sharded_worker.py"), "--models", str(run_inputs / "models"),
         "--data", str(run_inputs / "data"), "--output_dir", str(output_dir),
         "--per_device_batch", str(GLOBAL_BATCH // 2), *(["--fsdp_on_cpu"] if engine == "fsdp2" else []),
+        "--teacher_sharding", teacher_sharding,
     )  # fmt: skip
     ranks = [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]
@@ -130,12 +140,19 @@ def test_sharded_training_trains_like_one_process(engine, run_inputs, one_proces
     assert all(r["distributed_type"] == f"DistributedType.{expected_type}" for r in ranks)
 
     # Sharded: under ZeRO-3 each process holds about half of every model's elements (the partitions are padded to
-    # a multiple of the world size); under FSDP2 half of the student's (DTensor shards), the teacher whole on
-    # purpose; under ZeRO-2 the weights are whole and the optimizer's master weights halved.
+    # a multiple of the world size); under FSDP2 half of the student's (DTensor shards); under ZeRO-2 the weights
+    # are whole and the optimizer's master weights halved. The teacher as teacher_sharding says ('auto': sharded
+    # under ZeRO-3 only), measured after its forward (FSDP2 must reshard it: it never runs a backward); 'whole'
+    # under ZeRO-3 gathers a teacher that zero.Init partitioned at load time, and a teacher given by name is
+    # loaded whole.
+    teacher_sharded = teacher_sharding == "sharded" or (teacher_sharding == "auto" and engine == "zero3")
     for r in ranks:
         student, teacher = r["student"], r["teacher"]
         assert (student["held"] <= student["full"] // 2 + 16) == (engine != "zero2"), student
-        assert (teacher["held"] <= teacher["full"] // 2 + 16) == (engine == "zero3"), teacher
+        assert (teacher["held"] <= teacher["full"] // 2 + 16) == teacher_sharded, teacher
+        assert (teacher["held"] == teacher["full"]) == (not teacher_sharded), teacher
+        by_name = r["teacher_by_name"]
+        assert (by_name["held"] == by_name["full"]) == (teacher_sharding == "whole" or engine != "zero3"), by_name
         if engine != "fsdp2":
             assert r["student_optimizer_elements"] <= student["full"] // 2 + 16
 
@@ -161,3 +178,35 @@ def test_sharded_training_trains_like_one_process(engine, run_inputs, one_proces
     for name, value in saved.state_dict().items():
         assert value.shape == reference[name].shape, name
         torch.testing.assert_close(value, reference[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_teacher_sharding_is_validated(run_inputs, tmp_path):
+    """An unknown choice is refused by the config; 'sharded' where nothing shards (one process, ZeRO-2) by the
+    trainer, before training, naming the argument and what it needs; 'auto' shards under ZeRO-3 only."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+    from datasets import load_from_disk
+
+    with pytest.raises(ValueError, match="teacher_sharding must be one of"):
+        training_args(str(tmp_path / "a"), 8, teacher_sharding="half")
+    with pytest.raises(ValueError, match=r"teacher_sharding='sharded' needs DeepSpeed ZeRO-3 or FSDP.*this run is NO"):
+        DistillationTrainer(
+            model=MLPForImageClassification.from_pretrained(run_inputs / "models" / "student"),
+            teacher_model=MLPForImageClassification.from_pretrained(run_inputs / "models" / "teacher"),
+            args=training_args(str(tmp_path / "b"), 8, teacher_sharding="sharded"),
+            train_dataset=load_from_disk(run_inputs / "data").with_format("torch"),
+        )
+
+    def deepspeed(stage):
+        plugin = SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": stage}})
+        return SimpleNamespace(
+            distributed_type=DistributedType.DEEPSPEED, state=SimpleNamespace(deepspeed_plugin=plugin)
+        )
+
+    with pytest.raises(ValueError, match="this run is DeepSpeed ZeRO-2"):
+        shards_teacher("sharded", deepspeed(2))
+    fsdp = SimpleNamespace(distributed_type=DistributedType.FSDP)
+    assert [shards_teacher(s, deepspeed(3)) for s in ("auto", "whole", "sharded")] == [True, False, True]
+    assert [shards_teacher(s, fsdp) for s in ("auto", "whole", "sharded")] == [False, False, True]
+    assert not shards_teacher("auto", deepspeed(2))
