@@ -204,6 +204,19 @@ def test_tokenize_once_for_both_models_and_pad_each_with_its_own_pad_id(student_
     assert teacher_tokenizer.pad_token_id != student_tokenizer.pad_token_id == 0
 
 
+def test_the_padding_collator_passes_cached_teacher_features_on(student_tokenizer):
+    """Teacher features cached with the logits (`teacher_feature_<i>`, one vector per example) reach the trainer
+    stacked, as the logits do: dropped, they would make the feature term run the teacher again."""
+    texts = ["a superb film", "awful", "an awful, awful plot twist"]
+    features = [
+        {**student_tokenizer(text), "labels": i % 2, "teacher_logits": [0.1 * i, -0.1 * i], "teacher_feature_0": [i, 2.0 * i, 3.0]}
+        for i, text in enumerate(texts)
+    ]  # fmt: skip
+    batch = DataCollatorWithTeacherPadding(student_tokenizer)(features)
+    torch.testing.assert_close(batch["teacher_feature_0"], torch.tensor([[0.0, 0.0, 3.0], [1.0, 2.0, 3.0], [2.0, 4.0, 3.0]]))
+    assert batch["teacher_logits"].shape == (3, 2) and batch["input_ids"].shape[0] == 3
+
+
 def test_distillation_feeds_the_teacher_its_own_tokenization(tmp_path, student_tokenizer, teacher_tokenizer):
     """End to end: the trainer runs the teacher on `teacher_*` inputs, the student on its own, and learns."""
     train = sentiment_dataset(192, seed=1)

@@ -286,6 +286,8 @@ class DataCollatorWithTeacherPadding:
             batch.update({teacher_column(k, member): v for k, v in padded.items()})
         if rows[0].teacher_logits is not None:
             batch[TEACHER_LOGITS] = self._pad_logits([row.teacher_logits for row in rows], batch)
+        for name in rows[0].teacher_targets.keys() - {TEACHER_LOGITS}:  # cached teacher features: vectors per example
+            batch[name] = torch.stack([torch.as_tensor(row.teacher_targets[name]) for row in rows])
         return batch
 
     def _teacher_tokenizer(self, member: int | None) -> PreTrainedTokenizerBase:
