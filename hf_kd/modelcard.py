@@ -218,6 +218,15 @@ def _versions() -> list[tuple[str, str]]:
     return versions
 
 
+def _setting_words(key: str, value: Any) -> str:
+    """One setting's value in the card: a list (feature pairs, teacher weights) as its items, a float compactly."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(f"`{item}`" for item in value)
+    if isinstance(value, float):
+        return _VALUE_WORDS.get(key, {}).get(value, f"{value:g}")
+    return _VALUE_WORDS.get(key, {}).get(value, str(value))
+
+
 def setting_rows(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The card's settings table: `(label, value)` in [`~hf_kd.report.SETTING_LABELS`] order, then unknown keys."""
     rows = []
@@ -225,8 +234,7 @@ def setting_rows(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
         value = settings.get(key)
         if value is None or (key == "num_train_epochs" and settings.get("max_steps")):  # max_steps wins
             continue
-        value = _VALUE_WORDS.get(key, {}).get(value, f"{value:g}" if isinstance(value, float) else str(value))
-        rows.append((SETTING_LABELS.get(key, f"`{key}`"), value))
+        rows.append((SETTING_LABELS.get(key, f"`{key}`"), _setting_words(key, value)))
     return rows
 
 

@@ -125,8 +125,13 @@ def test_distill_mnist_on_generated_images(tmp_path):
         "--metric_name_or_path", LOCAL_ACCURACY,
         "--latency_examples", "5",
         "--no_plot",
+        # White-box too: the MLPs' features are vectors, cached with the logits.
+        "--feature_pairs", "auto", "--feature_loss", "hint",
     )  # fmt: skip
     reloaded = check_report(second, ["teacher", "student_kd"])
+    assert reloaded["settings"]["feature_pairs"] == ["auto"] and reloaded["settings"]["feature_loss"] == "hint"
+    cards = [path.read_text() for path in second.rglob("README.md")]
+    assert cards and all("Feature pairs" in card and "`auto`" in card for card in cards)
     assert reloaded["teacher"] == str(output_dir / "teacher")
     assert reloaded["models"][0]["train_time_s"] is None
     assert reloaded["models"][0]["accuracy"] == report["models"][0]["accuracy"]  # the same teacher

@@ -361,10 +361,17 @@ def test_feature_maps_are_not_cached_and_are_refused_with_their_size(tmp_path):
 
 
 def test_the_report_records_the_feature_settings_only_when_there_are_pairs(tmp_path):
-    from hf_kd.report import run_settings
+    from hf_kd.report import SETTING_LABELS, run_settings
 
     with_pairs = run_settings(config(tmp_path, feature_loss="overhaul"), teacher_logits="live")
     assert with_pairs["feature_pairs"] == ["auto"] and with_pairs["feature_loss"] == "overhaul"
     assert with_pairs["feature_weight"] == 1e-3 and with_pairs["feature_connector"] == "auto"
     without = run_settings(config(tmp_path, feature_pairs=None), teacher_logits="live")
     assert not any(key.startswith("feature_") for key in without)
+    # The card lists them too (a list of pairs once broke the card's settings table).
+    from hf_kd.modelcard import setting_rows
+
+    settings = {**with_pairs, "feature_pairs": ["hidden_states.1:hidden_states.3", "convs.0@input:convs.1"]}
+    rows = dict(setting_rows(settings))
+    assert rows[SETTING_LABELS["feature_pairs"]] == "`hidden_states.1:hidden_states.3`, `convs.0@input:convs.1`"
+    assert rows[SETTING_LABELS["feature_weight"]] == "0.001"
