@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.utils import logging
 
 from .batch import teacher_feature_column
 from .feature_losses import (
@@ -35,6 +36,8 @@ from .features import (
 from .relation_losses import rkd_loss, teacher_anchored_triplet_loss
 from .teacher import teacher_outputs
 
+logger = logging.get_logger(__name__)
+
 CONNECTORS_NAME = "feature_connectors.safetensors"
 
 
@@ -43,6 +46,19 @@ def _mask_for(feature: torch.Tensor, attention_mask: torch.Tensor | None) -> tor
     if attention_mask is None or feature.dim() != 3 or tuple(attention_mask.shape) != tuple(feature.shape[:2]):
         return None
     return attention_mask
+
+
+def use_eager_attention(model: nn.Module, role: str) -> None:
+    """Only the eager attention returns attention maps (SDPA and flash kernels never form them, and transformers then
+    returns none): a model whose maps a feature pair reads is switched to it, the same weights, said in the log."""
+    current = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if current in (None, "eager") or not hasattr(model, "set_attn_implementation"):
+        return
+    model.set_attn_implementation("eager")
+    logger.warning(
+        f"The {role} computed its attention with {current!r}, which returns no attention maps: switched to 'eager' "
+        "for the attention pairs (slower, more memory)."
+    )
 
 
 def pair_loss(loss: str, student, teacher, *, margin=None, labels=None, attention_mask=None) -> torch.Tensor:
@@ -152,6 +168,10 @@ class FeatureTerm:
         connectors (on the student's device), and measure the overhaul margins over `margin_batches()` (the
         teacher's inputs of the training set) when a teacher feature has no BatchNorm to read them from."""
         pairs = parse_feature_pairs(feature_pairs)
+        if (loss == "attention_mse" and pairs == AUTO) or (
+            pairs != AUTO and any(name.field == "attentions" for pair in pairs for name in pair)
+        ):
+            use_eager_attention(student, "student"), use_eager_attention(teacher, "teacher")
         run_student, run_teacher = lambda: student(**student_inputs), lambda: teacher_outputs(teacher, teacher_inputs)
         if pairs == AUTO:
             field = ("attentions",) if loss == "attention_mse" else ("hidden_states",)

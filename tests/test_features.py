@@ -132,11 +132,11 @@ def test_auto_pairs_on_the_reference_mlps_and_cnns(tmp_path):
 
 
 def test_auto_pairs_on_two_tiny_berts(tmp_path):
-    def bert(layers, width, seed):
+    def bert(layers, width, seed, attn_implementation="eager"):
         torch.manual_seed(seed)
         cfg = BertConfig(vocab_size=50, hidden_size=width, num_hidden_layers=layers, num_attention_heads=2,
                          intermediate_size=2 * width, max_position_embeddings=16, num_labels=3,
-                         attn_implementation="eager")  # fmt: skip
+                         attn_implementation=attn_implementation)  # fmt: skip
         return BertForSequenceClassification(cfg)
 
     g = torch.Generator().manual_seed(0)
@@ -150,9 +150,13 @@ def test_auto_pairs_on_two_tiny_berts(tmp_path):
     assert all(tuple(c.weight.shape) == (32, 16) for c in hidden._feature_term.connectors.connectors)
     hidden.train()
     assert hidden.state.log_history[0]["loss_feature"] > 0
-    teacher16 = bert(4, 16, 0)
-    attention = trainer_for(tmp_path, teacher16, student, data, feature_loss="attention_mse", max_steps=1)
+    # Loaded with SDPA (transformers' default), which returns no attention maps: both are switched to eager.
+    teacher16, sdpa_student = bert(4, 16, 0, "sdpa"), bert(2, 16, 1, "sdpa")
+    attention = trainer_for(tmp_path, teacher16, sdpa_student, data, feature_loss="attention_mse", max_steps=1)
     assert attention._feature_term.describe() == ["attentions.0:attentions.1", "attentions.1:attentions.3"]
+    assert teacher16.config._attn_implementation == sdpa_student.config._attn_implementation == "eager"
+    attention.train()
+    assert attention.state.log_history[0]["loss_feature"] > 0
 
 
 # ------------------------------------------------------------------------------------------------------------------
