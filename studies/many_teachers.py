@@ -9,13 +9,16 @@ with each method, beside the same student on the labels alone.
 
 `--study chain`: teacher 784-1200-1200-10 -> assistant 784-400-100-10 -> student 784-30-10 (Mirzadeh et al., AAAI
 2020), each link ordinary KD (`hf_kd.experiment.distil_chain`), against the same student distilled directly from the
-teacher and trained on the labels alone.
+teacher and trained on the labels alone. `--study chain_cnn`: the same with the CNN pair (1-channel 28x28 versions of
+the CIFAR-10 presets: teacher convs 128-64-64-32 + FC 512, 0.94M parameters -> assistant convs 64-32-32-32 + FC 256,
+0.45M -> student convs 16-16 + FC 256, 0.21M), on Fashion-MNIST by default (`--datasets`).
 
 Sized for a shared 2-core CPU: a training subset (`--train_examples`, first N of the training split), a few epochs,
 one torch thread; every model is scored on the full 10,000-image test split. Settings: AdamW, lr 1e-3, batch 64,
 T = 4, alpha = 0.5 (hf_kd's defaults), teacher logits precomputed (live for `confidence`, which needs the labels).
 
     python studies/many_teachers.py --study ensemble --train_examples 10000 --epochs 5 --output_dir /tmp/many
+    python studies/many_teachers.py --study chain_cnn --train_examples 3000 --epochs 3 --output_dir /tmp/chain_cnn
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from hf_kd.arguments import DataArguments
 from hf_kd.ensemble import TeacherEnsemble
 from hf_kd.experiment import distil, distil_chain, train_with_labels
 from hf_kd.measure import dataset_labels, predict
-from hf_kd.models import MLPConfig, MLPForImageClassification, image_processor_for_preset
+from hf_kd.models import MLPConfig, MLPForImageClassification, image_processor_for_preset, model_from_preset
 from hf_kd.recipes import load_image_data
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -45,6 +48,12 @@ TEACHERS = ([400, 100], [800], [256, 256])
 STUDENT = [100]
 CHAIN = {"teacher": [1200, 1200], "assistant": [400, 100], "student": [30]}
 METHODS = ("mean_probs", "mean_logits", "confidence")
+# The CNN chain: presets, with the assistant's convolutions between the teacher's and the student's.
+CNN_CHAIN = {
+    "teacher": ("cifar10-cnn-teacher", {}),
+    "assistant": ("cifar10-cnn-teacher", {"conv_channels": [64, 32, 32, 32], "classifier_hidden_sizes": [256]}),
+    "student": ("cifar10-cnn-student", {}),
+}
 
 
 def mlp(hidden_sizes: list[int], names: list[str], seed: int) -> MLPForImageClassification:
@@ -52,6 +61,14 @@ def mlp(hidden_sizes: list[int], names: list[str], seed: int) -> MLPForImageClas
     config = MLPConfig(num_channels=1, image_size=28, hidden_sizes=hidden_sizes, dropout=0.0,
                        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})  # fmt: skip
     return MLPForImageClassification(config)
+
+
+def cnn(role: str, names: list[str], seed: int):
+    """A 1-channel 28x28 CNN of the chain (`CNN_CHAIN`), labelled with the dataset's names."""
+    preset, changes = CNN_CHAIN[role]
+    torch.manual_seed(seed)
+    return model_from_preset(preset, num_channels=1, image_size=28, id2label=dict(enumerate(names)),
+                             label2id={n: i for i, n in enumerate(names)}, **changes)  # fmt: skip
 
 
 def run_config(output_dir: str, seed: int, epochs: float, **changes) -> DistillationConfig:
@@ -114,6 +131,25 @@ def chain_seed(data, names, seed: int, args, out: str) -> dict[str, float]:
     }
 
 
+def chain_cnn_seed(data, names, seed: int, args, out: str) -> dict[str, float]:
+    config = run_config(out, seed, args.epochs)
+    teacher = train_with_labels("teacher", cnn("teacher", names, 100 * seed), data, config, None)
+    assistant, chained = distil_chain(
+        cnn("student", names, seed), teacher, [cnn("assistant", names, 100 * seed + 1)], data, config, None
+    )
+    direct = distil(cnn("student", names, seed), teacher, data, config, None, name="student_kd_direct")
+    baseline = train_with_labels("student_ce", cnn("student", names, seed), data, config, None)
+    sizes = {role: f"{model.num_parameters() / 1e6:.2f}M" for role, model in
+             (("teacher", teacher.model), ("assistant", assistant.model), ("student", chained.model))}  # fmt: skip
+    return {
+        f"CNN teacher ({sizes['teacher']})": accuracy(teacher.model, data),
+        f"CNN assistant ({sizes['assistant']}) <- teacher": accuracy(assistant.model, data),
+        f"CNN student ({sizes['student']}), labels only": accuracy(baseline.model, data),
+        f"CNN student ({sizes['student']}) <- teacher (direct KD)": accuracy(direct.model, data),
+        f"CNN student ({sizes['student']}) <- assistant (chain)": accuracy(chained.model, data),
+    }
+
+
 def table(results: dict[str, list[dict[str, float]]]) -> str:
     datasets = list(results)
     rows = list(results[datasets[0]][0])
@@ -129,8 +165,9 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--study", choices=["ensemble", "chain"], required=True)
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--study", choices=["ensemble", "chain", "chain_cnn"], required=True)
+    parser.add_argument("--datasets", nargs="+", default=None, choices=list(DATASETS),
+                        help="default: both (chain_cnn: fashion_mnist)")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--train_examples", type=int, default=10000)
     parser.add_argument("--epochs", type=float, default=5)
@@ -140,9 +177,10 @@ def main():
     hf_logging.set_verbosity_error()
     output_dir = Path(args.output_dir or tempfile.mkdtemp(prefix=f"many_teachers_{args.study}_"))
     output_dir.mkdir(parents=True, exist_ok=True)
-    run_seed = ensemble_seed if args.study == "ensemble" else chain_seed
+    run_seed = {"ensemble": ensemble_seed, "chain": chain_seed, "chain_cnn": chain_cnn_seed}[args.study]
+    datasets = args.datasets or (["fashion_mnist"] if args.study == "chain_cnn" else list(DATASETS))
     results, start = {}, time.perf_counter()
-    for dataset in args.datasets:
+    for dataset in datasets:
         if not DATASETS[dataset][0].exists():
             raise SystemExit(f"{DATASETS[dataset][0]} is missing: this study needs the real data.")
         data, names = load(dataset, args.train_examples)
