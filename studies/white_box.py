@@ -149,8 +149,9 @@ def main():
             results["methods"].setdefault(method, []).append(run)
             print(method, json.dumps(run), flush=True)
             (Path(options.output_dir) / "results.json").write_text(json.dumps(results, indent=1))
+    trained = f"{options.teacher_epochs} epochs" if results["teacher_seconds"] > 1 else f"loaded from {teacher_dir}"
     print(f"\n{options.dataset}, {options.train_examples} training images, students {options.epochs} epochs, teacher "
-          f"{options.teacher_epochs} epochs ({results['teacher']:.2%} test accuracy); 10,000 test images")  # fmt: skip
+          f"{trained} ({results['teacher']:.2%} test accuracy); 10,000 test images")  # fmt: skip
     print("| method | test accuracy (mean ± std over seeds) | per seed |\n|---|---|---|")
     for method, runs in results["methods"].items():
         values = [run["accuracy"] for run in runs]
