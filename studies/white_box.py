@@ -130,6 +130,7 @@ def main():
     test = load_split(options.dataset, "test", None)
     start = time.time()
     teacher_dir = options.teacher_dir or f"{options.output_dir}/teacher"
+    loaded = (Path(teacher_dir) / "config.json").is_file()
     teacher = train_teacher(options.dataset, train, options.teacher_epochs, teacher_dir)
     results = {"dataset": options.dataset, "options": vars(options), "teacher": accuracy(teacher, test),
                "teacher_seconds": time.time() - start, "methods": {}}  # fmt: skip
@@ -149,7 +150,7 @@ def main():
             results["methods"].setdefault(method, []).append(run)
             print(method, json.dumps(run), flush=True)
             (Path(options.output_dir) / "results.json").write_text(json.dumps(results, indent=1))
-    trained = f"{options.teacher_epochs} epochs" if results["teacher_seconds"] > 1 else f"loaded from {teacher_dir}"
+    trained = f"loaded from {teacher_dir}" if loaded else f"{options.teacher_epochs} epochs"
     print(f"\n{options.dataset}, {options.train_examples} training images, students {options.epochs} epochs, teacher "
           f"{trained} ({results['teacher']:.2%} test accuracy); 10,000 test images")  # fmt: skip
     print("| method | test accuracy (mean ± std over seeds) | per seed |\n|---|---|---|")
