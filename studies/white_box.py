@@ -94,13 +94,16 @@ def train_teacher(dataset: str, train, epochs: int, output_dir: str):
     return teacher.eval()
 
 
-def distil(dataset: str, method: str, teacher, train, seed: int, epochs: int, output_dir: str, weight=None):
+def distil(dataset: str, method: str, teacher, train, seed: int, epochs: int, output_dir: str, weight=None,
+           connector=None):
     (_, student_preset), options = DATASETS[dataset][2:]
     torch.manual_seed(seed)
     student = model_from_preset(student_preset, **options)
     settings = {"temperature": 4.0, "alpha": 0.5, **METHODS[method]}
     if weight is not None and "feature_pairs" in settings:
         settings["feature_weight"] = weight
+    if connector is not None and "feature_pairs" in settings:
+        settings["feature_connector"] = connector
     args = DistillationConfig(**common_args(output_dir, seed, epochs), **settings)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train)
     trainer.train()
@@ -119,6 +122,7 @@ def main():
         "--feature_weight", type=float, default=None,
         help="the feature term's weight for every white-box method (default: each loss's reference weight)",
     )
+    parser.add_argument("--feature_connector", default=None, help="for every white-box method (default: 'auto')")
     parser.add_argument("--output_dir", default="/tmp/hf_kd_white_box")
     parser.add_argument(
         "--teacher_dir", default=None,
@@ -142,7 +146,7 @@ def main():
             start = time.time()
             student, history = distil(
                 options.dataset, method, teacher, train, seed, options.epochs, f"{options.output_dir}/s",
-                options.feature_weight,
+                options.feature_weight, options.feature_connector,
             )
             feature = [e["loss_feature"] for e in history if "loss_feature" in e]
             run = {"seed": seed, "accuracy": accuracy(student, test), "seconds": time.time() - start,
