@@ -68,15 +68,20 @@ def precompute_precision(device: torch.device, precision: str | None = None) -> 
 def trim_padding(inputs: dict[str, Any]) -> dict[str, Any]:
     """Drop the trailing positions that are padding in every row (right padding), from every tensor of the
     sequence's length: a batch of short sequences cut from pre-padded tensors then costs its own length. The kept
-    positions' outputs do not change (padded keys get zero attention weight). Left padding is left alone."""
-    mask = inputs.get("attention_mask")
-    if not torch.is_tensor(mask) or mask.dim() != 2 or mask.shape[1] == 0:
-        return inputs
-    used = mask.any(0).nonzero()
-    length, end = mask.shape[1], int(used.max()) + 1 if len(used) else mask.shape[1]
-    if end == length:
-        return inputs
-    return {k: v[:, :end] if torch.is_tensor(v) and v.dim() >= 2 and v.shape[1] == length else v for k, v in inputs.items()}
+    positions' outputs do not change (padded keys get zero attention weight). Left padding is left alone. An ensemble
+    member's own inputs (`<k>_input_ids`, see [`hf_kd.batch.member_index`]) are cut by its own `<k>_attention_mask`,
+    never by another tokenizer's."""
+    trimmed = dict(inputs)
+    for mask_name, mask in inputs.items():
+        if not mask_name.endswith("attention_mask") or not torch.is_tensor(mask) or mask.dim() != 2 or not mask.shape[1]:
+            continue
+        used, length, owner = mask.any(0).nonzero(), mask.shape[1], batch_convention.member_index(mask_name)
+        end = int(used.max()) + 1 if len(used) else length
+        for name, value in inputs.items():
+            same_owner = batch_convention.member_index(name) == owner
+            if end < length and same_owner and torch.is_tensor(value) and value.dim() >= 2 and value.shape[1] == length:
+                trimmed[name] = value[:, :end]
+    return trimmed
 
 
 def example_lengths(values: dict[str, Any]) -> torch.Tensor | None:

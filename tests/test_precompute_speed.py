@@ -107,6 +107,12 @@ def test_trim_padding_keeps_left_padding_and_cuts_shared_right_padding():
     assert trim_padding(right)["input_ids"].tolist() == [[5, 6], [5, 0]]
     left = {"input_ids": torch.tensor([[0, 0, 5, 6]]), "attention_mask": torch.tensor([[0, 0, 1, 1]])}
     assert trim_padding(left)["input_ids"].shape == (1, 4)
+    # An ensemble member with its own tokenizer, padded to the same length: cut by its own mask only.
+    ensemble = {**right, "1_input_ids": torch.tensor([[7, 8, 9, 0], [7, 0, 0, 0]]),
+                "1_attention_mask": torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])}  # fmt: skip
+    cut = trim_padding(ensemble)
+    assert cut["input_ids"].shape == (2, 2) and cut["1_input_ids"].tolist() == [[7, 8, 9], [7, 0, 0]]
+    assert cut["1_attention_mask"].shape == (2, 3)
 
 
 def test_auto_batch_size_is_measured_and_logged(caplog):
