@@ -146,7 +146,7 @@ class _TeacherLogits:
         of the pass."""
         warm_up = order[: self.candidates[0]]  # untimed: the first forward pays one-time costs (allocations, kernels)
         yield (warm_up, *self(make_batch(warm_up)))
-        timings, start, slower = {}, len(warm_up), 0
+        timings, start, slower, unit = {}, len(warm_up), 0, "example"
         for size in self.candidates:
             if timings and start + size * PROBE_BATCHES > PROBE_SHARE * len(order):
                 break  # the remaining sizes would be most of the pass: keep the best so far
@@ -159,6 +159,7 @@ class _TeacherLogits:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 seconds.append((time.perf_counter() - tick) / _tokens(inputs))
+                unit = "token" if torch.is_tensor(inputs.get("attention_mask")) else "example"
                 start += size
                 yield indices, outputs, inputs
             if not seconds:
@@ -168,7 +169,7 @@ class _TeacherLogits:
             if slower == 2:
                 break
         self.batch_size = min(timings, key=timings.get) if timings else self.candidates[0]
-        measured = ", ".join(f"{size}: {t * 1e6:.1f} us/token" for size, t in timings.items()) or "too few examples"
+        measured = ", ".join(f"{size}: {t * 1e6:.1f} us/{unit}" for size, t in timings.items()) or "too few examples"
         logger.info(
             f"teacher_batch_size='auto': timed the teacher on the first batches on {self.device} ({measured}); "
             f"using teacher_batch_size={self.batch_size}."

@@ -115,6 +115,21 @@ def test_trim_padding_keeps_left_padding_and_cuts_shared_right_padding():
     assert cut["1_attention_mask"].shape == (2, 3)
 
 
+def test_auto_batch_size_of_images_is_timed_per_example(caplog):
+    from hf_kd.models import model_from_preset
+
+    torch.manual_seed(0)
+    teacher = model_from_preset("mnist-mlp-teacher")
+    images = InMemoryDataset({"pixel_values": torch.randn(600, 1, 28, 28), "labels": torch.zeros(600, dtype=torch.long)})
+    with caplog.at_level(logging.INFO, logger="hf_kd.precompute"):
+        result = add_teacher_logits(images, teacher, batch_size="auto")
+    message = next(r.getMessage() for r in caplog.records if "teacher_batch_size='auto'" in r.getMessage())
+    assert re.search(r"\d+: [\d.]+ us/example", message) and "us/token" not in message
+    with torch.no_grad():
+        expected = teacher(pixel_values=images.columns["pixel_values"]).logits
+    torch.testing.assert_close(result.columns["teacher_logits"], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_auto_batch_size_is_measured_and_logged(caplog):
     teacher, data = tiny_bert(), token_rows(1200, seed=3)
     seen = SeenShapes(teacher)
