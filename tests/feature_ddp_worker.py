@@ -1,5 +1,6 @@
-"""One process of a feature-distillation run, launched by tests/test_distributed.py with `accelerate launch` (one
-process, or two gloo processes with half the per-device batch each).
+"""A feature-distillation run, launched by tests/test_distributed.py with `accelerate launch` on two gloo processes
+(half the global batch each); `train` is also called in the test's own process, with the whole batch, as the
+reference.
 
 MLP teacher and student from fixed seeds, generated images, a Linear connector (student 100 -> teacher 400
 features); after training, the main process writes the student and the connectors to `<output_dir>/end.safetensors`.
@@ -21,16 +22,14 @@ from hf_kd.models import model_from_preset
 GLOBAL_BATCH, EXAMPLES = 16, 64
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--output_dir", required=True)
-    cli = parser.parse_args()
+def train(output_dir: str, per_device_batch: int) -> dict:
+    """Train the pair; returns the student's and the connectors' final tensors (on every process)."""
     torch.set_num_threads(1)
     args = DistillationConfig(
-        output_dir=cli.output_dir, use_cpu=True, num_train_epochs=2, learning_rate=1e-2, seed=0, save_strategy="no",
+        output_dir=output_dir, use_cpu=True, num_train_epochs=2, learning_rate=1e-2, seed=0, save_strategy="no",
         report_to="none", logging_steps=1, dataloader_pin_memory=False, disable_tqdm=True,
-        per_device_train_batch_size=GLOBAL_BATCH // int(os.environ.get("WORLD_SIZE", "1")),
-        feature_pairs=["hidden_states.2:hidden_states.2"], feature_loss="hint",
+        per_device_train_batch_size=per_device_batch, feature_pairs=["hidden_states.2:hidden_states.2"],
+        feature_loss="hint",
     )  # fmt: skip
     torch.manual_seed(0)
     teacher, student = model_from_preset("mnist-mlp-teacher"), model_from_preset("mnist-mlp-student")
@@ -41,11 +40,20 @@ def main():
     }).with_format("torch")  # fmt: skip
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
     trainer.train()
-    if trainer.accelerator.is_main_process:
-        state = {f"student.{k}": v for k, v in student.state_dict().items()}
-        state.update({f"connectors.{k}": v for k, v in trainer._feature_term.connectors.state_dict().items()})
+    state = {f"student.{k}": v for k, v in student.state_dict().items()}
+    state.update({f"connectors.{k}": v for k, v in trainer._feature_term.connectors.state_dict().items()})
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output_dir", required=True)
+    cli = parser.parse_args()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    state = train(cli.output_dir, GLOBAL_BATCH // world_size)
+    if int(os.environ.get("RANK", "0")) == 0:
         Path(cli.output_dir).mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, Path(cli.output_dir) / "end.safetensors")
+        save_file(state, Path(cli.output_dir) / "end.safetensors")
 
 
 if __name__ == "__main__":

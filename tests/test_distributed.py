@@ -75,12 +75,11 @@ def test_two_cpu_processes_train_like_one_with_the_same_global_batch(tmp_path):
     assert accuracy["one"] == accuracy["two"]
 
 
-def launch_feature_worker(num_processes: int, output_dir) -> None:
-    launcher = ["--multi_gpu", "--num_processes", "2"] if num_processes == 2 else ["--num_processes", "1"]
+def launch_feature_worker(output_dir) -> None:
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1", "--mixed_precision",
-        "no", "--dynamo_backend", "no", str(REPO_ROOT / "tests" / "feature_ddp_worker.py"), "--output_dir",
-        str(output_dir),
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+        "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "tests" / "feature_ddp_worker.py"),
+        "--output_dir", str(output_dir),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -91,9 +90,11 @@ def test_two_processes_train_the_same_connectors_as_one(tmp_path):
     """The feature connectors are prepared like the student: DDP averages their gradients across the processes, so
     two processes with half the batch each end where one process with the whole batch does (float summation order
     aside), the student as well."""
-    launch_feature_worker(1, tmp_path / "one")
-    launch_feature_worker(2, tmp_path / "two")
-    one, two = (load_file(tmp_path / name / "end.safetensors") for name in ("one", "two"))
+    from feature_ddp_worker import GLOBAL_BATCH, train  # beside this file
+
+    launch_feature_worker(tmp_path / "two")
+    two = load_file(tmp_path / "two" / "end.safetensors")
+    one = train(str(tmp_path / "one"), GLOBAL_BATCH)
     assert one.keys() == two.keys() and any(key.startswith("connectors.") for key in one)
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-4, msg=key)
