@@ -653,7 +653,7 @@ def test_rotten_tomatoes_with_minilm(tmp_path):
     report = example.main(
         [
             "--dataset_name", str(data), "--teacher_model_name_or_path", str(minilm), "--output_dir", str(tmp_path / "rt"),
-            "--max_train_samples", "1600", "--max_eval_samples", "400", "--max_length", "48",
+            "--max_train_samples", "1200", "--max_eval_samples", "400", "--max_length", "48",
             "--per_device_train_batch_size", "16", "--teacher_num_train_epochs", "1", "--teacher_learning_rate", "2e-4",
             "--num_train_epochs", "1", "--learning_rate", "2e-4", "--logging_steps", "20",
             "--metric_name_or_path", str(REPO_ROOT / "tests/metrics/accuracy"),
@@ -666,7 +666,7 @@ def test_rotten_tomatoes_with_minilm(tmp_path):
     models = {m.name: m for m in report.models}
     teacher, ce, kd = models["teacher"], models["student_ce"], models["student_kd"]
     assert teacher.parameters == 22_713_986 and kd.parameters == ce.parameters < teacher.parameters
-    # Majority class: 57.8%. MiniLM learns the task from 1,600 reviews in one epoch; the students keep most of it.
+    # Majority class: 57.8%. MiniLM learns the task from 1,200 reviews in one epoch; the students keep most of it.
     assert teacher.accuracy >= 0.7, teacher
     assert kd.accuracy >= 0.65 and ce.accuracy >= 0.6, (kd, ce)
     # Latency is measured and reported (the benchmark scripts compare speeds), not asserted: a timed comparison fails
