@@ -77,9 +77,11 @@ def trim_padding(inputs: dict[str, Any]) -> dict[str, Any]:
             continue
         used, length, owner = mask.any(0).nonzero(), mask.shape[1], batch_convention.member_index(mask_name)
         end = int(used.max()) + 1 if len(used) else length
+        if end == length:
+            continue
         for name, value in inputs.items():
             same_owner = batch_convention.member_index(name) == owner
-            if end < length and same_owner and torch.is_tensor(value) and value.dim() >= 2 and value.shape[1] == length:
+            if same_owner and torch.is_tensor(value) and value.dim() >= 2 and value.shape[1] == length:
                 trimmed[name] = value[:, :end]
     return trimmed
 

@@ -16,14 +16,25 @@ from test_examples_image import LOCAL_ACCURACY, make_image_dataset
 GLOBAL_BATCH = 16
 
 
-def launch(num_processes: int, data_dir, output_dir, tmp_path) -> subprocess.CompletedProcess:
-    # `--multi_gpu` is accelerate's data-parallel launcher (torchrun); with `--use_cpu` the processes join a gloo
-    # group on a machine without GPUs. (`accelerate launch --cpu --num_processes 2` would start a single process.)
+def accelerate_launch(num_processes: int, script: str, *args: str, env: dict | None = None, timeout: int = 400):
+    """Run `script` (relative to the repository) with `accelerate launch` on 1 or 2 CPU processes, one thread each.
+    `--multi_gpu` is accelerate's data-parallel launcher (torchrun); with `--use_cpu` (or `use_cpu=True` in the
+    script) the processes join a gloo group on a machine without GPUs. (`accelerate launch --cpu --num_processes 2`
+    would start a single process.)"""
     launcher = ["--multi_gpu", "--num_processes", "2"] if num_processes == 2 else ["--num_processes", "1"]
     command = [
         sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(REPO_ROOT / "examples" / "distill_mnist.py"),
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / script), *args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def launch(num_processes: int, data_dir, output_dir, tmp_path) -> subprocess.CompletedProcess:
+    return accelerate_launch(
+        num_processes, "examples/distill_mnist.py",
         "--use_cpu",
         "--dataset_name", str(data_dir),
         "--output_dir", str(output_dir),
@@ -33,12 +44,8 @@ def launch(num_processes: int, data_dir, output_dir, tmp_path) -> subprocess.Com
         "--metric_name_or_path", LOCAL_ACCURACY,
         "--latency_examples", "5",
         "--no_plot",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "HF_DATASETS_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
+        env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
 
 
 def test_two_cpu_processes_train_like_one_with_the_same_global_batch(tmp_path):
@@ -75,24 +82,13 @@ def test_two_cpu_processes_train_like_one_with_the_same_global_batch(tmp_path):
     assert accuracy["one"] == accuracy["two"]
 
 
-def launch_feature_worker(output_dir) -> None:
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-        "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "tests" / "feature_ddp_worker.py"),
-        "--output_dir", str(output_dir),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-
-
 def test_two_processes_train_the_same_connectors_as_one(tmp_path):
     """The feature connectors are prepared like the student: DDP averages their gradients across the processes, so
     two processes with half the batch each end where one process with the whole batch does (float summation order
     aside), the student as well."""
     from feature_ddp_worker import GLOBAL_BATCH, train  # beside this file
 
-    launch_feature_worker(tmp_path / "two")
+    accelerate_launch(2, "tests/feature_ddp_worker.py", "--output_dir", str(tmp_path / "two"), timeout=300)
     two = load_file(tmp_path / "two" / "end.safetensors")
     one = train(str(tmp_path / "one"), GLOBAL_BATCH)
     assert one.keys() == two.keys() and any(key.startswith("connectors.") for key in one)
