@@ -12,7 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["hf_kd", "hf_kd.*"]),
-    package_data={"hf_kd": ["templates/*.md"]},
+    package_data={"hf_kd": ["report/templates/*.md"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4,<3",

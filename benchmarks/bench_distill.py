@@ -22,7 +22,7 @@ and per-round ratios (a shared machine drifts over minutes; one round's variants
                1,280 Rotten Tomatoes reviews (../shared/data/rotten_tomatoes, else generated token ids) padded to 64
                tokens; batch 32; precompute amortised over 3 epochs (the text example's default).
 
-Both sides do the same work: the same models and loss function (hf_kd.losses), the optimizer the Trainer builds
+Both sides do the same work: the same models and loss function (hf_kd.losses.logit), the optimizer the Trainer builds
 from its arguments (AdamW), a constant learning rate, gradient clipping at 1.0 (the Trainer default; the
 Trainer computes the gradient norm every step for its logs anyway), the same data as tensors. The trainers
 keep their features on (logging every `logging_steps`, the progress bar, callbacks); checkpoints are off for both.
@@ -52,7 +52,7 @@ from transformers.utils import logging as hf_logging
 
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.data import InMemoryDataset, collate_batches
-from hf_kd.losses import distillation_loss
+from hf_kd.losses.logit import distillation_loss
 from hf_kd.models import image_processor_for_preset, model_from_preset
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -87,9 +87,9 @@ def load_data(models: str, max_samples: int | None) -> tuple[Dataset, str]:
     """The prepared train split (pixel_values, labels) as a torch-format datasets.Dataset: real MNIST for the MLPs
     when ../shared has it, generated tensors of the models' input shape otherwise."""
     if models == "mnist-mlp" and MNIST_DIR.exists():
-        from hf_kd.data import preprocess_image_dataset
-
         from datasets import load_dataset
+
+        from hf_kd.data import preprocess_image_dataset
 
         raw = load_dataset(str(MNIST_DIR), split="train")
         if max_samples:
@@ -109,7 +109,7 @@ def text_pair(max_samples: int | None) -> Pair:
     from it, reviews padded to 64 tokens (generated token ids of review-like lengths without the data)."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from hf_kd.student import derive_student
+    from hf_kd.models.student import derive_student
 
     n = max_samples or TEXT_EXAMPLES
     torch.manual_seed(0)  # the teacher's new classification head
@@ -374,8 +374,8 @@ def main():
     torch.set_num_threads(cli.threads)
     hf_logging.set_verbosity_error()
     precompute_log = Messages()
-    logging.getLogger("hf_kd.precompute").addHandler(precompute_log)
-    logging.getLogger("hf_kd.precompute").setLevel(logging.INFO)
+    logging.getLogger("hf_kd.teacher.precompute").addHandler(precompute_log)
+    logging.getLogger("hf_kd.teacher.precompute").setLevel(logging.INFO)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     text = cli.models == "text-minilm"
     pair = text_pair(cli.max_train_samples) if text else image_pair(cli.models, cli.max_train_samples)

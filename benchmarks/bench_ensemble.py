@@ -23,8 +23,8 @@ from bench_distill import image_pair, timed_train, trainer_args
 from transformers.utils import logging as hf_logging
 
 from hf_kd import DistillationTrainer, add_teacher_logits
-from hf_kd.ensemble import TeacherEnsemble
 from hf_kd.models import model_from_preset
+from hf_kd.teacher.ensemble import TeacherEnsemble
 
 
 def teachers(k: int) -> list:

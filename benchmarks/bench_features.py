@@ -13,7 +13,6 @@ import tempfile
 import time
 
 import torch
-from datasets import Dataset
 
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.data import InMemoryDataset

@@ -23,7 +23,7 @@ import time
 import torch
 from bench_distill import Messages, text_pair
 
-from hf_kd.precompute import add_teacher_logits
+from hf_kd.teacher.precompute import add_teacher_logits
 
 
 def fixed_batches(teacher, columns: dict, batch_size: int) -> torch.Tensor:
@@ -42,8 +42,8 @@ def main():
     cli = parser.parse_args()
     torch.set_num_threads(cli.threads)
     log = Messages()
-    logging.getLogger("hf_kd.precompute").addHandler(log)
-    logging.getLogger("hf_kd.precompute").setLevel(logging.INFO)
+    logging.getLogger("hf_kd.teacher.precompute").addHandler(log)
+    logging.getLogger("hf_kd.teacher.precompute").setLevel(logging.INFO)
     pair = text_pair(cli.max_train_samples)
     teacher, data = pair.make_teacher().eval(), pair.tensors
     chosen = {}

@@ -18,13 +18,12 @@ from contextlib import ExitStack, contextmanager
 from unittest import mock
 
 import torch
+from bench_distill import BATCH, hand_written_loop, load_data, timed_train, trainer_args
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from hf_kd.data import InMemoryDataset, collate_batches
 from hf_kd.models import model_from_preset
-
-from bench_distill import BATCH, hand_written_loop, load_data, timed_train, trainer_args
 
 
 @contextmanager

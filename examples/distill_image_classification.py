@@ -15,10 +15,10 @@ teacher too, for comparison). The report lists every teacher, assistant and stud
 """
 
 from hf_kd import DistillationTrainer
-from hf_kd.arguments import parse_image_arguments
 from hf_kd.data import RandomShiftCollator
-from hf_kd.ensemble import ensemble_for
-from hf_kd.experiment import (
+from hf_kd.report.metrics import load_metric
+from hf_kd.runs.arguments import parse_image_arguments
+from hf_kd.runs.experiment import (
     STUDENT_KD_DIR,
     STUDENT_KD_DIRECT_DIR,
     TEACHER_DIR,
@@ -34,15 +34,9 @@ from hf_kd.experiment import (
     train_teacher,
     user_errors_as_messages,
 )
-from hf_kd.metrics import load_metric
-from hf_kd.online import born_again, distil_from_ema, train_mutual
-from hf_kd.recipes import (
-    build_image_model,
-    fill_value,
-    image_processor_for,
-    load_image_data,
-    load_image_teacher,
-)
+from hf_kd.runs.online import born_again, distil_from_ema, train_mutual
+from hf_kd.runs.recipes import build_image_model, fill_value, image_processor_for, load_image_data, load_image_teacher
+from hf_kd.teacher.ensemble import ensemble_for
 
 
 def main(defaults=None, argv=None):

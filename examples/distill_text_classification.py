@@ -23,9 +23,9 @@ ensemble and every teacher.
 """
 
 from hf_kd import DistillationTrainer
-from hf_kd.arguments import parse_text_arguments
-from hf_kd.ensemble import ensemble_for
-from hf_kd.experiment import (
+from hf_kd.report.metrics import load_metric
+from hf_kd.runs.arguments import parse_text_arguments
+from hf_kd.runs.experiment import (
     STUDENT_KD_DIR,
     Trained,
     compute_metrics_for,
@@ -37,8 +37,8 @@ from hf_kd.experiment import (
     train_baseline,
     user_errors_as_messages,
 )
-from hf_kd.metrics import load_metric
-from hf_kd.recipes import text_setup
+from hf_kd.runs.recipes import text_setup
+from hf_kd.teacher.ensemble import ensemble_for
 
 # Measured on Rotten Tomatoes with all-MiniLM-L6-v2 on CPU: see README.md, "Text classification".
 DEFAULTS = {

@@ -2,7 +2,7 @@
 
 The names below are what a user calls; each is imported on first use (PEP 562), so `import hf_kd` does not pay for
 transformers' Trainer, datasets and torch until they are needed. Everything else stays importable from its module
-(`hf_kd.losses`, `hf_kd.teacher`, `hf_kd.batch`, `hf_kd.data`, `hf_kd.experiment`, ...).
+(`hf_kd.losses.logit`, `hf_kd.teacher.loading`, `hf_kd.batch`, `hf_kd.data`, ...; ARCHITECTURE.md maps them).
 """
 
 from importlib import import_module
@@ -14,22 +14,22 @@ except PackageNotFoundError:  # a source tree that was not installed
     __version__ = "0.0.0"
 
 _EXPORTS = {
-    "DistillationConfig": "configuration_distillation",
-    "DistillationTrainer": "trainer",
-    "distillation_loss": "losses",
-    "add_teacher_logits": "teacher",
-    "load_teacher": "teacher",
-    "DistillationReport": "report",
+    "DistillationConfig": "training.configuration_distillation",
+    "DistillationTrainer": "training.trainer",
+    "distillation_loss": "losses.logit",
+    "add_teacher_logits": "teacher.precompute",
+    "load_teacher": "teacher.loading",
+    "DistillationReport": "report.report",
     "InMemoryDataset": "data",
     "RandomShiftCollator": "data",
     "DataCollatorWithTeacherPadding": "data",
     "load_image_classification_dataset": "data",
     "tokenize_dataset": "data",
-    "derive_student": "student",
-    "TeacherEnsemble": "ensemble",
-    "MutualLearningTrainer": "mutual",
-    "MutualLearningConfig": "mutual",
-    "EMATeacherCallback": "ema",
+    "derive_student": "models.student",
+    "TeacherEnsemble": "teacher.ensemble",
+    "MutualLearningTrainer": "training.mutual",
+    "MutualLearningConfig": "training.mutual",
+    "EMATeacherCallback": "training.ema",
     "model_from_preset": "models",
     "image_processor_for_preset": "models",
     "MLPForImageClassification": "models",

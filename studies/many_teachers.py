@@ -30,17 +30,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
 from hf_kd import DistillationConfig
-from hf_kd.arguments import DataArguments
-from hf_kd.ensemble import TeacherEnsemble
-from hf_kd.experiment import distil, distil_chain, train_with_labels
-from hf_kd.measure import dataset_labels, predict
 from hf_kd.models import MLPConfig, MLPForImageClassification, image_processor_for_preset, model_from_preset
-from hf_kd.recipes import load_image_data
+from hf_kd.report.measure import dataset_labels, predict
+from hf_kd.runs.arguments import DataArguments
+from hf_kd.runs.experiment import distil, distil_chain, train_with_labels
+from hf_kd.runs.recipes import load_image_data
+from hf_kd.teacher.ensemble import TeacherEnsemble
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {"mnist": (SHARED / "mnist", 0.1307, 0.3081), "fashion_mnist": (SHARED / "fashion_mnist", 0.2860, 0.3530)}

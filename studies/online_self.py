@@ -12,7 +12,7 @@ for the same epochs on the same training subset and scored on the full 10,000-im
   generation, generation 0 being the baseline;
 - EMA self-distillation: the student distilled from an exponential moving average of itself.
 
-All through the library's stages (`hf_kd.experiment`, `hf_kd.online`). Mean and spread (sample standard deviation)
+All through the library's stages (`hf_kd.runs.experiment`, `hf_kd.runs.online`). Mean and spread (sample standard deviation)
 over the seeds; a table in Markdown at the end (and in `--output_dir/online_self.json`).
 
     . ../shared/offline-hf.sh; python studies/online_self.py --train_examples 10000 --epochs 10
@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 from hf_kd import DistillationConfig
-from hf_kd.arguments import DataArguments
-from hf_kd.experiment import TEACHER_DIR, train_baseline, train_with_labels
-from hf_kd.online import born_again, distil_from_ema, train_mutual
-from hf_kd.recipes import build_image_model, image_processor_for, load_image_data
+from hf_kd.runs.arguments import DataArguments
+from hf_kd.runs.experiment import TEACHER_DIR, train_baseline, train_with_labels
+from hf_kd.runs.online import born_again, distil_from_ema, train_mutual
+from hf_kd.runs.recipes import build_image_model, image_processor_for, load_image_data
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {"MNIST": DATA_DIR / "mnist", "Fashion-MNIST": DATA_DIR / "fashion_mnist"}

@@ -17,7 +17,8 @@ import torch
 from datasets import load_from_disk
 
 from hf_kd import DistillationConfig, DistillationTrainer, MLPForImageClassification
-from hf_kd.teacher import resolve_teacher, teacher_fingerprint
+from hf_kd.teacher.ensemble import resolve_teacher
+from hf_kd.teacher.precompute import teacher_fingerprint
 
 PROBE = 8  # examples whose teacher logits are compared with an unsharded teacher's
 

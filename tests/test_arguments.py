@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hf_kd.arguments import DataArguments, ExperimentArguments, TextArguments, build_parser, parse_image_arguments
-from hf_kd.configuration_distillation import DistillationConfig
+from hf_kd.runs.arguments import DataArguments, ExperimentArguments, TextArguments, build_parser, parse_image_arguments
+from hf_kd.training.configuration_distillation import DistillationConfig
 
 
 def _help(dataclass_types) -> str:

@@ -7,7 +7,7 @@ from conftest import TinyConfig, TinyForSequenceClassification, make_dataset, ma
 from test_trainer import config
 
 from hf_kd import DistillationTrainer
-from hf_kd.experiment import ModelData, Trained, distil, distil_chain
+from hf_kd.runs.experiment import ModelData, Trained, distil, distil_chain
 
 
 def _task():
@@ -69,8 +69,8 @@ def test_the_chain_resumes_from_a_finished_link(tmp_path, monkeypatch):
 
 
 def test_lineage_of_a_run():
-    from hf_kd.measure import model_label
-    from hf_kd.report import lineage_of
+    from hf_kd.report.measure import model_label
+    from hf_kd.report.report import lineage_of
 
     assert lineage_of(["teacher", "student_ce", "student_kd"]) is None  # one teacher, no assistant: the table says it
     chain = lineage_of(["teacher", "assistant_1", "assistant_2", "student_ce", "student_kd_direct", "student_kd"])

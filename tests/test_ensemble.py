@@ -10,14 +10,14 @@ from test_trainer import config
 
 from hf_kd import DistillationConfig, DistillationTrainer, add_teacher_logits
 from hf_kd.batch import member_inputs, split_batch, teacher_input_columns
-from hf_kd.ensemble import (
+from hf_kd.losses.logit import distillation_loss
+from hf_kd.teacher.ensemble import (
     TeacherEnsemble,
     combine_logits,
     confidence_weights,
     mixture_logits,
     weighted_mean_logits,
 )
-from hf_kd.losses import distillation_loss
 
 T = 2.0
 

@@ -9,8 +9,8 @@ import yaml
 from datasets import DatasetDict
 from test_examples_image import LOCAL_ACCURACY, load_example, make_image_dataset
 
-from hf_kd.measure import model_label
-from hf_kd.recipes import build_image_model
+from hf_kd.report.measure import model_label
+from hf_kd.runs.recipes import build_image_model
 
 
 def test_ensemble_through_an_assistant(tmp_path):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hf_kd.feature_losses import (
+from hf_kd.losses.feature import (
     attention_map,
     attention_mse_loss,
     attention_transfer_loss,
@@ -21,12 +21,7 @@ from hf_kd.feature_losses import (
     overhaul_negative_stats,
     pkd_loss,
 )
-from hf_kd.relation_losses import (
-    rkd_angle_loss,
-    rkd_distance_loss,
-    rkd_loss,
-    teacher_anchored_triplet_loss,
-)
+from hf_kd.losses.relation import rkd_angle_loss, rkd_distance_loss, rkd_loss, teacher_anchored_triplet_loss
 
 
 def _randn(*shape, seed=0, scale=1.0):

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification, HfArgumentParser, TrainerCallback
 
 from hf_kd import DistillationConfig, DistillationTrainer
-from hf_kd.feature_term import CONNECTORS_NAME
-from hf_kd.features import FeatureCollector, make_connector, parse_feature, relative_depth
+from hf_kd.features.names import FeatureCollector, make_connector, parse_feature, relative_depth
 from hf_kd.models import model_from_preset
+from hf_kd.training.feature_term import CONNECTORS_NAME
 
 
 def mlps():
@@ -278,7 +278,7 @@ def test_vector_features_cached_with_the_logits_train_the_student_the_live_teach
     # runs measure the overhaul margins over the same batches).
     settings = dict(feature_loss=loss, feature_pairs=pairs, num_train_epochs=2, logging_steps=4, teacher_batch_size=32)
     teacher, student = mlps()
-    with caplog.at_level(logging.INFO, logger="hf_kd.precompute"):
+    with caplog.at_level(logging.INFO, logger="hf_kd.teacher.precompute"):
         cached = trainer_for(tmp_path, teacher, student, data, precompute_teacher_logits=True, **settings)
     names = cached._feature_term.teacher_features()
     columns = [f"teacher_feature_{i}" for i in range(len(names))]
@@ -365,7 +365,7 @@ def test_feature_maps_are_not_cached_and_are_refused_with_their_size(tmp_path):
 
 
 def test_the_report_records_the_feature_settings_only_when_there_are_pairs(tmp_path):
-    from hf_kd.report import SETTING_LABELS, run_settings
+    from hf_kd.report.report import SETTING_LABELS, run_settings
 
     with_pairs = run_settings(config(tmp_path, feature_loss="overhaul"), teacher_logits="live")
     assert with_pairs["feature_pairs"] == ["auto"] and with_pairs["feature_loss"] == "overhaul"
@@ -373,7 +373,7 @@ def test_the_report_records_the_feature_settings_only_when_there_are_pairs(tmp_p
     without = run_settings(config(tmp_path, feature_pairs=None), teacher_logits="live")
     assert not any(key.startswith("feature_") for key in without)
     # The card lists them too (a list of pairs once broke the card's settings table).
-    from hf_kd.modelcard import setting_rows
+    from hf_kd.report.modelcard import setting_rows
 
     settings = {**with_pairs, "feature_pairs": ["hidden_states.1:hidden_states.3", "convs.0@input:convs.1"]}
     rows = dict(setting_rows(settings))

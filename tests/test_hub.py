@@ -30,8 +30,8 @@ from PIL import Image
 from transformers import AutoModelForImageClassification
 
 from hf_kd import DistillationConfig, DistillationTrainer
-from hf_kd.modelcard import HubPushError
 from hf_kd.models import image_processor_for_preset, model_from_preset
+from hf_kd.report.modelcard import HubPushError
 
 REPO_ID = "hf-kd-tests/mnist-mlp-student-kd"
 TOKEN = "hf_stand_in_token"
@@ -572,7 +572,7 @@ def test_push_without_namespace_names_the_repository_the_hub_created(tmp_path, h
 
 def test_card_license_and_teacher_recipe(tmp_path):
     """The card records how the run trained its teacher, and a license: hf_kd's Apache-2.0 unless the user's."""
-    from hf_kd.report import DistillationReport
+    from hf_kd.report.report import DistillationReport
 
     trainer = _experiment(tmp_path)
     report = DistillationReport.load(tmp_path)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hf_kd.losses import (
+from hf_kd.losses.logit import (
     distillation_loss,
     hard_label_loss,
     logit_mse_loss,

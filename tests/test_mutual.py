@@ -17,9 +17,9 @@ from transformers import (
 )
 
 from hf_kd import DistillationConfig, DistillationTrainer
-from hf_kd.ema import EMATeacherCallback
-from hf_kd.losses import mutual_learning_loss
-from hf_kd.mutual import MutualLearningConfig, MutualLearningTrainer
+from hf_kd.losses.logit import mutual_learning_loss
+from hf_kd.training.ema import EMATeacherCallback
+from hf_kd.training.mutual import MutualLearningConfig, MutualLearningTrainer
 
 ARGS = {
     "per_device_train_batch_size": 32, "num_train_epochs": 1, "learning_rate": 1e-2, "logging_steps": 4,

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from test_examples_image import LOCAL_ACCURACY, load_example, make_image_dataset
 
 from hf_kd import DistillationConfig
-from hf_kd.experiment import ModelData, Trained
-from hf_kd.online import born_again, distil_from_ema
+from hf_kd.runs.experiment import ModelData, Trained
+from hf_kd.runs.online import born_again, distil_from_ema
 
 ARGS = {
     "per_device_train_batch_size": 32, "num_train_epochs": 1, "learning_rate": 1e-2, "logging_steps": 4,
@@ -39,7 +39,7 @@ def test_born_again_generations_each_distil_the_previous_one(tmp_path, tiny_task
 
 
 def test_born_again_from_the_ensemble_of_earlier_generations(tmp_path, tiny_task):
-    pytest.importorskip("hf_kd.ensemble", reason="the teacher ensemble module is not in this checkout")
+    pytest.importorskip("hf_kd.teacher.ensemble", reason="the teacher ensemble module is not in this checkout")
     _, train, test = tiny_task
     data = ModelData(train, test, None, None)
     config = DistillationConfig(output_dir=str(tmp_path), **ARGS)

@@ -1,4 +1,4 @@
-"""The precompute at hardware speed (`hf_kd.precompute`): length-sorted, batch-padded inference that gives every
+"""The precompute at hardware speed (`hf_kd.teacher.precompute`): length-sorted, batch-padded inference that gives every
 example the live teacher's logits in the original order, a measured batch size that is logged, and a cache key
 that separates precisions but not batch sizes. A tiny random BERT made here; no network."""
 
@@ -14,8 +14,8 @@ from transformers import BertConfig, BertForSequenceClassification, BertForToken
 
 from hf_kd import DistillationConfig
 from hf_kd.data import InMemoryDataset
-from hf_kd.precompute import BATCH_SIZE_CANDIDATES, PROBE_BATCHES, add_teacher_logits, trim_padding
-from hf_kd.teacher import add_teacher_logits as add_teacher_logits_from_teacher
+from hf_kd.teacher.precompute import BATCH_SIZE_CANDIDATES, PROBE_BATCHES, add_teacher_logits, trim_padding
+from hf_kd.teacher.precompute import add_teacher_logits as add_teacher_logits_from_teacher
 
 VOCAB, MAX_LEN = 50, 40
 
@@ -121,7 +121,7 @@ def test_auto_batch_size_of_images_is_timed_per_example(caplog):
     torch.manual_seed(0)
     teacher = model_from_preset("mnist-mlp-teacher")
     images = InMemoryDataset({"pixel_values": torch.randn(600, 1, 28, 28), "labels": torch.zeros(600, dtype=torch.long)})
-    with caplog.at_level(logging.INFO, logger="hf_kd.precompute"):
+    with caplog.at_level(logging.INFO, logger="hf_kd.teacher.precompute"):
         result = add_teacher_logits(images, teacher, batch_size="auto")
     message = next(r.getMessage() for r in caplog.records if "teacher_batch_size='auto'" in r.getMessage())
     assert re.search(r"\d+: [\d.]+ us/example", message) and "us/token" not in message
@@ -133,7 +133,7 @@ def test_auto_batch_size_of_images_is_timed_per_example(caplog):
 def test_auto_batch_size_is_measured_and_logged(caplog):
     teacher, data = tiny_bert(), token_rows(1200, seed=3)
     seen = SeenShapes(teacher)
-    with caplog.at_level(logging.INFO, logger="hf_kd.precompute"):
+    with caplog.at_level(logging.INFO, logger="hf_kd.teacher.precompute"):
         result = add_teacher_logits(data, teacher, batch_size="auto", data_collator=pad_collator)
     sizes = [b for b, _ in seen.shapes]
     message = next(r.getMessage() for r in caplog.records if "teacher_batch_size='auto'" in r.getMessage())
@@ -174,7 +174,7 @@ def test_cache_separates_precisions_but_not_batch_sizes(tmp_path):
         add_teacher_logits(data, teacher, precision="int8")
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1, 'auto' or None"):
         add_teacher_logits(data, teacher, batch_size=0)
-    assert add_teacher_logits_from_teacher is add_teacher_logits  # still importable from hf_kd.teacher
+    assert add_teacher_logits_from_teacher is add_teacher_logits  # still importable from hf_kd.teacher.loading
 
 
 def test_teacher_batch_size_setting(tmp_path):

@@ -1,4 +1,4 @@
-"""hf_kd.report: measuring a model, writing the report atomically, the plot; the output-dir refusal."""
+"""hf_kd.report.report: measuring a model, writing the report atomically, the plot; the output-dir refusal."""
 
 from __future__ import annotations
 
@@ -11,15 +11,10 @@ import torch
 from datasets import Dataset
 
 from hf_kd.data import InMemoryDataset
-from hf_kd.experiment import check_output_dir
 from hf_kd.models import model_from_preset
-from hf_kd.report import (
-    REPORT_JSON,
-    REPORT_MD,
-    DistillationReport,
-    ModelResult,
-    measure_model,
-)
+from hf_kd.report.measure import ModelResult, measure_model
+from hf_kd.report.report import REPORT_JSON, REPORT_MD, DistillationReport
+from hf_kd.runs.experiment import check_output_dir
 
 SETTINGS = {
     "temperature": 4.0,
@@ -161,7 +156,7 @@ def test_output_dir_refusal(tmp_path):
 def test_load_metric_local_module_and_offline_fallback():
     from conftest import REPO_ROOT
 
-    from hf_kd.metrics import Accuracy, compute_metrics_fn, load_metric, metric_value
+    from hf_kd.report.metrics import Accuracy, compute_metrics_fn, load_metric, metric_value
 
     local = load_metric(str(REPO_ROOT / "tests" / "metrics" / "accuracy"))
     assert metric_value(local, [0, 1, 2, 2], [0, 1, 1, 2]) == 0.75
@@ -178,7 +173,7 @@ def test_load_metric_local_module_and_offline_fallback():
 
 
 def test_model_size_leaves_out_trainer_checkpoints(tmp_path):
-    from hf_kd.report import directory_size_mb
+    from hf_kd.report.measure import directory_size_mb
 
     model = tmp_path / "student"
     model.mkdir()
@@ -197,7 +192,7 @@ def test_model_size_leaves_out_trainer_checkpoints(tmp_path):
 
 def test_run_settings_is_the_one_settings_builder():
     from hf_kd import DistillationConfig
-    from hf_kd.report import OPTIONAL_SETTINGS_KEYS, SETTINGS_KEYS, run_settings
+    from hf_kd.report.report import OPTIONAL_SETTINGS_KEYS, SETTINGS_KEYS, run_settings
 
     args = DistillationConfig(
         output_dir="unused", report_to="none", temperature=2.0, alpha=0.7, learning_rate=5e-4, seed=3,
@@ -234,7 +229,7 @@ def test_missing_matplotlib_is_said_once(tmp_path, monkeypatch, caplog):
     import sys
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
-    with caplog.at_level(logging.WARNING, logger="hf_kd.report"):
+    with caplog.at_level(logging.WARNING, logger="hf_kd.report.report"):
         path = _report().save(tmp_path)
     assert json.loads(path.read_text())["plot"] is None and not (tmp_path / "distillation_report.png").exists()
     said = [r.getMessage() for r in caplog.records if "matplotlib" in r.getMessage()]
@@ -242,8 +237,7 @@ def test_missing_matplotlib_is_said_once(tmp_path, monkeypatch, caplog):
 
 
 def test_latency_is_the_fastest_pass_median_with_its_spread(tmp_path):
-    from hf_kd.measure import latency_statistics
-    from hf_kd.report import LATENCY_PASSES, latency_ms
+    from hf_kd.report.measure import LATENCY_PASSES, latency_ms, latency_statistics
 
     # Call times (s) of passes that alternate between a slow and a fast machine.
     passes = [[0.004, 0.002, 0.006], [0.001, 0.003, 0.002]] * 3
@@ -270,7 +264,7 @@ def test_latency_is_the_fastest_pass_median_with_its_spread(tmp_path):
 def test_models_are_timed_in_turn_within_each_pass():
     """Each pass times every model on all its examples, one model after the other: a slow moment of the machine
     falls on one pass of each model, not on all the passes of one."""
-    from hf_kd.measure import LATENCY_PASSES, LATENCY_WARMUP, batch1_examples, interleaved_latencies_ms
+    from hf_kd.report.measure import LATENCY_PASSES, LATENCY_WARMUP, batch1_examples, interleaved_latencies_ms
 
     models = {"first": model_from_preset("mnist-mlp-student"), "second": model_from_preset("mnist-mlp-teacher")}
     calls = []
@@ -285,7 +279,7 @@ def test_models_are_timed_in_turn_within_each_pass():
 
 
 def test_label_statistics():
-    from hf_kd.report import label_statistics
+    from hf_kd.report.measure import label_statistics
 
     stats = label_statistics(np.array([1, 1, 1, 0, 2, -100]))
     assert stats == {"num_test_examples": 5, "majority_class_accuracy": pytest.approx(0.6)}
@@ -300,7 +294,7 @@ def test_report_warns_about_a_teacher_no_better_than_the_majority_class(tmp_path
     markdown = report.to_markdown()
     assert "Always answering the most frequent class scores 57.80%." in markdown
     assert "the teacher (59.80%) is no better than always answering the most frequent class (57.80%)" in markdown
-    with caplog.at_level(logging.WARNING, logger="hf_kd.report"):
+    with caplog.at_level(logging.WARNING, logger="hf_kd.report.report"):
         report.save(tmp_path, plot=False)
     assert any("no better than always answering" in r.getMessage() for r in caplog.records)
     data = json.loads((tmp_path / REPORT_JSON).read_text())
@@ -311,7 +305,7 @@ def test_report_warns_about_a_teacher_no_better_than_the_majority_class(tmp_path
 
 
 def test_report_warns_when_distillation_loses_beyond_the_noise():
-    from hf_kd.report import difference_standard_error
+    from hf_kd.report.report import difference_standard_error
 
     # 10,000 examples: one standard error of a 97% vs 98% difference is sqrt((.97*.03 + .98*.02) / 1e4) = 0.22 points.
     assert difference_standard_error(0.97, 0.98, 10_000) == pytest.approx(0.002207, abs=1e-6)
@@ -331,7 +325,7 @@ def test_training_curves_and_teacher_recipe_in_the_report(tmp_path):
     from PIL import Image
 
     from hf_kd import DistillationConfig
-    from hf_kd.report import teacher_recipe, training_curve
+    from hf_kd.report.report import teacher_recipe, training_curve
 
     log_history = [
         {"loss": 2.0, "loss_ce": 2.2, "loss_kd": 1.0, "learning_rate": 1e-3, "epoch": 0.5, "step": 10},
@@ -358,7 +352,7 @@ def test_training_curves_and_teacher_recipe_in_the_report(tmp_path):
 
 
 def test_plot_ticks_are_plain_numbers():
-    from hf_kd.report import _plain_number
+    from hf_kd.report.report import _plain_number
 
     assert [_plain_number(v) for v in (0.06, 0.2, 5.0, 80_000.0, 200_000.0, 1_500_000.0)] == [
         "0.06", "0.2", "5", "80k", "200k", "1.5M",

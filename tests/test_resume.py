@@ -23,7 +23,7 @@ from test_examples_image import LOCAL_ACCURACY, make_image_dataset
 DRIVER = """
 import os, sys, time
 sys.path.insert(0, {examples!r})
-from hf_kd.trainer import DistillationTrainer
+from hf_kd.training.trainer import DistillationTrainer
 step, pause = DistillationTrainer.training_step, float(os.environ.get("STEP_SLEEP", "0"))
 DistillationTrainer.training_step = lambda self, *a, **k: (time.sleep(pause), step(self, *a, **k))[1]
 from distill_mnist import main

@@ -22,7 +22,8 @@ from datasets import Dataset
 
 from hf_kd import DistillationTrainer, MLPForImageClassification
 from hf_kd.models import MLPConfig
-from hf_kd.teacher import shards_teacher, teacher_fingerprint
+from hf_kd.placement import shards_teacher
+from hf_kd.teacher.precompute import teacher_fingerprint
 
 needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,

@@ -1,4 +1,4 @@
-"""hf_kd.sharding without launching processes: what the examples refuse before training, and loading a whole model
+"""hf_kd.runs.sharding without launching processes: what the examples refuse before training, and loading a whole model
 while a ZeRO-3 run is configured. (The sharded runs themselves: tests/test_sharded.py, test_examples_sharded.py.)"""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ LAUNCH_VARIABLES = (
 )
 def test_examples_refuse_only_what_they_cannot_save_whole(tmp_path, monkeypatch, env, refused):
     from hf_kd import DistillationConfig
-    from hf_kd.sharding import check_sharded_saving
+    from hf_kd.runs.sharding import check_sharded_saving
 
     for name in LAUNCH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
@@ -48,7 +48,7 @@ def test_whole_model_loading_turns_zero3_partitioning_off_for_its_block_only():
     from transformers.integrations import deepspeed as hf_deepspeed
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    from hf_kd.sharding import whole_model_loading
+    from hf_kd.placement import whole_model_loading
 
     class Zero3Config:  # what transformers asks of the run's HfDeepSpeedConfig
         def is_zero3(self):

@@ -9,10 +9,10 @@ from conftest import REPO_ROOT
 from datasets import DatasetDict
 from test_examples_image import make_image_dataset
 
-from hf_kd.arguments import parse_image_arguments
-from hf_kd.experiment import prepare_run, run_distillation
-from hf_kd.metrics import load_metric
-from hf_kd.recipes import image_setup
+from hf_kd.report.metrics import load_metric
+from hf_kd.runs.arguments import parse_image_arguments
+from hf_kd.runs.experiment import prepare_run, run_distillation
+from hf_kd.runs.recipes import image_setup
 
 
 def test_run_distillation_composes_the_stages(tmp_path):

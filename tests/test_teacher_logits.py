@@ -8,7 +8,7 @@ from datasets import Dataset, load_from_disk
 from test_trainer import agreement, config
 
 from hf_kd import DistillationTrainer, add_teacher_logits
-from hf_kd.teacher import teacher_fingerprint
+from hf_kd.teacher.precompute import teacher_fingerprint
 
 
 class CallCounter:

@@ -25,8 +25,8 @@ from hf_kd.data import (
     same_tokenizer,
     tokenize_dataset,
 )
-from hf_kd.losses import distillation_loss
-from hf_kd.student import derive_student, spread_layers
+from hf_kd.losses.logit import distillation_loss
+from hf_kd.models.student import derive_student, spread_layers
 
 POSITIVE = ["good", "great", "fine", "superb"]
 NEGATIVE = ["bad", "awful", "poor", "dull"]
@@ -314,8 +314,8 @@ def test_ensemble_reads_each_teachers_own_tokenization(tmp_path, student_tokeniz
     tokenization of the text (neither tokenizer is the student's)."""
     from hf_kd import add_teacher_logits
     from hf_kd.batch import model_inputs
-    from hf_kd.ensemble import TeacherEnsemble, mixture_logits
-    from hf_kd.measure import predict
+    from hf_kd.report.measure import predict
+    from hf_kd.teacher.ensemble import TeacherEnsemble, mixture_logits
 
     dataset = sentiment_dataset(24, seed=4)
     tokenizers = [teacher_tokenizer, other_tokenizer]
@@ -559,8 +559,8 @@ def test_example_with_two_teachers_of_different_tokenizers(tmp_path, teacher_tok
     from conftest import REPO_ROOT
     from transformers import BertModel
 
-    from hf_kd.arguments import parse_text_arguments
-    from hf_kd.recipes import text_setup
+    from hf_kd.runs.arguments import parse_text_arguments
+    from hf_kd.runs.recipes import text_setup
 
     data = _save_text_data(tmp_path / "data", n_train=64, n_test=32)
     first, second = tmp_path / "classifier", tmp_path / "encoder"
@@ -607,7 +607,7 @@ def test_example_with_two_teachers_of_different_tokenizers(tmp_path, teacher_tok
     assert report.teacher == f"{first}, {second} (fine-tuned here)"
     assert report.lineage["teachers"] == ["teacher_0", "teacher_1"]
     # The ensemble was measured with each teacher on its own tokens: its accuracy is the mixture's, recomputed here.
-    from hf_kd.ensemble import mixture_logits
+    from hf_kd.teacher.ensemble import mixture_logits
 
     test = sentiment_dataset(32, seed=3)
     with torch.no_grad():
@@ -679,8 +679,8 @@ def test_student_derived_from_the_pretrained_encoder(tmp_path, teacher_tokenizer
     from conftest import REPO_ROOT
     from transformers import BertModel
 
-    from hf_kd.arguments import parse_text_arguments
-    from hf_kd.recipes import text_setup
+    from hf_kd.runs.arguments import parse_text_arguments
+    from hf_kd.runs.recipes import text_setup
 
     data = _save_text_data(tmp_path / "data", n_train=32, n_test=16)
     encoder = tmp_path / "encoder"

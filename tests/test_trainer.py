@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from hf_kd import DistillationConfig, DistillationTrainer
-from hf_kd.losses import soft_target_loss
+from hf_kd.losses.logit import soft_target_loss
 
 
 def config(tmp_path, **overrides):

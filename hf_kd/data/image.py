@@ -11,13 +11,7 @@ from typing import Any
 import torch
 from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
-from .loading import (
-    check_split_labels,
-    is_string,
-    label_names,
-    load_raw_dataset,
-    select_split,
-)
+from .loading import check_split_labels, is_string, label_names, load_raw_dataset, select_split
 from .memory import collate_batches
 
 # Tried in order when a column is not named and no feature type identifies it (the names popular Hub datasets use).

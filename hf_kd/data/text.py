@@ -24,14 +24,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ..batch import (
-    LABELS,
-    TEACHER_LOGITS,
-    inputs_by_member,
-    split_batch,
-    teacher_column,
-)
-from ..losses import IGNORE_INDEX
+from ..batch import LABELS, TEACHER_LOGITS, inputs_by_member, split_batch, teacher_column
+from ..losses.logit import IGNORE_INDEX
 from .loading import generic_labels, is_string
 
 # Column names used by the common text-classification datasets (GLUE, SuperGLUE, IMDB, Rotten Tomatoes, SNLI...),

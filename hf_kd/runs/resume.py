@@ -19,8 +19,8 @@ from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import sort_checkpoints
 from transformers.utils import logging
 
-from .sharding import saved_as_own_class
-from .utils import atomic_write
+from ..placement import saved_as_own_class
+from ..utils import atomic_write
 
 logger = logging.get_logger(__name__)
 
@@ -99,7 +99,7 @@ def train_or_resume(trainer: Trainer) -> tuple[float, list[dict]]:
     output = trainer.train(resume_from_checkpoint=checkpoint)
     train_time_s, log_history = float(output.metrics["train_runtime"]), list(trainer.state.log_history)
     # Every process takes part (under ZeRO-3 / FSDP the weights are gathered); the main one writes.
-    with saved_as_own_class(trainer.model):  # under FSDP2, not as torch's generated class (hf_kd.sharding)
+    with saved_as_own_class(trainer.model):  # under FSDP2, not as torch's generated class (hf_kd.runs.sharding)
         trainer.save_model(stage_dir)
     if trainer.args.should_save:
         # training_args.bin is the run's settings, not the model that ships (and would count in its measured size).

@@ -27,23 +27,8 @@ from typing import Any
 from torch import nn
 from transformers.utils import logging
 
-from .measure import (  # noqa: F401 - the report's measuring half, importable from here as before
-    LATENCY_PASSES,
-    LATENCY_WARMUP,
-    MODEL_LABELS,
-    ModelResult,
-    batch1_examples,
-    count_parameters,
-    dataset_labels,
-    directory_size_mb,
-    interleaved_latencies_ms,
-    label_statistics,
-    latency_ms,
-    measure_model,
-    model_label,
-    predict,
-)
-from .utils import atomic_write
+from ..utils import atomic_write
+from .measure import LATENCY_PASSES, LATENCY_WARMUP, ModelResult, model_label
 
 logger = logging.get_logger(__name__)
 

@@ -18,9 +18,9 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from .batch import TEACHER_LOGITS, DistillationBatch, split_batch
+from ..batch import TEACHER_LOGITS, DistillationBatch, split_batch
+from ..teacher.loading import run_teacher
 from .feature_term import CONNECTORS_NAME, FeatureTerm
-from .teacher import teacher_outputs
 
 logger = logging.get_logger(__name__)
 
@@ -39,7 +39,7 @@ class ZeroConnectorGradients(TrainerCallback):
 
 
 class FeatureDistillationMixin:
-    """Adds the feature term of `args.feature_pairs` to a `DistillationTrainer` (see [`hf_kd.features`])."""
+    """Adds the feature term of `args.feature_pairs` to a `DistillationTrainer` (see [`hf_kd.features.names`])."""
 
     _feature_term: FeatureTerm | None = None
     _warned_live_features = False
@@ -140,7 +140,7 @@ class FeatureDistillationMixin:
                     f"A training batch carries no cached teacher features ({sorted(term.cached_columns.values())}): "
                     "the teacher runs for them. Does the data collator drop the teacher_feature_* columns?"
                 )
-            teacher_outputs(self.teacher_model, batch.inputs_for_teacher())
+            run_teacher(self.teacher_model, batch.inputs_for_teacher())
         mask = batch.student_inputs.get("attention_mask")
         return term(labels=batch.labels, attention_mask=mask, teacher_features=cached)
 

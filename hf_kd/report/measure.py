@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .batch import model_inputs
-from .data import collate_batches
-from .teacher import logits_of
+from ..batch import model_inputs
+from ..data import collate_batches
+from ..teacher.loading import logits_of
 
 MODEL_LABELS = {
     "teacher": "Teacher", "student_ce": "Student (CE only)", "student_kd": "Student (KD)",

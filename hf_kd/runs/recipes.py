@@ -26,9 +26,7 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from .arguments import DataArguments, ExperimentArguments, TextArguments
-from .configuration_distillation import DistillationConfig
-from .data import (
+from ..data import (
     DataCollatorWithTeacherPadding,
     InMemoryDataset,
     RandomShiftCollator,
@@ -46,11 +44,13 @@ from .data import (
     teacher_encoders,
     tokenize_dataset,
 )
+from ..models import PRESET_NAMES, image_processor_for_preset, model_from_preset
+from ..models.student import derive_student
+from ..report.metrics import load_metric
+from ..teacher.loading import load_teacher, resolve_init_kwargs
+from ..training.configuration_distillation import DistillationConfig
+from .arguments import DataArguments, ExperimentArguments, TextArguments
 from .experiment import TEACHER_DIR, DistillationSetup, ModelData, TeacherSetup
-from .metrics import load_metric
-from .models import PRESET_NAMES, image_processor_for_preset, model_from_preset
-from .student import derive_student
-from .teacher import load_teacher, resolve_init_kwargs
 
 logger = logging.get_logger(__name__)
 

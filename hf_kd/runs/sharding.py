@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType, extract_model_from_parallel
 from transformers.utils import logging
 
-from .teacher import auto_class_for, is_sharded, whole_model_loading
+from ..placement import is_sharded, saved_as_own_class, whole_model_loading
+from ..teacher.loading import auto_class_for
 
 logger = logging.get_logger(__name__)
 
@@ -66,25 +66,6 @@ def allow_another_trainer() -> None:
 
     if AcceleratorState._shared_state and AcceleratorState().distributed_type == DistributedType.DEEPSPEED:
         AcceleratorState._reset_state()
-
-
-@contextmanager
-def saved_as_own_class(model: torch.nn.Module):
-    """Within the block, an FSDP2-wrapped model is of its own class again. `fully_shard` swaps the class for a
-    generated `FSDP<Name>` subclass defined in torch's FSDP module: saved under it, a model with remote code (hf_kd's
-    reference models) gets a config.json whose auto_map points at torch's module, and torch's files copied beside
-    it, so the saved model would not load with `trust_remote_code=True`."""
-    from torch.distributed.fsdp import FSDPModule
-
-    generated = type(model)
-    if not isinstance(model, FSDPModule):
-        yield model
-        return
-    model.__class__ = next(base for base in generated.__bases__ if not issubclass(base, FSDPModule))
-    try:
-        yield model
-    finally:
-        model.__class__ = generated
 
 
 def holds_shards(model: torch.nn.Module) -> bool:

@@ -14,7 +14,7 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from transformers import TrainerCallback
 
-from .batch import TEACHER_LOGITS
+from ..batch import TEACHER_LOGITS
 
 _PRECOMPUTE_REASON = (
     "the EMA teacher changes after every optimizer step, so logits computed once (or carried in a teacher_logits "

@@ -26,20 +26,13 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from transformers.utils import logging
 
-from . import batch as batch_convention
-from .batch import TEACHER_LOGITS as TEACHER_LOGITS_COLUMN
-from .batch import teacher_feature_column
-from .data import InMemoryDataset
-from .features import FeatureCollector, parse_feature
-from .teacher import (
-    TEACHER_LOGITS_DTYPES,
-    freeze,
-    has_transform,
-    logits_of,
-    teacher_fingerprint,
-    teacher_input_columns,
-    teacher_outputs,
-)
+from .. import batch as batch_convention
+from ..batch import TEACHER_LOGITS as TEACHER_LOGITS_COLUMN
+from ..batch import teacher_feature_column
+from ..data import InMemoryDataset
+from ..features.names import FeatureCollector, parse_feature
+from ..placement import freeze, is_fsdp1, own_class, whole_state
+from .loading import TEACHER_LOGITS_DTYPES, columns_teacher_reads, logits_of, run_teacher
 
 logger = logging.get_logger(__name__)
 
@@ -73,7 +66,12 @@ def trim_padding(inputs: dict[str, Any]) -> dict[str, Any]:
     never by another tokenizer's."""
     trimmed = dict(inputs)
     for mask_name, mask in inputs.items():
-        if not mask_name.endswith("attention_mask") or not torch.is_tensor(mask) or mask.dim() != 2 or not mask.shape[1]:
+        if (
+            not mask_name.endswith("attention_mask")
+            or not torch.is_tensor(mask)
+            or mask.dim() != 2
+            or not mask.shape[1]
+        ):
             continue
         used, length, owner = mask.any(0).nonzero(), mask.shape[1], batch_convention.member_index(mask_name)
         end = int(used.max()) + 1 if len(used) else length
@@ -123,7 +121,7 @@ class _TeacherLogits:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
         collecting = self.collector.active() if self.collector is not None else nullcontext()
         with torch.inference_mode(), autocast, collecting:
-            outputs = {TEACHER_LOGITS_COLUMN: logits_of(teacher_outputs(self.teacher, inputs)).float()}
+            outputs = {TEACHER_LOGITS_COLUMN: logits_of(run_teacher(self.teacher, inputs)).float()}
         if self.collector is not None:
             features = self.collector.take()
             for index, name in enumerate(self.features):
@@ -218,8 +216,9 @@ def _check_precompute_arguments(dataset, dtype: str, batch_size) -> None:
         )
     if dtype not in TEACHER_LOGITS_DTYPES:
         raise ValueError(f"dtype must be one of {TEACHER_LOGITS_DTYPES}, got {dtype!r}.")
-    if batch_size not in (None, AUTO_BATCH_SIZE) and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                                      or batch_size < 1):
+    if batch_size not in (None, AUTO_BATCH_SIZE) and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be an integer >= 1, {AUTO_BATCH_SIZE!r} or None, got {batch_size!r}.")
 
 
@@ -267,7 +266,7 @@ def add_teacher_logits(
         precision (`str`, *optional*): `"bfloat16"` (autocast) or `"float32"`; default: bfloat16 on a CUDA GPU that
             supports it, float32 elsewhere.
         features (`list[str]`, *optional*): teacher features to cache in the same pass (names as in
-            [`hf_kd.features`], e.g. `"hidden_states.3"` or `"bert.pooler"`), stored in `dtype` as
+            [`hf_kd.features.names`], e.g. `"hidden_states.3"` or `"bert.pooler"`), stored in `dtype` as
             `teacher_feature_0`, `teacher_feature_1`, ... in this order. Each must be a vector per example `(N, D)`:
             a feature map or token states raise a `ValueError` (they would take `C*H*W` or `L*D` values per example).
     """
@@ -276,7 +275,7 @@ def add_teacher_logits(
     device = torch.device(device) if device is not None else next(iter(teacher.parameters())).device
     precision = precompute_precision(device, precision)
     run = _TeacherLogits(teacher, device, getattr(torch, dtype), batch_size, precision, features)
-    columns = teacher_input_columns(list(dataset.column_names), teacher)
+    columns = columns_teacher_reads(list(dataset.column_names), teacher)
     if isinstance(dataset, InMemoryDataset):
         result = _add_logits_in_memory(dataset, run, columns, dtype, data_collator)
     else:
@@ -308,7 +307,9 @@ def _add_logits_in_memory(dataset: InMemoryDataset, run: _TeacherLogits, columns
     # Already tensors of one shape per column: index them, no Arrow round trip and no copy of the inputs.
     values = {name: dataset.columns[name] for name in columns}
     results: dict[str, torch.Tensor] = {}
-    for indices, outputs, _ in run.batches(_length_order(values, len(dataset)), lambda i: {k: v[i] for k, v in values.items()}):
+    for indices, outputs, _ in run.batches(
+        _length_order(values, len(dataset)), lambda i: {k: v[i] for k, v in values.items()}
+    ):
         for name, output in outputs.items():
             if output.dim() > 2:  # token-level: back to the dataset's padded length (zeros, masked by the losses)
                 full = next(v for k, v in values.items() if k.endswith(("input_ids", "attention_mask")))
@@ -373,3 +374,49 @@ def _add_logits_to_dataset(dataset, run: _TeacherLogits, columns, dtype, data_co
         **original_format.get("format_kwargs", {}),
     )
     return result
+
+
+def has_transform(dataset) -> bool:
+    """True when `dataset` changes its rows on the fly (`set_transform` / `with_transform`): what the teacher sees
+    once up front would then differ from what the student trains on."""
+    return getattr(dataset, "format", {}).get("type") == "custom"
+
+
+def check_fixed_inputs(dataset, data_collator, carries_logits: bool) -> None:
+    """Teacher logits computed once must meet the inputs they were computed on: refuse a collator that augments
+    (marked `augments_inputs`, as [`~hf_kd.data.RandomShiftCollator`]) and a transform added after a `teacher_logits`
+    column (a transform before precomputing is refused by the precompute itself)."""
+    if getattr(data_collator, "augments_inputs", False):
+        source = "carried by the dataset" if carries_logits else "precomputed (precompute_teacher_logits=True)"
+        raise ValueError(
+            f"The data_collator ({type(data_collator).__name__}) changes the inputs at random (augments_inputs=True), "
+            f"but the teacher's logits are {source}: they were computed on the unchanged inputs. Use a collator "
+            "without augmentation, or keep the teacher live (precompute_teacher_logits=False, no teacher_logits)."
+        )
+    if carries_logits and has_transform(dataset):
+        raise ValueError(
+            "The train dataset has both a teacher_logits column and an on-the-fly transform (set_transform / "
+            "with_transform, e.g. random augmentation): the logits were computed before the transform and would "
+            "not match the inputs the student trains on. Drop the transform, or remove the teacher_logits "
+            "column and keep the teacher live."
+        )
+
+
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """A hash of everything that decides the teacher's outputs: its class, config and every weight and buffer.
+
+    Part of the cache key of precomputed logits, so that another teacher (or the same one after more training)
+    never reuses stale logits."""
+    import xxhash
+
+    model = extract_model_from_parallel(teacher)  # a DDP / DeepSpeed wrapper hashes like the model it wraps
+    digest = xxhash.xxh64()
+    digest.update(own_class(model).__qualname__.encode())
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        digest.update(config.to_json_string(use_diff=False).encode())
+    for name, tensor in whole_state(teacher if is_fsdp1(teacher) else model):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()

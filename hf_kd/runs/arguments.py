@@ -15,8 +15,8 @@ from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from .configuration_distillation import DistillationConfig
-from .models import PRESET_NAMES
+from ..models import PRESET_NAMES
+from ..training.configuration_distillation import DistillationConfig
 
 
 @dataclass

@@ -27,11 +27,11 @@ from transformers import (
 )
 from transformers.trainer_utils import EvalPrediction
 
-from .batch import TEACHER_LOGITS
+from ..batch import TEACHER_LOGITS
+from ..data import collate_batches
+from ..losses.logit import mutual_learning_loss
+from ..teacher.loading import check_compatible, logits_of
 from .configuration_distillation import DistillationConfig
-from .data import collate_batches
-from .losses import mutual_learning_loss
-from .teacher import check_compatible, logits_of
 from .trainer import log_loss_terms
 
 PEER_DIR = "peer_{}"
@@ -253,7 +253,7 @@ class MutualLearningTrainer(Trainer):
             return
         table = None
         if report is not None:
-            from .report import DistillationReport
+            from ..report.report import DistillationReport
 
             table = (report if isinstance(report, DistillationReport) else DistillationReport.load(report)).results_table()
         for k in range(len(self.peers)):

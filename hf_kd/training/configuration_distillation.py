@@ -8,15 +8,11 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .ensemble import ENSEMBLE_METHODS, normalized_weights
-from .features import (
-    DEFAULT_FEATURE_WEIGHTS,
-    FEATURE_CONNECTORS,
-    FEATURE_LOSSES,
-    parse_feature_pairs,
-)
-from .losses import SOFT_LOSS_TYPES
-from .teacher import TEACHER_DTYPES, TEACHER_LOGITS_DTYPES, TEACHER_SHARDINGS
+from ..features.names import DEFAULT_FEATURE_WEIGHTS, FEATURE_CONNECTORS, FEATURE_LOSSES, parse_feature_pairs
+from ..losses.logit import SOFT_LOSS_TYPES
+from ..placement import TEACHER_SHARDINGS
+from ..teacher.ensemble import ENSEMBLE_METHODS, normalized_weights
+from ..teacher.loading import TEACHER_DTYPES, TEACHER_LOGITS_DTYPES
 
 
 @dataclass
@@ -39,7 +35,7 @@ class DistillationConfig(TrainingArguments):
         teacher_model_name_or_path (`str` or `list[str]`, *optional*):
             Teacher to load when [`DistillationTrainer`] is not given a teacher model: a local directory or a Hub id.
             Several (a list; space-separated on the command line) are distilled as one ensemble (see
-            [`hf_kd.ensemble`]). A list of one is read as its string.
+            [`hf_kd.teacher.ensemble`]). A list of one is read as its string.
         ensemble_method (`str`, *optional*, defaults to `"mean_probs"`):
             How an ensemble of teachers combines them: `"mean_probs"` (the weighted mixture of their softened
             distributions, exactly), `"mean_logits"` (the weighted mean of their logits, TextBrewer's) or
@@ -75,7 +71,7 @@ class DistillationConfig(TrainingArguments):
             cache-bound CPU, large on a GPU.
         feature_pairs (`list[str]`, *optional*):
             White-box distillation: `"student_feature:teacher_feature"` pairs whose features a feature term compares
-            (names as in [`hf_kd.features`]: `hidden_states.<i>`, `attentions.<i>`, a module path such as
+            (names as in [`hf_kd.features.names`]: `hidden_states.<i>`, `attentions.<i>`, a module path such as
             `bert.encoder.layer.3`, optionally with `@input`), or `["auto"]`: pairs chosen by relative depth with
             connectors sized by a shape probe. The teacher then runs on every batch, unless
             `precompute_teacher_logits` caches its features (vectors only) with its logits.

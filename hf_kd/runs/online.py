@@ -1,4 +1,4 @@
-"""Online and self distillation as experiment stages, composed from [`hf_kd.experiment`]'s.
+"""Online and self distillation as experiment stages, composed from [`hf_kd.runs.experiment`]'s.
 
 - [`train_mutual`]: K peers trained together by deep mutual learning ([`MutualLearningTrainer`]), one [`Trained`]
   per peer (`<name>/peer_<k>`).
@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from transformers import PreTrainedModel, set_seed
 from transformers.utils import logging
 
-from .configuration_distillation import DistillationConfig
-from .ema import EMATeacherCallback
+from ..training.configuration_distillation import DistillationConfig
+from ..training.ema import EMATeacherCallback
+from ..training.mutual import PEER_DIR, MutualLearningConfig, MutualLearningTrainer
+from ..training.trainer import DistillationTrainer
 from .experiment import ModelData, Trained, distil, finish_training, stage_args
-from .mutual import PEER_DIR, MutualLearningConfig, MutualLearningTrainer
-from .trainer import DistillationTrainer
 
 logger = logging.get_logger(__name__)
 
@@ -65,7 +65,7 @@ def born_again(
     for g in range(1, generations + 1):
         teacher = chain[-1]
         if ensemble and g > 1:
-            from .ensemble import TeacherEnsemble
+            from ..teacher.ensemble import TeacherEnsemble
 
             teacher = TeacherEnsemble([run.model for run in chain], names=[run.name for run in chain],
                                       temperature=config.temperature)  # fmt: skip

@@ -1,5 +1,5 @@
 """White-box distillation losses: small pure functions of the student's and the teacher's *features* (hidden
-states, feature maps, attention maps), beside the logit losses of [`hf_kd.losses`]. Every function takes plain tensors
+states, feature maps, attention maps), beside the logit losses of [`hf_kd.losses.logit`]. Every function takes plain tensors
 (the caller picks the layers and applies any connector it trains), computes in float32, lets gradient flow into the
 student's argument only, and raises a `ValueError` naming the argument on bad shapes. Normalisations follow the
 reference implementations named in each docstring; a factor a reference keeps in its training script is left to the

@@ -1,7 +1,7 @@
 """An ensemble of frozen teachers that behaves as one teacher.
 
 [`TeacherEnsemble`] runs every teacher on its inputs and returns one `logits` tensor, *pseudo-logits* whose softmax at
-the run's temperature is the combined soft target, so that every loss of [`hf_kd.losses`] applies unchanged, live or
+the run's temperature is the combined soft target, so that every loss of [`hf_kd.losses.logit`] applies unchanged, live or
 precomputed (`add_teacher_logits` fingerprints the ensemble like any teacher: every teacher's weights, and through the
 ensemble's config the method, the weights and `T`). Three ways to combine teachers `k = 1..K` with logits `z_k`:
 
@@ -32,10 +32,10 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
 
-from . import batch as batch_convention
-from .losses import IGNORE_INDEX
-from .teacher import check_compatible, load_teacher, logits_of
-from .utils import atomic_write
+from .. import batch as batch_convention
+from ..losses.logit import IGNORE_INDEX
+from ..utils import atomic_write
+from .loading import check_compatible, load_teacher, logits_of
 
 ENSEMBLE_METHODS = ("mean_probs", "mean_logits", "confidence")
 ENSEMBLE_CONFIG_NAME = "ensemble_config.json"
@@ -109,7 +109,9 @@ def normalized_weights(weights: Sequence[float] | None, num_teachers: int) -> li
         return [1.0 / num_teachers] * num_teachers
     weights = [float(w) for w in weights]
     if len(weights) != num_teachers:
-        raise ValueError(f"teacher_weights has {len(weights)} values for {num_teachers} teachers: give one per teacher.")
+        raise ValueError(
+            f"teacher_weights has {len(weights)} values for {num_teachers} teachers: give one per teacher."
+        )
     if not all(math.isfinite(w) and w > 0 for w in weights):
         raise ValueError(f"teacher_weights must all be finite numbers > 0, got {weights}.")
     return [w / sum(weights) for w in weights]
@@ -171,7 +173,9 @@ class TeacherEnsemble(nn.Module):
         if method not in ENSEMBLE_METHODS:
             raise ValueError(f"ensemble_method must be one of {list(ENSEMBLE_METHODS)}, got {method!r}.")
         if method == "confidence" and weights is not None:
-            raise ValueError("teacher_weights cannot be combined with ensemble_method='confidence' (per-example weights).")
+            raise ValueError(
+                "teacher_weights cannot be combined with ensemble_method='confidence' (per-example weights)."
+            )
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}.")
         names = list(names) if names is not None else [None] * len(teachers)
@@ -234,7 +238,9 @@ def check_teachers(student: nn.Module, teachers: Sequence[nn.Module], names: Seq
         try:
             check_compatible(student, teacher)
         except ValueError as err:
-            raise ValueError(f"Teacher {index} ({name}) of the ensemble is incompatible with the student: {err}") from err
+            raise ValueError(
+                f"Teacher {index} ({name}) of the ensemble is incompatible with the student: {err}"
+            ) from err
 
 
 def ensemble_for(teachers: Sequence[nn.Module | str] | TeacherEnsemble, student: nn.Module, args) -> TeacherEnsemble:
@@ -251,7 +257,9 @@ def ensemble_for(teachers: Sequence[nn.Module | str] | TeacherEnsemble, student:
                 "temperature=args.temperature."
             )
     else:
-        loaded = [load_teacher(t, student, args.teacher_model_init_kwargs) if isinstance(t, str) else t for t in teachers]
+        loaded = [
+            load_teacher(t, student, args.teacher_model_init_kwargs) if isinstance(t, str) else t for t in teachers
+        ]
         if args.teacher_model_init_kwargs and not any(isinstance(t, str) for t in teachers):
             raise ValueError("teacher_model_init_kwargs only applies to teachers loaded from a name or path.")
         names = [t if isinstance(t, str) else None for t in teachers]
@@ -266,3 +274,21 @@ def ensemble_for(teachers: Sequence[nn.Module | str] | TeacherEnsemble, student:
             "ensemble_method='mean_logits' with the mse loss."
         )
     return ensemble
+
+
+def resolve_teacher(teacher, student: nn.Module, args) -> nn.Module | None:
+    """The teacher a [`DistillationTrainer`] distils: `teacher` as given (default: `args.teacher_model_name_or_path`),
+    a name or path loaded with the Auto class of the student's task, or several teachers combined into one
+    [`hf_kd.ensemble.TeacherEnsemble`]."""
+    teacher = args.teacher_model_name_or_path if teacher is None else teacher
+    if isinstance(teacher, (list, tuple, TeacherEnsemble)):  # several teachers behave as one
+        return ensemble_for(teacher, student, args)
+    if isinstance(teacher, str):
+        whole = getattr(args, "teacher_sharding", "auto") == "whole"
+        return load_teacher(teacher, student, args.teacher_model_init_kwargs, whole=whole)
+    if teacher is not None and args.teacher_model_init_kwargs:
+        raise ValueError(
+            "teacher_model_init_kwargs only applies when the teacher is loaded from a name or path, but "
+            "teacher_model is already a model instance."
+        )
+    return teacher

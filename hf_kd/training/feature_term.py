@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .batch import teacher_feature_column
-from .feature_losses import (
+from ..batch import teacher_feature_column
+from ..features.names import AUTO, FeatureCollector, auto_pairs, compatible_for, make_connector, parse_feature_pairs
+from ..losses.feature import (
     attention_mse_loss,
     attention_transfer_loss,
     cosine_loss,
@@ -25,16 +26,8 @@ from .feature_losses import (
     overhaul_negative_stats,
     pkd_loss,
 )
-from .features import (
-    AUTO,
-    FeatureCollector,
-    auto_pairs,
-    compatible_for,
-    make_connector,
-    parse_feature_pairs,
-)
-from .relation_losses import rkd_loss, teacher_anchored_triplet_loss
-from .teacher import teacher_outputs
+from ..losses.relation import rkd_loss, teacher_anchored_triplet_loss
+from ..teacher.loading import run_teacher
 
 logger = logging.get_logger(__name__)
 
@@ -172,16 +165,16 @@ class FeatureTerm:
             pairs != AUTO and any(name.field == "attentions" for pair in pairs for name in pair)
         ):
             use_eager_attention(student, "student"), use_eager_attention(teacher, "teacher")
-        run_student, run_teacher = lambda: student(**student_inputs), lambda: teacher_outputs(teacher, teacher_inputs)
+        student_pass, teacher_pass = lambda: student(**student_inputs), lambda: run_teacher(teacher, teacher_inputs)
         if pairs == AUTO:
             field = ("attentions",) if loss == "attention_mse" else ("hidden_states",)
             s_probe, t_probe = FeatureCollector(student, [], "student", field), FeatureCollector(teacher, [], "teacher", field)
-            _probe(s_probe, run_student), _probe(t_probe, run_teacher)
+            _probe(s_probe, student_pass), _probe(t_probe, teacher_pass)
             shapes = [{f: _per_example(c.field_values.get(f, ())) for f in field} for c in (s_probe, t_probe)]
             pairs = auto_pairs(student, teacher, *shapes, compatible_for(loss, connector), loss)
         s_collector = FeatureCollector(student, [s for s, _ in pairs], "student")
         t_collector = FeatureCollector(teacher, [t for _, t in pairs], "teacher")
-        s_features, t_features = _probe(s_collector, run_student), _probe(t_collector, run_teacher)
+        s_features, t_features = _probe(s_collector, student_pass), _probe(t_collector, teacher_pass)
         modules = []
         for s_name, t_name in pairs:
             s_shape, t_shape = tuple(s_features[s_name.text].shape[1:]), tuple(t_features[t_name.text].shape[1:])
@@ -271,7 +264,7 @@ def _overhaul_margins(collector: FeatureCollector, pairs, margin_batches) -> lis
         stats: dict[str, tuple] = {}
         with _eval_mode(collector.model), collector.active(), torch.no_grad():
             for inputs in margin_batches():
-                teacher_outputs(collector.model, inputs)
+                run_teacher(collector.model, inputs)
                 features = collector.take()
                 for name in measured:
                     stats[name.text] = overhaul_negative_stats(features[name.text], stats.get(name.text))

@@ -23,9 +23,8 @@ from transformers import (
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import logging
 
-from .batch import TEACHER_LOGITS, DistillationBatch, distillation_columns, split_batch
-from .configuration_distillation import DistillationConfig
-from .data import (
+from ..batch import TEACHER_LOGITS, DistillationBatch, distillation_columns, split_batch
+from ..data import (
     InMemoryDataset,
     check_dataset_labels,
     check_label_range,
@@ -33,22 +32,14 @@ from .data import (
     collate_batches,
     read_column,
 )
+from ..losses.logit import distillation_loss
+from ..placement import is_sharded, prepare_teacher
+from ..teacher.ensemble import resolve_teacher
+from ..teacher.loading import check_compatible, check_same_inputs, check_teacher_logits, logits_of, run_teacher
+from ..teacher.precompute import add_teacher_logits, check_fixed_inputs, has_transform
+from ..utils import remove_if_left_empty
+from .configuration_distillation import DistillationConfig
 from .feature_trainer import FeatureDistillationMixin
-from .losses import distillation_loss
-from .teacher import (
-    add_teacher_logits,
-    check_compatible,
-    check_fixed_inputs,
-    check_same_inputs,
-    check_teacher_logits,
-    has_transform,
-    is_sharded,
-    logits_of,
-    prepare_teacher,
-    resolve_teacher,
-    teacher_outputs,
-)
-from .utils import remove_if_left_empty
 
 logger = logging.get_logger(__name__)
 
@@ -269,7 +260,7 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
             return data_collator
         return partial(_collate_keeping, keep=frozenset(self._signature_columns), row_collator=removing)
 
-    def teacher_outputs(self, batch: DistillationBatch):
+    def compute_teacher_outputs(self, batch: DistillationBatch):
         """The teacher's outputs for a batch: the `teacher_logits` it carries, or the live teacher's forward on its
         inputs (its own `teacher_*` ones when there are any)."""
         if batch.teacher_logits is not None:
@@ -281,7 +272,7 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
             )
         # An ensemble weighing its teachers by their confidence on the true label reads the labels too.
         labels = {"labels": batch.labels} if getattr(self.teacher_model, "needs_labels", False) else {}
-        outputs = teacher_outputs(self.teacher_model, batch.inputs_for_teacher(), **labels)
+        outputs = run_teacher(self.teacher_model, batch.inputs_for_teacher(), **labels)
         if not torch.isfinite(logits_of(outputs)).all():
             raise ValueError(
                 f"The teacher's logits contain NaN or inf at step {self.state.global_step} (live teacher): "
@@ -308,7 +299,7 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
             alpha=args.alpha,
             loss_type=args.loss_type,
         )
-        if self._feature_term is not None:  # white-box: args.feature_pairs (see hf_kd.feature_trainer)
+        if self._feature_term is not None:  # white-box: args.feature_pairs (see hf_kd.training.feature_trainer)
             terms["feature"] = self._feature_loss(batch)
             terms["loss"] = terms["loss"] + args.feature_weight * terms["feature"]
         return terms
@@ -331,7 +322,7 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
         if self._check_batch_labels and batch.labels is not None and model.training:
             self._check_labels_of_batch(batch.labels)
         outputs = model(**batch.student_inputs)
-        terms = self.compute_loss_terms(outputs, self.teacher_outputs(batch), batch)
+        terms = self.compute_loss_terms(outputs, self.compute_teacher_outputs(batch), batch)
         loss = terms.pop("loss")
         metrics = self._metrics["train" if model.training else "eval"]
         for name, value in terms.items():
@@ -382,7 +373,7 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         # Under FSDP2 the student is saved as its own class, not torch's generated `FSDP<Name>` (see
         # `hf_kd.sharding.saved_as_own_class`): its config's auto_map must point at its own modeling file.
-        from .sharding import saved_as_own_class
+        from ..placement import saved_as_own_class
 
         with saved_as_own_class(self.model):
             super()._save(output_dir, state_dict)
@@ -400,7 +391,7 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
         directory). If no token is found, or the Hub cannot be reached or refuses the push, the student and its card
         are saved locally and a [`hf_kd.modelcard.HubPushError`] says what failed. `kwargs` go to the card (e.g.
         `report=`, `dataset_tags=`, `license=`)."""
-        from .modelcard import hub_push_errors
+        from ..report.modelcard import hub_push_errors
 
         with hub_push_errors(self, token=token, card_kwargs=kwargs):
             return super().push_to_hub(
@@ -422,14 +413,14 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
         report: Any = None,
         **kwargs,
     ) -> None:
-        """Write the distillation model card to `args.output_dir/README.md` (see [`hf_kd.modelcard`]).
+        """Write the distillation model card to `args.output_dir/README.md` (see [`hf_kd.report.modelcard`]).
 
         `report` is a [`~hf_kd.report.DistillationReport`] (or its JSON path, directory or dict) whose results table,
         notes and plot go into the card; it defaults to `distillation_report.json` in the output directory. `kwargs` go
         to [`hf_kd.modelcard.create_model_card`] (`eval_split`, `repo_id`: the id the card's snippet loads). `license`
         defaults to Apache-2.0. The other arguments are the Trainer's.
         """
-        from .modelcard import create_model_card
+        from ..report.modelcard import create_model_card
 
         create_model_card(
             self,

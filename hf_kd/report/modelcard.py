@@ -40,17 +40,12 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 from transformers.modelcard import parse_log_history
 
-from .batch import TEACHER_LOGITS
-from .ensemble import ENSEMBLE_CONFIG_NAME, TeacherEnsemble
-from .losses import distillation_loss
-from .report import (
-    SETTING_LABELS,
-    DistillationReport,
-    count_parameters,
-    model_label,
-    run_settings,
-)
-from .utils import atomic_write
+from ..batch import TEACHER_LOGITS
+from ..losses.logit import distillation_loss
+from ..teacher.ensemble import ENSEMBLE_CONFIG_NAME, TeacherEnsemble
+from ..utils import atomic_write
+from .measure import count_parameters, model_label
+from .report import SETTING_LABELS, DistillationReport, run_settings
 
 try:  # huggingface_hub >= 2 talks HTTP through httpx2, 1.x through httpx
     from httpx2 import HTTPError as _TransportError
@@ -89,7 +84,7 @@ _EXAMPLE_INPUT = {
     "audio-classification": '"path/to/audio.wav"',
     "text-generation": '"Once upon a time"',
 }
-# Short human words for the setting values; the definitions are hf_kd.losses'.
+# Short human words for the setting values; the definitions are hf_kd.losses.logit'.
 _VALUE_WORDS = {
     "loss_type": {
         "kl": "`kl`: forward KL divergence, Hinton et al. (2015)",

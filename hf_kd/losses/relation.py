@@ -1,6 +1,6 @@
 """Relational distillation losses: the student matches how the teacher relates the examples of a batch to each other
 (distances, angles, a teacher-anchored triplet), not the features themselves. Same conventions as
-[`hf_kd.feature_losses`] (float32, teacher detached, `ValueError`s naming the argument), whose tensor helpers these
+[`hf_kd.losses.feature`] (float32, teacher detached, `ValueError`s naming the argument), whose tensor helpers these
 share."""
 
 from __future__ import annotations
@@ -8,15 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .feature_losses import (  # the shared checks of the feature losses
-    _EPS,
-    _check_min_dim,
-    _check_same_shape,
-    _flat_rows,
-    _masked_mean,
-    _shape,
-)
-from .losses import IGNORE_INDEX
+from .feature import _EPS, _check_min_dim, _check_same_shape, _flat_rows, _masked_mean, _shape
+from .logit import IGNORE_INDEX
 
 
 def _check_relation_pair(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

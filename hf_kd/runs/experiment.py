@@ -27,30 +27,32 @@ from transformers import PreTrainedModel, ProgressCallback, Trainer, set_seed
 from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
-from .arguments import DataArguments, ExperimentArguments
-from .configuration_distillation import DistillationConfig
-from .data import InMemoryDataset
-from .metrics import compute_metrics_fn, metric_value
-from .report import (
+from ..data import InMemoryDataset
+from ..report.measure import (
+    ModelResult,
+    batch1_examples,
+    dataset_labels,
+    interleaved_latencies_ms,
+    label_statistics,
+    measure_model,
+)
+from ..report.metrics import compute_metrics_fn, metric_value
+from ..report.report import (
     REPORT_JSON,
     REPORT_MD,
     REPORT_PNG,
     DistillationReport,
-    ModelResult,
-    batch1_examples,
-    dataset_labels,
     has_finished_report,
-    interleaved_latencies_ms,
-    label_statistics,
     lineage_of,
-    measure_model,
     run_settings,
     teacher_recipe,
     training_curve,
 )
+from ..training.configuration_distillation import DistillationConfig
+from ..training.trainer import DistillationTrainer
+from .arguments import DataArguments, ExperimentArguments
 from .resume import check_resume_argument, finished_stage, train_or_resume
 from .sharding import allow_another_trainer, check_sharded_saving, gather_sharded_runs
-from .trainer import DistillationTrainer
 
 logger = logging.get_logger(__name__)
 
@@ -96,7 +98,7 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> None:
     """A run's output directory holds that run alone. A finished run is only replaced when asked: with `overwrite`
     the previous contents, finished or not, are moved aside first (to `<output_dir>.previous-<time>`), so no old
     file is measured, reported or pushed with the new run. Without it, an unfinished run is resumed (see
-    [`hf_kd.resume`])."""
+    [`hf_kd.runs.resume`])."""
     output_dir = Path(output_dir)
     if overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
         aside = Path(f"{output_dir.absolute()}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -129,7 +131,7 @@ def user_errors_as_messages():
 
 def prepare_run(config: DistillationConfig, experiment_args: ExperimentArguments) -> None:
     """Checks before anything is trained (sharding, a finished run in `output_dir`), and the torch thread count."""
-    check_sharded_saving(config)  # ZeRO-3 and FSDP: every process saves (hf_kd.sharding); refuse what cannot
+    check_sharded_saving(config)  # ZeRO-3 and FSDP: every process saves (hf_kd.runs.sharding); refuse what cannot
     if config.resume_from_checkpoint and experiment_args.overwrite_output_dir:
         raise ValueError(
             "--resume_from_checkpoint and --overwrite_output_dir contradict each other: overwriting moves the "
@@ -428,7 +430,7 @@ class TeacherSetup:
 
 @dataclass
 class DistillationSetup:
-    """What a modality prepares for [`run_distillation`] (see [`hf_kd.recipes`]).
+    """What a modality prepares for [`run_distillation`] (see [`hf_kd.runs.recipes`]).
 
     Args:
         task (`str`): The report's task, `"image-classification"` or `"text-classification"`.

@@ -39,7 +39,7 @@ CONNECTORLESS_LOSSES = ("attention", "rkd", "attention_mse")
 # Relations are computed on the penultimate features (the classifier's input): `auto` pairs the last hidden states.
 PENULTIMATE_LOSSES = ("rkd", "triplet")
 # The weight of the feature term when `feature_weight` is not given: the reference implementations' factors for the
-# normalisations of `hf_kd.feature_losses` (overhaul: `/ 1000` in clovaai's CIFAR script; attention transfer: beta
+# normalisations of `hf_kd.losses.feature` (overhaul: `/ 1000` in clovaai's CIFAR script; attention transfer: beta
 # 1e3 in szagoruyko's `cifar.py`; PKD: beta 100, Sun et al. 2019; RKD: its own 1 and 2 inside `rkd_loss`).
 DEFAULT_FEATURE_WEIGHTS = {
     "hint": 1.0, "cosine": 1.0, "overhaul": 1e-3, "attention": 1e3, "hidden_mse": 1.0, "attention_mse": 1.0,

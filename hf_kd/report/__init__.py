@@ -1,0 +1,1 @@
+"""Measuring models, the distillation report (its one reader and writer), metrics, and the model card."""

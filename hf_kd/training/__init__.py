@@ -1,0 +1,1 @@
+"""The trainers (`DistillationTrainer`, `MutualLearningTrainer`) on one base, their configs, and training callbacks."""
