@@ -56,7 +56,7 @@ def shards_teacher(sharding: str, accelerator: Accelerator) -> bool:
         setup = f"DeepSpeed ZeRO-{stage}" if stage is not None else f"{accelerator.distributed_type.value}"
         raise ValueError(
             f"teacher_sharding='sharded' needs DeepSpeed ZeRO-3 or FSDP (e.g. accelerate launch --config_file "
-            f"examples/accelerate_configs/deepspeed_zero3.yaml or fsdp.yaml), but this run is {setup}: nothing would "
+            f"examples/accelerate_configs/deepspeed_zero3.yaml or fsdp2.yaml), but this run is {setup}: nothing would "
             "shard the teacher. Use teacher_sharding='whole' (or 'auto') to hold it whole on every process."
         )
     return sharding == "sharded" or (sharding == "auto" and zero3)

@@ -1,7 +1,7 @@
-"""examples/distill_mnist.py on two CPU processes under DeepSpeed ZeRO-3 (examples/accelerate_configs/
-deepspeed_zero3.yaml as shipped, plus --use_cpu) and FSDP2 (through the test-only shim), against one process with the
-same global batch: every process takes part in saving, the main process measures the models reloaded whole, and the
-report matches."""
+"""examples/distill_mnist.py on two CPU processes under DeepSpeed ZeRO-3 and FSDP2 (examples/accelerate_configs/
+deepspeed_zero3.yaml and fsdp2.yaml as shipped, plus --use_cpu; FSDP2 through the test-only shim), against one process
+with the same global batch: every process takes part in saving, the main process measures the models reloaded whole,
+and the report matches."""
 
 from __future__ import annotations
 
@@ -42,23 +42,6 @@ def run_mnist(launcher: list[str], data_dir, output_dir, per_device_batch: int, 
     return result
 
 
-FSDP2_ON_CPU = """compute_environment: LOCAL_MACHINE
-distributed_type: FSDP
-fsdp_config:
-  fsdp_version: 2
-  fsdp_auto_wrap_policy: NO_WRAP
-  fsdp_cpu_ram_efficient_loading: false
-  fsdp_offload_params: false
-  fsdp_reshard_after_forward: true
-  fsdp_state_dict_type: FULL_STATE_DICT
-  fsdp_sync_module_states: false
-mixed_precision: 'no'
-num_machines: 1
-num_processes: 2
-machine_rank: 0
-"""
-
-
 @pytest.fixture(scope="module")
 def one_process_run(tmp_path_factory):
     """The generated data, and the example run on one process with the whole global batch: the reference."""
@@ -79,8 +62,7 @@ def test_distill_mnist_sharded_reports_like_one_process(engine, one_process_run,
         config = REPO_ROOT / "examples" / "accelerate_configs" / "deepspeed_zero3.yaml"
         launcher, script_args = ["--config_file", str(config)], []
     else:  # FSDP2 needs the test-only shim on a CPU (tests/fsdp_cpu_launch.py), and the state it configures
-        config = tmp_path / "fsdp2.yaml"
-        config.write_text(FSDP2_ON_CPU)
+        config = REPO_ROOT / "examples" / "accelerate_configs" / "fsdp2.yaml"
         launcher = ["--config_file", str(config), str(REPO_ROOT / "tests" / "fsdp_cpu_launch.py")]
         script_args = ["--accelerator_config", '{"use_configured_state": true}']
     result = run_mnist(launcher, one_process_run / "data", sharded_dir, GLOBAL_BATCH // 2, *script_args)

@@ -39,24 +39,16 @@ GLOBAL_BATCH = 16
 def accelerate_config(engine: str) -> str:
     """accelerate's config for two CPU processes (gloo, float32): DeepSpeed ZeRO-2/3 (its CPU accelerator), or FSDP2
     (run with the worker's test-only shim: accelerate alone would fall back to DDP on a CPU)."""
-    if engine == "fsdp2":
-        # NO_WRAP: the root module is the one FSDP unit (a size-based policy would wrap the MLP's ModuleList, which
-        # fully_shard refuses: it has no forward). FULL_STATE_DICT: the only type save_model writes.
-        plugin = [
-            "distributed_type: FSDP", "fsdp_config:", "  fsdp_version: 2", "  fsdp_auto_wrap_policy: NO_WRAP",
-            "  fsdp_cpu_ram_efficient_loading: false", "  fsdp_offload_params: false",
-            "  fsdp_reshard_after_forward: true", "  fsdp_state_dict_type: FULL_STATE_DICT",
-            "  fsdp_sync_module_states: false", "use_cpu: false",
-        ]  # fmt: skip
-    else:
-        zero_stage = int(engine[-1])
-        plugin = [
-            "distributed_type: DEEPSPEED", "deepspeed_config:", f"  zero_stage: {zero_stage}",
-            "  offload_optimizer_device: none", "  offload_param_device: none",
-            f"  zero3_init_flag: {'true' if zero_stage == 3 else 'false'}",
-            "  zero3_save_16bit_model: true",  # save_model gathers the shards into one whole state dict
-            "use_cpu: true",
-        ]  # fmt: skip
+    if engine == "fsdp2":  # the shipped config, as is (NO_WRAP, FULL_STATE_DICT, float32, 2 processes)
+        return (REPO_ROOT / "examples" / "accelerate_configs" / "fsdp2.yaml").read_text()
+    zero_stage = int(engine[-1])
+    plugin = [
+        "distributed_type: DEEPSPEED", "deepspeed_config:", f"  zero_stage: {zero_stage}",
+        "  offload_optimizer_device: none", "  offload_param_device: none",
+        f"  zero3_init_flag: {'true' if zero_stage == 3 else 'false'}",
+        "  zero3_save_16bit_model: true",  # save_model gathers the shards into one whole state dict
+        "use_cpu: true",
+    ]  # fmt: skip
     common = ["compute_environment: LOCAL_MACHINE", "mixed_precision: 'no'", "num_machines: 1", "num_processes: 2",
               "machine_rank: 0"]  # fmt: skip
     return "\n".join([*common, *plugin, ""])

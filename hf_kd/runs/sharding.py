@@ -43,7 +43,7 @@ def check_sharded_saving(config) -> None:
             raise ValueError(
                 f"FSDP with fsdp_state_dict_type {state_dict_type}: Trainer.save_model writes a model only under "
                 f"{FULL_STATE_DICT}, so the examples would save and measure nothing. Set fsdp_state_dict_type: "
-                f"{FULL_STATE_DICT} (as examples/accelerate_configs/fsdp.yaml does)."
+                f"{FULL_STATE_DICT} (as examples/accelerate_configs/fsdp2.yaml does)."
             )
     zero3 = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
     # With a DeepSpeed JSON file (ACCELERATE_DEEPSPEED_CONFIG_FILE) the setting lives there: the Trainer warns then.
