@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification, HfArgumentParser, TrainerCallback
 
 from hf_kd import DistillationConfig, DistillationTrainer
-from hf_kd.features.names import FeatureCollector, make_connector, parse_feature, relative_depth
+from hf_kd.features.connectors import make_connector
+from hf_kd.features.names import FeatureCollector, parse_feature, relative_depth
 from hf_kd.models import model_from_preset
 from hf_kd.training.feature_term import CONNECTORS_NAME
 
@@ -285,12 +286,13 @@ def test_vector_features_cached_with_the_logits_train_the_student_the_live_teach
     assert set(columns) < set(cached.train_dataset.column_names)
     logged = next(r.getMessage() for r in caplog.records if "computed once" in r.getMessage())
     assert f"teacher_feature_0 ({names[0]}) 0.05 MiB" in logged and "teacher_logits 0.01 MiB" in logged  # 128 x 100
-    # Every example's cached features are the live teacher's (rows in the dataset's order).
+    # Every example's cached features are the live teacher's (rows in the dataset's order), run at the same batch
+    # size: a matmul's rounding depends on the batch's shape.
     with torch.no_grad():
         pixels = data.with_format("torch")["pixel_values"][:]
-        hidden = teacher(pixel_values=pixels, output_hidden_states=True).hidden_states
+        chunks = [teacher(pixel_values=p, output_hidden_states=True).hidden_states for p in pixels.split(32)]
     for name, column in zip(names, columns):
-        live = hidden[int(name.split(".")[1])]
+        live = torch.cat([hidden[int(name.split(".")[1])] for hidden in chunks])
         torch.testing.assert_close(cached.train_dataset.with_format("torch")[column][:], live, rtol=0, atol=0)
     calls = CountCalls(teacher)
     cached.train()
