@@ -31,7 +31,7 @@ from transformers import AutoModelForImageClassification
 
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.models import image_processor_for_preset, model_from_preset
-from hf_kd.report.modelcard import HubPushError
+from hf_kd.report.hub import HubPushError
 
 REPO_ID = "hf-kd-tests/mnist-mlp-student-kd"
 TOKEN = "hf_stand_in_token"

@@ -695,7 +695,7 @@ def test_student_derived_from_the_pretrained_encoder(tmp_path, teacher_tokenizer
     for init_from in ("pretrained", "fine-tuned"):
         data_args, _, text_args, config = parse_text_arguments(None, [*argv, "--student_init_from", init_from])
         task = text_setup(data_args, text_args, config)
-        assert task.train_teacher  # the encoder has no classification head
+        assert task.teacher_needs_training  # the encoder has no classification head
         loaded = {k: v.clone() for k, v in task.teacher.state_dict().items()}
         new_heads.append(loaded["classifier.weight"])
         torch.rand(1000)  # whatever the global RNG did in between, the seed decides the new head
