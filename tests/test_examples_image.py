@@ -105,6 +105,9 @@ def test_distill_mnist_on_generated_images(tmp_path):
         "5",
     )
     report = check_report(output_dir, ["teacher", "student_ce", "student_kd"])
+    # The squares are learnable in a few steps: every model far above chance (10 classes), so a broken loss shows.
+    accuracy = {model["name"]: model["accuracy"] for model in report["models"]}
+    assert min(accuracy.values()) >= 0.5, accuracy
     assert "| Student (KD) |" in result.stdout  # the report is printed
     # Each stage announces itself and labels its progress bar; the run ends with where everything went.
     for name in ("teacher", "student_kd", "student_ce"):
@@ -203,5 +206,6 @@ def test_distill_mnist_on_real_mnist_subset(tmp_path):
     )
     report = check_report(output_dir, ["teacher", "student_ce", "student_kd"])
     accuracy = {model["name"]: model["accuracy"] for model in report["models"]}
-    assert accuracy["student_kd"] > 0.90, accuracy
-    assert accuracy["teacher"] > 0.90, accuracy
+    assert accuracy["teacher"] > 0.96, accuracy
+    # Distillation must beat the same student trained on the labels alone (same seed, data order and epochs).
+    assert accuracy["student_kd"] > accuracy["student_ce"] > 0.9, accuracy
