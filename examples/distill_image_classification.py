@@ -32,6 +32,7 @@ from hf_kd.runs.experiment import (
     train_baseline,
     train_teacher,
 )
+from hf_kd.runs.input_checks import check_feature_outputs
 from hf_kd.runs.online import born_again, distil_from_ema, train_mutual
 from hf_kd.runs.preparation import prepare_run, user_errors_as_messages
 from hf_kd.runs.recipes import (
@@ -48,68 +49,76 @@ def main(defaults=None, argv=None):
     # 1. Arguments: data, models and run (DataArguments, ExperimentArguments) + the DistillationConfig.
     data_args, experiment_args, config = parse_image_arguments(defaults, argv)
     with prepare_run(config, experiment_args):  # the output directory locked; SIGTERM -> a checkpoint, then stop
-        metric = load_metric(experiment_args.metric_name_or_path)
-        compute_metrics = compute_metrics_for(metric)
+        return distil_images(data_args, experiment_args, config)
 
-        # 2. Data: every image decoded and normalised once with the student's image processor, then held in memory.
-        image_processor = image_processor_for(experiment_args.student)
-        data, label_names = load_image_data(data_args, image_processor)
-        if experiment_args.distillation_mode != "offline":  # online / self distillation: no teacher trained first
-            return online_or_self_distillation(data, label_names, data_args, experiment_args, config, metric)
 
-        # 3. Teacher: a trained one loaded, or one trained here on the labels (with random shifts: Hinton et al.'s jitter).
-        #    Several loaded (--teacher_model_name_or_path a b c) are distilled as one ensemble (--ensemble_method).
-        paths = config.teacher_model_name_or_path
-        paths = [paths] if isinstance(paths, str) else paths or []
-        if paths:
-            probe = build_image_model(experiment_args.student, label_names, config.seed)
-            names = [TEACHER_DIR] if len(paths) == 1 else [f"{TEACHER_DIR}_{k}" for k in range(len(paths))]
-            teachers = [
-                Trained(name, load_image_teacher(path, probe, image_processor, config.teacher_model_init_kwargs), data)
-                for name, path in zip(names, paths)
-            ]
-        else:
-            model = build_image_model(experiment_args.teacher, label_names, config.seed)
-            shift = experiment_args.teacher_max_shift
-            augmentation = RandomShiftCollator(shift, fill=fill_value(image_processor), seed=config.seed) if shift else None
-            teachers = [train_teacher(model, data, config, experiment_args, compute_metrics, augmentation)]
-        teacher = teachers[0].model if len(teachers) == 1 else ensemble_for([t.model for t in teachers], probe, config)
+def distil_images(data_args, experiment_args, config):
+    """The run itself, inside `prepare_run`'s guards."""
+    metric = load_metric(experiment_args.metric_name_or_path)
+    compute_metrics = compute_metrics_for(metric)
 
-        # 4. Teacher assistants (--assistants, Mirzadeh et al. 2020): teacher -> assistant 1 -> ..., each link an
-        #    ordinary distillation from the previous one; the student then learns from the last link.
-        assistants = [build_image_model(name, label_names, config.seed) for name in experiment_args.assistants or []]
-        assistants = distil_assistants(teacher, assistants, data, config, compute_metrics)
+    # 2. Data: every image decoded and normalised once with the student's image processor, then held in memory.
+    image_processor = image_processor_for(experiment_args.student)
+    data, label_names = load_image_data(data_args, image_processor)
+    if experiment_args.distillation_mode != "offline":  # online / self distillation: no teacher trained first
+        return online_or_self_distillation(data, label_names, data_args, experiment_args, config, metric)
 
-        # 5. The student, distilled: the teacher's logits are computed once up front (--precompute_teacher_logits).
-        student = build_image_model(experiment_args.student, label_names, config.seed)
-        trainer = DistillationTrainer(
-            model=student,
-            teacher_model=assistants[-1].model if assistants else teacher,
-            args=stage_args(config, STUDENT_KD_DIR, data.train_dataset),
-            train_dataset=data.train_dataset,
-            eval_dataset=data.eval_dataset,
-            data_collator=data.data_collator,
-            processing_class=image_processor,
-            compute_metrics=compute_metrics,
-        )
-        distilled = finish_training(STUDENT_KD_DIR, trainer, data)
+    # 3. Teacher: a trained one loaded, or one trained here on the labels (with random shifts: Hinton et al.'s jitter).
+    #    Several loaded (--teacher_model_name_or_path a b c) are distilled as one ensemble (--ensemble_method).
+    paths = config.teacher_model_name_or_path
+    paths = [paths] if isinstance(paths, str) else paths or []
+    #    The features --feature_pairs names are checked on every model first, before anything trains.
+    probe = build_image_model(experiment_args.student, label_names, config.seed)
+    assistants = [build_image_model(name, label_names, config.seed) for name in experiment_args.assistants or []]
+    if paths:
+        names = [TEACHER_DIR] if len(paths) == 1 else [f"{TEACHER_DIR}_{k}" for k in range(len(paths))]
+        teachers = [
+            Trained(name, load_image_teacher(path, probe, image_processor, config.teacher_model_init_kwargs), data)
+            for name, path in zip(names, paths)
+        ]
+        check_feature_outputs(config.feature_pairs, [probe, *assistants], [t.model for t in teachers] + assistants)
+    else:
+        model = build_image_model(experiment_args.teacher, label_names, config.seed)
+        check_feature_outputs(config.feature_pairs, [probe, *assistants], [model, *assistants])
+        shift = experiment_args.teacher_max_shift
+        augmentation = RandomShiftCollator(shift, fill=fill_value(image_processor), seed=config.seed) if shift else None
+        teachers = [train_teacher(model, data, config, experiment_args, compute_metrics, augmentation)]
+    teacher = teachers[0].model if len(teachers) == 1 else ensemble_for([t.model for t in teachers], probe, config)
 
-        # 6. The baseline: the same student (same seed, so the same initial weights and data order), labels only; with
-        #    assistants, the same student distilled directly from the teacher too. The ensemble, when it can predict
-        #    without the labels, is measured first: the others' agreement is with it.
-        ensemble = [Trained("ensemble", teacher, data)] if len(teachers) > 1 and not teacher.needs_labels else []
-        runs = [*ensemble, *teachers, *assistants]
-        if not experiment_args.skip_baseline:
-            baseline = build_image_model(experiment_args.student, label_names, config.seed)
-            runs.append(train_baseline(baseline, data, config, compute_metrics))
-        if assistants:
-            direct = build_image_model(experiment_args.student, label_names, config.seed)
-            runs.append(distil(direct, teacher, data, config, compute_metrics, name=STUDENT_KD_DIRECT_DIR))
-        runs.append(distilled)
+    # 4. Teacher assistants (--assistants, Mirzadeh et al. 2020): teacher -> assistant 1 -> ..., each link an
+    #    ordinary distillation from the previous one; the student then learns from the last link.
+    assistants = distil_assistants(teacher, assistants, data, config, compute_metrics)
 
-        # 7. Report and model card, on the main process: every model saved and measured (size, accuracy, latency).
-        teacher_name = ", ".join(paths) or "trained here"
-        return report_run(runs, "image-classification", teacher_name, metric, data_args, experiment_args, config)
+    # 5. The student, distilled: the teacher's logits are computed once up front (--precompute_teacher_logits).
+    student = build_image_model(experiment_args.student, label_names, config.seed)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=assistants[-1].model if assistants else teacher,
+        args=stage_args(config, STUDENT_KD_DIR, data.train_dataset),
+        train_dataset=data.train_dataset,
+        eval_dataset=data.eval_dataset,
+        data_collator=data.data_collator,
+        processing_class=image_processor,
+        compute_metrics=compute_metrics,
+    )
+    distilled = finish_training(STUDENT_KD_DIR, trainer, data)
+
+    # 6. The baseline: the same student (same seed, so the same initial weights and data order), labels only; with
+    #    assistants, the same student distilled directly from the teacher too. The ensemble, when it can predict
+    #    without the labels, is measured first: the others' agreement is with it.
+    ensemble = [Trained("ensemble", teacher, data)] if len(teachers) > 1 and not teacher.needs_labels else []
+    runs = [*ensemble, *teachers, *assistants]
+    if not experiment_args.skip_baseline:
+        baseline = build_image_model(experiment_args.student, label_names, config.seed)
+        runs.append(train_baseline(baseline, data, config, compute_metrics))
+    if assistants:
+        direct = build_image_model(experiment_args.student, label_names, config.seed)
+        runs.append(distil(direct, teacher, data, config, compute_metrics, name=STUDENT_KD_DIRECT_DIR))
+    runs.append(distilled)
+
+    # 7. Report and model card, on the main process: every model saved and measured (size, accuracy, latency).
+    teacher_name = ", ".join(paths) or "trained here"
+    return report_run(runs, "image-classification", teacher_name, metric, data_args, experiment_args, config)
 
 
 def online_or_self_distillation(data, label_names, data_args, experiment_args, config, metric):

@@ -70,49 +70,53 @@ def main(argv=None):
     # 1. Arguments: data, run, text (columns, tokenization, student) + the DistillationConfig.
     data_args, experiment_args, text_args, config = parse_text_arguments(DEFAULTS, argv)
     with prepare_run(config, experiment_args):  # the output directory locked; SIGTERM -> a checkpoint, then stop
-        metric = load_metric(experiment_args.metric_name_or_path)
+        return distil_text(data_args, experiment_args, text_args, config)
 
-        # 2. Data and models: columns detected, each model's tokenization done once (the student's data carries the
-        #    teacher's own `teacher_input_ids` when the tokenizers differ; with several teachers, `teacher_<k>_input_ids`
-        #    for each teacher k whose tokenizer differs from the student's), each teacher loaded as a sequence classifier.
-        setup = text_setup(data_args, text_args, config)
-        compute_metrics = compute_metrics_for(metric, setup.extra_metrics)
 
-        # 3. Teachers: each fine-tuned here on the labels when its classification head is new. Several are distilled as
-        #    one ensemble (--ensemble_method), whose members each read their own inputs.
-        teachers = prepare_teachers(setup, config, experiment_args, compute_metrics)
-        data = setup.student_data
-        args = stage_args(config, STUDENT_KD_DIR, data.train_dataset)  # the teachers' init kwargs were applied already
-        student = setup.build_student(teachers[0].model)  # derived from the (first) teacher, or pretrained
-        teacher = teachers[0].model if len(teachers) == 1 else ensemble_for([t.model for t in teachers], student, args)
+def distil_text(data_args, experiment_args, text_args, config):
+    metric = load_metric(experiment_args.metric_name_or_path)
 
-        # 4. The student, distilled by a DistillationTrainer.
-        trainer = DistillationTrainer(
-            model=student,
-            teacher_model=teacher,
-            args=args,
-            train_dataset=data.train_dataset,
-            eval_dataset=data.eval_dataset,
-            data_collator=data.data_collator,
-            processing_class=data.processing_class,
-            compute_metrics=compute_metrics,
-        )
-        distilled = finish_training(STUDENT_KD_DIR, trainer, data)
+    # 2. Data and models: columns detected, each model's tokenization done once (the student's data carries the
+    #    teacher's own `teacher_input_ids` when the tokenizers differ; with several teachers, `teacher_<k>_input_ids`
+    #    for each teacher k whose tokenizer differs from the student's), each teacher loaded as a sequence classifier.
+    setup = text_setup(data_args, text_args, config)
+    compute_metrics = compute_metrics_for(metric, setup.extra_metrics)
 
-        # 5. The baseline: the same student, from the same weights, on the labels alone. The ensemble, when it can predict
-        #    without the labels, is measured first, on the student's data with each teacher's own inputs: the others'
-        #    agreement is with it; each teacher is measured on its own tokenization.
-        measured_ensemble = len(teachers) > 1 and not teacher.needs_labels
-        ensemble = [Trained("ensemble", teacher, data, role="teacher")] if measured_ensemble else []
-        runs = [*ensemble, *teachers]
-        if not experiment_args.skip_baseline:
-            runs.append(train_baseline(setup.build_student(teachers[0].model), data, config, compute_metrics))
-        runs.append(distilled)
+    # 3. Teachers: each fine-tuned here on the labels when its classification head is new. Several are distilled as
+    #    one ensemble (--ensemble_method), whose members each read their own inputs.
+    teachers = prepare_teachers(setup, config, experiment_args, compute_metrics)
+    data = setup.student_data
+    args = stage_args(config, STUDENT_KD_DIR, data.train_dataset)  # the teachers' init kwargs were applied already
+    student = setup.build_student(teachers[0].model)  # derived from the (first) teacher, or pretrained
+    teacher = teachers[0].model if len(teachers) == 1 else ensemble_for([t.model for t in teachers], student, args)
 
-        # 6. Report (accuracy, and F1 beside it for two classes) and the distilled student's card, on the main process.
-        return report_run(
-            runs, setup.task, setup.teacher_name, metric, data_args, experiment_args, config, setup.extra_metrics
-        )
+    # 4. The student, distilled by a DistillationTrainer.
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data.train_dataset,
+        eval_dataset=data.eval_dataset,
+        data_collator=data.data_collator,
+        processing_class=data.processing_class,
+        compute_metrics=compute_metrics,
+    )
+    distilled = finish_training(STUDENT_KD_DIR, trainer, data)
+
+    # 5. The baseline: the same student, from the same weights, on the labels alone. The ensemble, when it can predict
+    #    without the labels, is measured first, on the student's data with each teacher's own inputs: the others'
+    #    agreement is with it; each teacher is measured on its own tokenization.
+    measured_ensemble = len(teachers) > 1 and not teacher.needs_labels
+    ensemble = [Trained("ensemble", teacher, data, role="teacher")] if measured_ensemble else []
+    runs = [*ensemble, *teachers]
+    if not experiment_args.skip_baseline:
+        runs.append(train_baseline(setup.build_student(teachers[0].model), data, config, compute_metrics))
+    runs.append(distilled)
+
+    # 6. Report (accuracy, and F1 beside it for two classes) and the distilled student's card, on the main process.
+    return report_run(
+        runs, setup.task, setup.teacher_name, metric, data_args, experiment_args, config, setup.extra_metrics
+    )
 
 
 if __name__ == "__main__":

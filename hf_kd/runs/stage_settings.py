@@ -18,10 +18,11 @@ from typing import Any
 import datasets
 import torch
 from accelerate.utils import extract_model_from_parallel
+from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from ..data import InMemoryDataset
-from ..teacher.precompute import teacher_fingerprint
+from ..placement import is_fsdp1, own_class, whole_state
 
 # TrainingArguments / DistillationConfig fields that do not change the trained weights: where and how often the run
 # logs, saves, evaluates and publishes, where it runs, and how the teacher is loaded (its weights are fingerprinted).
@@ -40,12 +41,18 @@ NOT_RESULT = {
     "teacher_sharding",
 }  # fmt: skip
 _TRAINING_FIELDS = {f.name for f in fields(TrainingArguments)}
-# Model config entries that say nothing about the model itself.
-_CONFIG_NOISE = {"transformers_version", "_name_or_path"}
+# Model config entries that say nothing about the model itself: save_pretrained sets `architectures`, `auto_map` and
+# `dtype`, loading sets `_name_or_path`, so a teacher trained here and the same teacher loaded back differ in them
+# alone (the weights' dtype is hashed with the weights); a classifier's forward sets `problem_type` at its first loss
+# (from the labels' dtype), so a trained teacher has it and the same one rebuilt before loading its weights does not.
+_CONFIG_NOISE = {"transformers_version", "_name_or_path", "architectures", "auto_map", "dtype", "torch_dtype"}
+_CONFIG_NOISE.add("problem_type")
 # Settings that are not command-line arguments, as a message names them.
 LABELS = {
     "model_class": "the model's class",
-    "teacher": "the teacher (fingerprint of its class, config and weights)",
+    "teacher_class": "the teacher's class",
+    "teacher_config": "the teacher's config",
+    "teacher_weights": "the teacher's weights (fingerprint)",
     "train_dataset": "the training data (fingerprint)",
     "data_collator": "the training batches' collator / augmentation",
 }
@@ -77,11 +84,23 @@ def dataset_fingerprint(dataset) -> str | None:
     return f"{type(dataset).__name__} of {len(dataset)} rows" if hasattr(dataset, "__len__") else type(dataset).__name__
 
 
+def weights_fingerprint(model: nn.Module) -> str:
+    """A hash of every weight and buffer of `model` (gathered whole when sharded), by name and dtype."""
+    import xxhash
+
+    unwrapped = extract_model_from_parallel(model)
+    digest = xxhash.xxh64()
+    for name, tensor in whole_state(model if is_fsdp1(model) else unwrapped):
+        digest.update(f"{name}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _model_record(model) -> tuple[str, dict]:
     model = extract_model_from_parallel(model)
     config = getattr(model, "config", None)
     config_dict = config.to_diff_dict() if hasattr(config, "to_diff_dict") else {}
-    return type(model).__name__, {k: v for k, v in config_dict.items() if k not in _CONFIG_NOISE}
+    return own_class(model).__name__, {k: v for k, v in config_dict.items() if k not in _CONFIG_NOISE}
 
 
 def stage_settings(trainer: Trainer) -> dict[str, Any]:
@@ -101,7 +120,8 @@ def stage_settings(trainer: Trainer) -> dict[str, Any]:
         settings[f"model_config{'' if len(records) == 1 else f'_{k}'}"] = config
     teacher = getattr(trainer, "teacher_model", None)
     if teacher is not None:
-        settings["teacher"] = teacher_fingerprint(teacher)
+        settings["teacher_class"], settings["teacher_config"] = _model_record(teacher)
+        settings["teacher_weights"] = weights_fingerprint(teacher)
     settings["train_dataset"] = dataset_fingerprint(trainer.train_dataset)
     collator = trainer.data_collator
     settings["data_collator"] = [type(collator).__name__, getattr(collator, "recipe", None)]
@@ -113,6 +133,8 @@ def _label(name: str) -> str:
         return LABELS[name]
     if name.startswith("model_config"):
         return "the model's architecture (config)"
+    if name == "teacher_config":
+        return "the teacher's config"
     return f"--{name}"
 
 
@@ -128,7 +150,7 @@ def settings_differences(recorded: dict[str, Any], current: dict[str, Any]) -> l
         before, now = recorded.get(name), current.get(name)
         if before == now:
             continue
-        if name.startswith("model_config") and isinstance(before, dict) and isinstance(now, dict):
+        if "_config" in name and isinstance(before, dict) and isinstance(now, dict):
             for key in sorted(set(before) | set(now)):
                 if before.get(key) != now.get(key):
                     lines.append(
