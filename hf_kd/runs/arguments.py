@@ -346,9 +346,17 @@ def parse_image_arguments(
 
 
 def _check_teacher_sources(config: DistillationConfig) -> None:
+    """Each teacher to load exists; ensemble weights only come with an ensemble (one teacher would ignore them)."""
     sources = config.teacher_model_name_or_path
-    for source in [sources] if isinstance(sources, str) else sources or []:
+    sources = [sources] if isinstance(sources, str) else sources or []
+    for source in sources:
         check_model_source(source, "--teacher_model_name_or_path")
+    if config.teacher_weights and len(sources) < 2:
+        raise ValueError(
+            f"--teacher_weights {' '.join(str(w) for w in config.teacher_weights)} weighs the teachers of an ensemble, "
+            f"but this run has one teacher ({sources[0] if sources else 'trained here'}): give several with "
+            "--teacher_model_name_or_path a b ..., or leave --teacher_weights out."
+        )
 
 
 # ExperimentArguments fields that only mean something for images.
