@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT
-from datasets import DatasetDict
+from datasets import DatasetDict, load_from_disk
 from safetensors.torch import load_file
 from test_examples_image import LOCAL_ACCURACY, load_example, make_image_dataset
 
@@ -120,12 +120,11 @@ def test_a_killed_holders_lock_does_not_block(tmp_path):
 @pytest.mark.slow
 def test_a_second_run_into_a_running_runs_directory_is_refused(tmp_path, data_dir):
     out = tmp_path / "run"
-    first = start(out, data_dir, pause=0.05)
-    wait_for(lambda: (out / "teacher").is_dir(), first, "training")  # the first run holds the lock and trains
-    began = time.time()
+    first = start(out, data_dir, pause=0.5)  # its student's 32 steps take 16 s or more
+    wait_for((out / "student_kd" / "_hf_kd_stage_settings.json").is_file, first, "the student's training")
     second = start(out, data_dir, "--seed", "7")
     log = finish(second, status=1)
-    assert time.time() - began < 60  # refused at once, not after waiting for the first
+    assert first.poll() is None  # refused at once, while the first run trains (not after waiting for it)
     assert f"is in use by another run: process {first.pid} on host" in log and "Traceback" not in log
     finish(first)
     report = json.loads((out / "distillation_report.json").read_text())  # the first run's results, whole
@@ -178,14 +177,15 @@ def test_a_rerun_with_other_settings_is_refused_naming_them(tmp_path, data_dir, 
     assert (out / "distillation_report.json").is_file()
 
 
-def save_teacher(folder: Path, seed: int) -> Path:
-    build_image_model("mnist-mlp-student", [str(i) for i in range(10)], seed).save_pretrained(folder)
+def save_teacher(folder: Path, data_dir: Path, seed: int) -> Path:
+    classes = load_from_disk(str(data_dir))["train"].features["label"].names
+    build_image_model("mnist-mlp-student", classes, seed).save_pretrained(folder)
     return folder
 
 
 @pytest.mark.slow
 def test_a_checkpoint_of_another_teacher_is_refused_and_the_same_resumes(tmp_path, data_dir):
-    teacher_a, teacher_b = save_teacher(tmp_path / "a", seed=0), save_teacher(tmp_path / "b", seed=1)
+    teacher_a, teacher_b = save_teacher(tmp_path / "a", data_dir, 0), save_teacher(tmp_path / "b", data_dir, 1)
     out = tmp_path / "run"
     run_in_process(out, data_dir, "--teacher_model_name_or_path", str(teacher_a), "--save_strategy", "steps",
                    "--save_steps", "8")  # fmt: skip
@@ -267,8 +267,9 @@ def test_a_run_over_the_file_size_limit_fails_cleanly_and_its_rerun_completes(tm
     # A small teacher (every file < 1 MB) and a larger "student" (its weights 1.4 MB): the student's save fails.
     models = ("--teacher", "mnist-mlp-student", "--student", "mnist-mlp-teacher", "--num_train_epochs", "1")
     log = finish(start(out, data_dir, *models, fsize=1_000_000), status=1)
-    failed = out / "student_kd" / "model.safetensors"
-    assert f"error: Writing {failed} failed: the file exceeds the file-size limit (EFBIG" in log, log[-3000:]
+    stage = out / "student_kd"
+    assert f"error: Saving the model to {stage} failed (the file being written: " in log, log[-3000:]
+    assert "model.safetensors): the file exceeds the file-size limit (EFBIG" in log
     assert "Every file written before it is intact" in log and "Traceback" not in log
     marker = out / "teacher" / "_hf_kd_stage_finished.json"
     teacher_written = marker.stat().st_mtime_ns

@@ -63,7 +63,7 @@ class RunLock:
         self._created_dir = not self.output_dir.exists()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(10):
-            lock = FileLock(self.path, timeout=0, is_singleton=False)
+            lock = FileLock(self.path, timeout=0)
             try:
                 lock.acquire()
             except Timeout:
@@ -88,7 +88,7 @@ class RunLock:
         return self
 
     def _still_at_path(self, lock: FileLock) -> bool:
-        fd = getattr(lock._context, "lock_file_fd", None)  # filelock keeps the locked descriptor here
+        fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)  # filelock keeps the descriptor here
         try:
             return fd is None or os.fstat(fd).st_ino == os.stat(self.path).st_ino
         except FileNotFoundError:

@@ -122,20 +122,28 @@ def check_reusable(stage_dir: str | os.PathLike, settings: dict, reused: str) ->
         )
 
 
-def _newest_file(folder: str | os.PathLike) -> Path | None:
-    files = [path for path in Path(folder).rglob("*") if path.is_file()]
-    return max(files, key=lambda path: path.stat().st_mtime_ns) if files else None
+def _newest_files(folder: Path) -> list[str]:
+    """The files of `folder` written last: the one being written when a write failed is among them (file times are
+    only as fine as the kernel's clock tick, so files written within the same few milliseconds tie)."""
+    files = [(path.stat().st_mtime_ns, path.name) for path in folder.iterdir() if path.is_file()]
+    newest = max((mtime for mtime, _ in files), default=0)
+    return sorted(name for mtime, name in files if newest - mtime < 20_000_000)
 
 
-def _disk_full(error: BaseException, stage_dir: str) -> DiskFullError:
-    """The Trainer's writes (safetensors, torch.save) do not name their file: the newest one in the stage is it."""
-    failed = _newest_file(stage_dir)
-    return DiskFullError(
-        f"Writing {failed or stage_dir} failed: {disk_full_reason(error)}. Every file written before it is intact: a "
-        f"checkpoint cut short has no {TRAINER_STATE_NAME} and is skipped, a model is only taken as finished with "
-        f"its {STAGE_MARKER}. Free some space (or raise the limit) and run the same command again: it resumes.",
-        failed,
-    )
+def _raise_if_disk_full(error: BaseException, what: str, folder: Path) -> None:
+    """The Trainer's writes (safetensors, torch.save) do not name their file: say what was being saved, where, and
+    the files written last there."""
+    if not is_disk_full(error) or isinstance(error, DiskFullError):
+        return
+    newest = _newest_files(folder) if folder.is_dir() else []
+    being_written = f" (the file being written: {' or '.join(newest)})" if newest else ""
+    raise DiskFullError(
+        f"Saving {what} to {folder} failed{being_written}: {disk_full_reason(error)}. Every file written before it is "
+        f"intact: a checkpoint cut short has no {TRAINER_STATE_NAME} and is skipped, a model is only taken as "
+        f"finished with its {STAGE_MARKER}. Free some space (or raise the limit) and run the same command again: it "
+        "resumes.",
+        folder / newest[-1] if len(newest) == 1 else folder,
+    ) from error
 
 
 def train_or_resume(trainer: Trainer) -> tuple[float, list[dict]]:
@@ -161,10 +169,6 @@ def train_or_resume(trainer: Trainer) -> tuple[float, list[dict]]:
     trainer.add_callback(preemption)
     try:
         train_time_s, log_history = _train_and_save(trainer, checkpoint, settings, preemption)
-    except Exception as error:
-        if is_disk_full(error) and not isinstance(error, DiskFullError):
-            raise _disk_full(error, stage_dir) from error
-        raise
     finally:
         trainer.remove_callback(preemption)
     if preemption_requested():  # the signal came after the last step: the stage is finished, the run stops here
@@ -178,15 +182,24 @@ def _train_and_save(
     """Train (from `checkpoint`), then save the model and the marker; raise [`RunPreempted`] instead when a signal
     stopped the training (the Trainer saved its checkpoint at that step)."""
     stage_dir = trainer.args.output_dir
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    except Exception as error:  # the Trainer writes checkpoints only
+        checkpoint_dir = Path(stage_dir) / f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
+        _raise_if_disk_full(error, "the checkpoint", checkpoint_dir)
+        raise
     if preemption.stopped_at_step is not None:
         saved = Path(stage_dir) / f"{PREFIX_CHECKPOINT_DIR}-{preemption.stopped_at_step}"
         trainer.accelerator.wait_for_everyone()
         raise RunPreempted(preemption_requested(), stage_dir, str(saved))
     train_time_s, log_history = float(output.metrics["train_runtime"]), list(trainer.state.log_history)
     # Every process takes part (under ZeRO-3 / FSDP the weights are gathered); the main one writes.
-    with saved_as_own_class(trainer.model):  # under FSDP2, not as torch's generated class (hf_kd.runs.sharding)
-        trainer.save_model(stage_dir)
+    try:
+        with saved_as_own_class(trainer.model):  # under FSDP2, not as torch's generated class (hf_kd.runs.sharding)
+            trainer.save_model(stage_dir)
+    except Exception as error:
+        _raise_if_disk_full(error, "the model", Path(stage_dir))
+        raise
     if trainer.args.should_save:
         # training_args.bin is the run's settings, not the model that ships (and would count in its measured size).
         Path(stage_dir, TRAINING_ARGS_NAME).unlink(missing_ok=True)
