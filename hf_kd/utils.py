@@ -65,11 +65,12 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
 # A write that failed for lack of room: no space left, a file-size limit (RLIMIT_FSIZE, `ulimit -f`), a quota.
 DISK_FULL_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file exceeds the file-size limit"}
 DISK_FULL_ERRNOS[errno.EDQUOT] = "the disk quota is exceeded"
+SHORT_WRITE = -1  # torch.save's PytorchStreamWriter does not say why a write came back short
 # How libraries that do not raise OSError report them: safetensors (Rust's io errors), torch.save (a short write).
 _DISK_FULL_TEXTS = {
     "os error 28": errno.ENOSPC, "No space left on device": errno.ENOSPC, "os error 27": errno.EFBIG,
     "File too large": errno.EFBIG, "os error 122": errno.EDQUOT, "Disk quota exceeded": errno.EDQUOT,
-    "unexpected pos": errno.ENOSPC,  # torch's PytorchStreamWriter when a write comes back short
+    "unexpected pos": SHORT_WRITE,
 }  # fmt: skip
 
 
@@ -101,8 +102,11 @@ def is_disk_full(error: BaseException) -> bool:
 
 
 def disk_full_reason(error: BaseException) -> str:
+    """What the failed write says, e.g. `the file exceeds the file-size limit (EFBIG: ...)`."""
     number = _disk_full_errno(error)
-    return f"{DISK_FULL_ERRNOS.get(number, 'no room to write')} ({errno.errorcode.get(number, '?')}: {error})"
+    if number not in DISK_FULL_ERRNOS:
+        return f"a write came back short: no space left, or over a file-size limit or quota ({error})"
+    return f"{DISK_FULL_ERRNOS[number]} ({errno.errorcode[number]}: {error})"
 
 
 @contextmanager

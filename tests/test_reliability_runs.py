@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT
-from datasets import DatasetDict, load_from_disk
+from datasets import Dataset, DatasetDict, load_from_disk
 from safetensors.torch import load_file
+from test_bad_inputs import _save_bert
 from test_examples_image import LOCAL_ACCURACY, load_example, make_image_dataset
 
 from hf_kd.runs.lock import HOLDER_FILE, LOCK_FILE, OutputDirInUseError, RunLock
@@ -120,11 +121,11 @@ def test_a_killed_holders_lock_does_not_block(tmp_path):
 @pytest.mark.slow
 def test_a_second_run_into_a_running_runs_directory_is_refused(tmp_path, data_dir):
     out = tmp_path / "run"
-    first = start(out, data_dir, pause=0.5)  # its student's 32 steps take 16 s or more
+    first = start(out, data_dir, pause=0.75)  # its student's 32 steps take 24 s or more
     wait_for((out / "student_kd" / "_hf_kd_stage_settings.json").is_file, first, "the student's training")
     second = start(out, data_dir, "--seed", "7")
     log = finish(second, status=1)
-    assert first.poll() is None  # refused at once, while the first run trains (not after waiting for it)
+    # Refused while the first run held the directory (the holder it names), not after waiting for it to end.
     assert f"is in use by another run: process {first.pid} on host" in log and "Traceback" not in log
     finish(first)
     report = json.loads((out / "distillation_report.json").read_text())  # the first run's results, whole
@@ -261,21 +262,60 @@ def test_atomic_write_over_the_file_size_limit_keeps_the_old_file_and_names_the_
     assert path.read_text() == "the previous report" and os.listdir(tmp_path) == ["report.json"]  # no temp file left
 
 
-@pytest.mark.slow
-def test_a_run_over_the_file_size_limit_fails_cleanly_and_its_rerun_completes(tmp_path, data_dir):
-    out = tmp_path / "run"
-    # A small teacher (every file < 1 MB) and a larger "student" (its weights 1.4 MB): the student's save fails.
-    models = ("--teacher", "mnist-mlp-student", "--student", "mnist-mlp-teacher", "--num_train_epochs", "1")
-    log = finish(start(out, data_dir, *models, fsize=1_000_000), status=1)
-    stage = out / "student_kd"
-    assert f"error: Saving the model to {stage} failed (the file being written: " in log, log[-3000:]
-    assert "model.safetensors): the file exceeds the file-size limit (EFBIG" in log
-    assert "Every file written before it is intact" in log and "Traceback" not in log
-    marker = out / "teacher" / "_hf_kd_stage_finished.json"
-    teacher_written = marker.stat().st_mtime_ns
-    assert not (out / "student_kd" / "_hf_kd_stage_finished.json").exists()
+# A small teacher (every file < 1 MB) and a larger "student" (its weights 1.4 MB): with a 1 MB limit the student's
+# save fails (safetensors); with 500 kB the teacher's first checkpoint does (torch.save of its 636 kB optimizer state).
+MODELS = ("--teacher", "mnist-mlp-student", "--student", "mnist-mlp-teacher", "--num_train_epochs", "1")
+FAULTS = {  # limit, arguments, what fails, where, the file, and the reason given (torch.save says no more)
+    "model": (1_000_000, [], "the model", "student_kd", "model.safetensors", "the file exceeds the file-size limit (EFBIG"),
+    "checkpoint": (500_000, ["--save_strategy", "steps", "--save_steps", "8"], "the checkpoint", "teacher/checkpoint-8",
+                   "optimizer.pt", "a write came back short: no space left, or over a file-size limit or quota"),
+}  # fmt: skip
 
-    log = finish(start(out, data_dir, *models))  # room again: the rerun completes
-    assert "teacher holds a finished stage" in log and marker.stat().st_mtime_ns == teacher_written
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_run_over_the_file_size_limit_fails_cleanly_and_its_rerun_completes(tmp_path, data_dir, fault):
+    limit, extra, what, folder, file, reason = FAULTS[fault]
+    out = tmp_path / "run"
+    log = finish(start(out, data_dir, *MODELS, *extra, fsize=limit), status=1)
+    assert f"error: Saving {what} to {out / folder} failed (the file being written: {file}): {reason}" in log, log[-3000:]
+    assert "Every file written before it is intact" in log and "Traceback" not in log
+    finished = sorted(path.parent.name for path in out.glob("*/_hf_kd_stage_finished.json"))
+    assert finished == (["teacher"] if fault == "model" else [])
+    written = {path: path.stat().st_mtime_ns for path in out.glob("*/_hf_kd_stage_finished.json")}
+
+    log = finish(start(out, data_dir, *MODELS, *extra))  # room again: the rerun completes
+    if fault == "model":  # the finished teacher was kept, not trained again
+        assert "teacher holds a finished stage" in log
+        assert {path: path.stat().st_mtime_ns for path in written} == written
+    else:  # the checkpoint cut short was skipped, and written again whole
+        assert f"Skipping the incomplete checkpoint {out / folder}" in log
+        assert json.loads((out / folder / "trainer_state.json").read_text())["global_step"] == 8
     assert (out / "student_kd" / "_hf_kd_stage_finished.json").is_file()
     assert (out / "distillation_report.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_text_run_with_precomputed_logits_resumes_and_refuses_another_temperature(tmp_path, caplog):
+    """The student's data carries logits the rerun computes again from the teacher loaded back: the data compares by
+    its own columns, the teacher by its weights."""
+    texts = Dataset.from_dict({"text": ["good movie", "bad movie", "great", "awful"] * 8, "label": ["pos", "neg"] * 16})
+    DatasetDict({"train": texts, "test": texts}).save_to_disk(tmp_path / "data")
+    out = tmp_path / "run"
+    argv = [
+        "--dataset_name", str(tmp_path / "data"), "--output_dir", str(out), "--metric_name_or_path", LOCAL_ACCURACY,
+        "--teacher_model_name_or_path", str(_save_bert(tmp_path / "bert")), "--num_train_epochs", "1",
+        "--teacher_num_train_epochs", "1", "--latency_examples", "2", "--no_plot", "--report_to", "none",
+        "--f1_metric_name_or_path", "none", "--max_length", "16", "--skip_baseline", "--disable_tqdm", "true",
+    ]  # fmt: skip
+    example = load_example("distill_text_classification.py")
+    example.main(argv)  # the teacher's head is new: fine-tuned here (stage teacher), then distilled
+    shutil.copytree(out / "student_kd", tmp_path / "reference")
+    unfinish(out)
+    with pytest.raises(StageSettingsMismatch, match=r"student_kd holds a finished stage .*\n  - --temperature: 2.0 "
+                                                    r"\(recorded\) != 3.0 \(now\)\nRerun"):  # fmt: skip
+        example.main([*argv, "--temperature", "3"])
+    caplog.clear()
+    example.main(argv)
+    assert caplog.text.count("holds a finished stage") == 2
+    assert_same_weights(out / "student_kd", tmp_path / "reference")

@@ -23,7 +23,7 @@ from pathlib import Path
 from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
-from transformers.utils import logging
+from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
 from ..placement import saved_as_own_class
 from ..utils import DiskFullError, atomic_write, disk_full_reason, is_disk_full
@@ -123,11 +123,11 @@ def check_reusable(stage_dir: str | os.PathLike, settings: dict, reused: str) ->
 
 
 def _newest_files(folder: Path) -> list[str]:
-    """The files of `folder` written last: the one being written when a write failed is among them (file times are
-    only as fine as the kernel's clock tick, so files written within the same few milliseconds tie)."""
+    """The files of `folder` written last: a file `torch.save` could not finish is among them (file times are only as
+    fine as the kernel's clock tick, so files written within the same few milliseconds tie)."""
     files = [(path.stat().st_mtime_ns, path.name) for path in folder.iterdir() if path.is_file()]
     newest = max((mtime for mtime, _ in files), default=0)
-    return sorted(name for mtime, name in files if newest - mtime < 20_000_000)
+    return sorted(name for mtime, name in files if mtime == newest)
 
 
 def _raise_if_disk_full(error: BaseException, what: str, folder: Path) -> None:
@@ -135,7 +135,10 @@ def _raise_if_disk_full(error: BaseException, what: str, folder: Path) -> None:
     the files written last there."""
     if not is_disk_full(error) or isinstance(error, DiskFullError):
         return
-    newest = _newest_files(folder) if folder.is_dir() else []
+    if type(error).__name__ == "SafetensorError":  # safetensors removes the file it could not finish
+        newest = [SAFE_WEIGHTS_NAME]
+    else:  # torch.save leaves what it wrote: the file cut short is among the newest
+        newest = _newest_files(folder) if folder.is_dir() else []
     being_written = f" (the file being written: {' or '.join(newest)})" if newest else ""
     raise DiskFullError(
         f"Saving {what} to {folder} failed{being_written}: {disk_full_reason(error)}. Every file written before it is "

@@ -63,17 +63,31 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
+def _hash_arrow(digest, table, columns) -> None:
+    for name in columns:
+        digest.update(name.encode())
+        for chunk in table.column(name).chunks:
+            digest.update(f"{chunk.type}:{chunk.offset}:{len(chunk)}".encode())
+            for buffer in chunk.buffers():
+                if buffer is not None:
+                    digest.update(memoryview(buffer))
+
+
 def dataset_fingerprint(dataset) -> str | None:
-    """A `datasets.Dataset`'s own fingerprint; for data held in memory, a hash of its columns' bytes (the teacher's
-    precomputed columns left out: the teacher is fingerprinted on its own)."""
+    """A hash of the training data's content, the teacher's columns (`teacher_*`: precomputed logits and features)
+    left out: the teacher is fingerprinted on its own, and a `datasets` fingerprint of precomputed data depends on
+    how the teacher object was made (trained here, or loaded back), not only on what it computes."""
     if dataset is None:
         return None
-    if isinstance(dataset, datasets.Dataset):
-        return dataset._fingerprint
-    if isinstance(dataset, InMemoryDataset):
-        import xxhash
+    import xxhash
 
-        digest = xxhash.xxh64()
+    digest = xxhash.xxh64()
+    if isinstance(dataset, datasets.Dataset):
+        _hash_arrow(digest, dataset.data, [name for name in dataset.column_names if not name.startswith("teacher_")])
+        if dataset._indices is not None:  # a selection / shuffle of the table
+            _hash_arrow(digest, dataset._indices, dataset._indices.column_names)
+        return digest.hexdigest()
+    if isinstance(dataset, InMemoryDataset):
         for name in sorted(dataset.columns):
             if name.startswith("teacher_"):
                 continue
