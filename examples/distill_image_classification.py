@@ -26,8 +26,8 @@ from hf_kd.runs.experiment import (
     compute_metrics_for,
     distil,
     distil_assistants,
-    finish_training,
     report_run,
+    run_stage,
     stage_args,
     train_baseline,
     train_teacher,
@@ -101,7 +101,7 @@ def distil_images(data_args, experiment_args, config):
         processing_class=image_processor,
         compute_metrics=compute_metrics,
     )
-    distilled = finish_training(STUDENT_KD_DIR, trainer, data)
+    distilled = run_stage(STUDENT_KD_DIR, trainer, data)
 
     # 6. The baseline: the same student (same seed, so the same initial weights and data order), labels only; with
     #    assistants, the same student distilled directly from the teacher too. The ensemble, when it can predict
