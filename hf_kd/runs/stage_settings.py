@@ -93,7 +93,7 @@ def dataset_fingerprint(dataset) -> str | None:
                 continue
             tensor = dataset.columns[name]
             digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy())  # no copy
         return digest.hexdigest()
     return f"{type(dataset).__name__} of {len(dataset)} rows" if hasattr(dataset, "__len__") else type(dataset).__name__
 
@@ -106,7 +106,7 @@ def weights_fingerprint(model: nn.Module) -> str:
     digest = xxhash.xxh64()
     for name, tensor in whole_state(model if is_fsdp1(model) else unwrapped):
         digest.update(f"{name}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+        digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy())
     return digest.hexdigest()
 
 
