@@ -8,7 +8,8 @@ them (a batch), or an image's raw bytes, and answers `[{"label": ..., "score": .
 as Inference Endpoints and TEI do (so `huggingface_hub.InferenceClient(url).image_classification(...)` works too).
 `GET /health` says it is up; `GET /stats` counts the requests and examples it answered, and how many inputs it
 answered more than once. With `--enable_fault_injection`, `POST /faults` makes the next requests fail with a
-status (e.g. `{"status": 429, "count": 3}`) or holds every request with 503 until released (`{"hold": false}`):
+status (e.g. `{"status": 429, "count": 3}`) holds every request with 503 until released (`{"hold": false}`), or admits
+only a few more requests before holding (`{"budget": 4}`; `{"budget": null}` releases it):
 what a test needs to exercise retries and a killed annotation job.
 
 Built on FastAPI and uvicorn (the `serve` extra).
@@ -49,9 +50,13 @@ class ServerState:
         self.requests = self.examples = self.refused = 0
         self.answered = Counter()  # sha1 of each answered input -> how many times
         self.fail_status, self.fail_count, self.hold = 0, 0, False
+        self.budget: int | None = None  # requests still admitted before holding; None: no limit
 
     def fault(self) -> int | None:
         with self.lock:
+            if self.budget is not None:
+                self.hold = self.budget <= 0
+                self.budget -= 0 if self.hold else 1
             if self.hold:
                 self.refused += 1
                 return 503
@@ -96,7 +101,7 @@ def build_app(classifier: ClassifierAnswers, enable_fault_injection: bool = Fals
     @app.post("/")
     async def predict(request: Request):
         if (status := state.fault()) is not None:
-            return JSONResponse({"error": f"injected {status}"}, status_code=status, headers={"Retry-After": "0"})
+            return JSONResponse({"error": f"injected {status}"}, status_code=status)
         if request.headers.get("content-type", "").startswith("application/json"):
             body = await request.json()
             inputs, parameters = body.get("inputs"), body.get("parameters") or {}
@@ -121,6 +126,9 @@ def build_app(classifier: ClassifierAnswers, enable_fault_injection: bool = Fals
                 state.fail_status = int(body.get("status", state.fail_status or 429))
                 state.fail_count = int(body.get("count", 0))
                 state.hold = bool(body.get("hold", state.hold))
+                if "budget" in body:  # admit this many more requests, then hold (None: no limit, hold released)
+                    state.budget = body["budget"]
+                    state.hold = False
             return {"fail_status": state.fail_status, "fail_count": state.fail_count, "hold": state.hold}
 
     return app

@@ -77,7 +77,8 @@ def _open_job(directory: Path, key: str, num_examples: int, description: str) ->
         if found.get("key") != key or found.get("num_examples") != num_examples:
             raise ValueError(
                 f"{directory} holds the answers of another job (teacher {found.get('teacher')!r}, "
-                f"{found.get('num_examples')} examples): give another output_dir, or remove it."
+                f"{found.get('num_examples')} examples; or the dataset's fingerprint differs): give another output_dir, "
+                "or remove it."
             )
     else:
         _atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -192,6 +193,39 @@ def teacher_from_pipeline(pipe, label_names: Sequence[str] | None = None, answer
     return RemoteTeacher(answer_batch, label_names, answers, top_k, description)
 
 
+RETRY_STATUS_CODES = (408, 429, 500, 502, 503, 504)
+
+
+def post_with_backoff(client, url: str, payload: dict, max_retries: int, base_wait_time: float, max_wait_time: float):
+    """POST `payload`, retrying 408 / 429 / 5xx answers, timeouts and dropped connections with exponential backoff
+    (`base_wait_time` doubling up to `max_wait_time`; a `Retry-After` of some seconds is honoured), `max_retries`
+    times; then [`TeacherRequestError`] with the last response.
+
+    huggingface_hub's `http_backoff` does the same, but through the Hub's shared session, which refuses every URL in
+    offline mode (`HF_HUB_OFFLINE=1`), the usual setting of an air-gapped cluster whose teacher server is local."""
+    import httpx2
+
+    wait, last = base_wait_time, ""
+    for attempt in range(max_retries + 1):
+        try:
+            response = client.post(url, json=payload)
+        except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as error:
+            last = f"{type(error).__name__}: {error}"
+        else:
+            if response.status_code < 400:
+                return response.json()
+            last = f"HTTP {response.status_code}: {response.text[:300]!r}"
+            if response.status_code not in RETRY_STATUS_CODES:
+                break
+            retry_after = response.headers.get("retry-after", "").strip()
+            if retry_after.isdigit():
+                wait = max(wait, float(retry_after))
+        if attempt < max_retries:
+            time.sleep(min(wait, max_wait_time))
+            wait *= 2
+    raise TeacherRequestError(f"no answer from {url} after {attempt + 1} attempts (last response: {last})")
+
+
 def teacher_from_url(
     url: str,
     label_names: Sequence[str],
@@ -204,28 +238,15 @@ def teacher_from_url(
     headers: dict[str, str] | None = None,
 ):
     """A [`RemoteTeacher`] asking a URL in the HF classification protocol, a batch per request:
-    `POST {"inputs": [...], "parameters": {"top_k": k}}` -> one list of `{"label", "score"}` per input.
-
-    Requests go through `huggingface_hub.utils.http_backoff`: 408 / 429 / 5xx answers, timeouts and dropped
-    connections are retried with exponential backoff (`base_wait_time`, doubling up to `max_wait_time`, honouring
-    a `Retry-After` header) up to `max_retries` times; then [`TeacherRequestError`] with the last response.
+    `POST {"inputs": [...], "parameters": {"top_k": k}}` -> one list of `{"label", "score"}` per input (images as
+    base64 PNG). Failed requests are retried with backoff ([`post_with_backoff`]). `headers` carry e.g. a token.
     """
-    from huggingface_hub.errors import HfHubHTTPError
-    from huggingface_hub.utils import http_backoff
+    import httpx2
+
+    client = httpx2.Client(timeout=timeout, headers=headers)  # thread-safe: shared by the requests in flight
 
     def answer_batch(inputs: list, k: int) -> list:
         payload = {"inputs": [encode_input(value) for value in inputs], "parameters": {"top_k": k}}
-        try:
-            response = http_backoff(
-                "POST", url, json=payload, timeout=timeout, headers=headers, max_retries=max_retries,
-                base_wait_time=base_wait_time, max_wait_time=max_wait_time,
-            )  # fmt: skip
-            response.raise_for_status()
-        except HfHubHTTPError as error:
-            body = error.response.text[:300] if error.response is not None else ""
-            raise TeacherRequestError(f"{error} (last response: {body!r})") from error
-        except Exception as error:  # a timeout or connection error after the last retry
-            raise TeacherRequestError(f"{type(error).__name__}: {error}") from error
-        return response.json()
+        return post_with_backoff(client, url, payload, max_retries, base_wait_time, max_wait_time)
 
     return RemoteTeacher(answer_batch, label_names, answers, top_k, description=url)
