@@ -115,7 +115,8 @@ def build_app(classifier: ClassifierAnswers, enable_fault_injection: bool = Fals
         # In a worker thread, so the event loop reads the next requests while the model runs.
         answers = await run_in_threadpool(answer, decoded, parameters.get("top_k"))
         state.record(batch)
-        return answers if isinstance(inputs, list) else answers[0]
+        # A JSONResponse as is: skips FastAPI's jsonable_encoder, which walks every dict of the answer first.
+        return JSONResponse(answers if isinstance(inputs, list) else answers[0])
 
     if enable_fault_injection:
 

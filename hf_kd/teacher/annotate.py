@@ -143,6 +143,9 @@ def run_annotation(dataset, teacher: RemoteTeacher, input_column: str, directory
     todo = _missing_ranges(done, n, batch_size)
     stats = AnnotationStats(num_examples=n, reused=n - sum(stop - start for start, stop in todo), directory=str(directory))
     source = dataset.select_columns([input_column])
+    feature = source.features[input_column]
+    if teacher.encoded_images and getattr(feature, "decode", False) and type(feature).__name__ == "Image":
+        source = source.cast_column(input_column, type(feature)(decode=False))  # sent as stored, not re-encoded
     with tqdm(total=n, initial=stats.reused, desc=desc, unit="ex") as progress, ThreadPoolExecutor(max_in_flight) as pool:  # fmt: skip
         pending, queue = {}, list(reversed(todo))
         try:

@@ -39,6 +39,12 @@ def encode_input(value: Any) -> Any:
     JSON form takes it."""
     if isinstance(value, str):
         return value
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):  # an undecoded `datasets.Image`
+        data = value.get("bytes")
+        if not data:
+            with open(value["path"], "rb") as file:
+                data = file.read()
+        value = data
     if isinstance(value, (bytes, bytearray)):
         return base64.b64encode(value).decode("ascii")
     if hasattr(value, "save"):  # a PIL image
@@ -61,6 +67,9 @@ class RemoteTeacher:
             every class), `"top_k"` (the `top_k` best classes and their scores) or `"label"` (the best class only).
         top_k (`int`, *optional*, defaults to `3`): `k` for `answers="top_k"`.
         description (`str`, *optional*): what the teacher is (a URL, a model name), for messages and the cache key.
+        encoded_images (`bool`, *optional*, defaults to `False`): `answer_batch` takes images still encoded (the
+            `{"bytes", "path"}` of an undecoded `datasets.Image`): a URL teacher sends the file's own bytes instead
+            of decoding and re-encoding every image.
     """
 
     def __init__(
@@ -70,6 +79,7 @@ class RemoteTeacher:
         answers: str = "top_k",
         top_k: int = 3,
         description: str | None = None,
+        encoded_images: bool = False,
     ):
         if answers not in ANSWER_MODES:
             raise ValueError(f"answers must be one of {list(ANSWER_MODES)}, got {answers!r}.")
@@ -81,6 +91,7 @@ class RemoteTeacher:
         self.answers, self.top_k = answers, top_k
         self.description = description or getattr(answer_batch, "__qualname__", type(answer_batch).__name__)
         self.queries = 0  # examples asked about, over this object's life
+        self.encoded_images = encoded_images
 
     @property
     def request_top_k(self) -> int:
@@ -239,7 +250,7 @@ def teacher_from_url(
 ):
     """A [`RemoteTeacher`] asking a URL in the HF classification protocol, a batch per request:
     `POST {"inputs": [...], "parameters": {"top_k": k}}` -> one list of `{"label", "score"}` per input (images as
-    base64 PNG). Failed requests are retried with backoff ([`post_with_backoff`]). `headers` carry e.g. a token.
+    base64: a dataset's image files as they are stored, a PIL image as PNG). Failed requests are retried with backoff ([`post_with_backoff`]). `headers` carry e.g. a token.
     """
     import httpx2
 
@@ -249,4 +260,4 @@ def teacher_from_url(
         payload = {"inputs": [encode_input(value) for value in inputs], "parameters": {"top_k": k}}
         return post_with_backoff(client, url, payload, max_retries, base_wait_time, max_wait_time)
 
-    return RemoteTeacher(answer_batch, label_names, answers, top_k, description=url)
+    return RemoteTeacher(answer_batch, label_names, answers, top_k, description=url, encoded_images=True)
