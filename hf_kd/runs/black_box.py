@@ -1,0 +1,185 @@
+"""The examples' black-box runs (`--teacher_url`): a teacher known only by its answers, unlabeled transfer sets.
+
+The teacher answers every training example once (and every test example, for its accuracy and the students'
+agreement with it) through a resumable annotation job ([`hf_kd.teacher.annotate`]); `--max_labeled_samples N`
+keeps the labels of the first N training examples only, and `--transfer_dataset` adds unlabeled examples that
+only the teacher's answers teach. The CE-only baseline trains on the N labelled examples; the distilled student on
+everything, with the black-box loss chosen from the kind of answer ([`hf_kd.losses.partial`]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..batch import LABELS, TEACHER_LABEL, TEACHER_PROBS, TEACHER_TOP_K_INDICES, answer_columns
+from ..data import InMemoryDataset
+from ..data.loading import load_raw_dataset, select_split
+from ..teacher.annotate import annotate_with_teacher
+from ..teacher.remote import RemoteTeacher, teacher_from_url
+from .arguments import DataArguments, ExperimentArguments
+from .experiment import ModelData
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class BlackBoxData:
+    """What a black-box run trains and reports on.
+
+    Args:
+        distil_data ([`ModelData`]): every training example (labelled or not) with the teacher's answers.
+        labeled_data ([`ModelData`]): the labelled examples only, for the CE-only baseline.
+        teacher_test_predictions (`np.ndarray`): the teacher's best class for each test example (from its answers).
+        summary (`dict`): what the report records under `black_box` (counts of examples and queries).
+    """
+
+    distil_data: ModelData
+    labeled_data: ModelData
+    teacher_test_predictions: np.ndarray
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def remote_teacher(experiment_args: ExperimentArguments, label_names: list[str]) -> RemoteTeacher:
+    return teacher_from_url(
+        experiment_args.teacher_url, label_names, experiment_args.teacher_answers, experiment_args.teacher_top_k
+    )
+
+
+def raw_split(name: str, split: str, limit: int | None, data_args: DataArguments, argument: str):
+    """One split of a dataset as stored (images still encoded, texts as text), cut to its first `limit` rows."""
+    raw = select_split(load_raw_dataset(name, data_args.dataset_config_name, cache_dir=data_args.dataset_cache_dir),
+                       split, argument, name)  # fmt: skip
+    return raw.select(range(min(limit, len(raw)))) if limit is not None else raw
+
+
+def answers_of(teacher: RemoteTeacher, raw, input_column: str, experiment_args, desc: str, counts: dict):
+    """The teacher's answers about `raw` as tensors by column; the queries it took are added to `counts`."""
+    answered, stats = annotate_with_teacher(
+        raw, teacher, input_column, batch_size=experiment_args.teacher_request_batch_size,
+        max_in_flight=experiment_args.teacher_max_in_flight, desc=desc, return_stats=True,
+    )  # fmt: skip
+    counts["queries"] += stats.queries
+    counts["reused_answers"] += stats.reused
+    names = answer_columns(answered.column_names)
+    table = answered.select_columns(names).with_format("numpy")[:]
+    return {name: torch.as_tensor(np.asarray(table[name])) for name in names}
+
+
+def best_class(answers: dict[str, torch.Tensor]) -> np.ndarray:
+    """The teacher's predicted class per example, whatever kind its answers are."""
+    if TEACHER_LABEL in answers:
+        return answers[TEACHER_LABEL].numpy()
+    if TEACHER_PROBS in answers:
+        return answers[TEACHER_PROBS].argmax(-1).numpy()
+    return answers[TEACHER_TOP_K_INDICES][:, 0].numpy()
+
+
+def _rows(columns: dict[str, torch.Tensor], stop: int) -> dict[str, torch.Tensor]:
+    return {name: values[:stop] for name, values in columns.items()}
+
+
+def black_box_data(
+    data: ModelData, label_names: list[str], data_args: DataArguments, experiment_args: ExperimentArguments,
+    input_column: Callable[[Any], str], prepare_transfer: Callable[[Any], dict[str, torch.Tensor]],
+) -> BlackBoxData:  # fmt: skip
+    """The teacher's answers about the training split (whose labels are kept on the first `max_labeled_samples`
+    only), the transfer set (prepared by `prepare_transfer`: raw rows -> the student's input tensors) and the test
+    split, joined to the prepared training data (an [`InMemoryDataset`], same row order as the raw split).
+    `input_column(raw)` names the column a raw split sends to the teacher."""
+    teacher, counts = remote_teacher(experiment_args, label_names), {"queries": 0, "reused_answers": 0}
+    train = data.train_dataset.columns
+    n_train = len(data.train_dataset)
+    raw_train = raw_split(data_args.dataset_name, data_args.train_split, data_args.max_train_samples, data_args, "train_split")  # fmt: skip
+    columns = {**train, **answers_of(teacher, raw_train, input_column(raw_train), experiment_args, "Teacher answers (train)", counts)}  # fmt: skip
+    labeled = n_train if data_args.max_labeled_samples is None else min(data_args.max_labeled_samples, n_train)
+    columns[LABELS] = train[LABELS].clone()
+    columns[LABELS][labeled:] = IGNORE_INDEX
+    n_transfer = 0
+    if data_args.transfer_dataset:
+        raw = raw_split(data_args.transfer_dataset, data_args.transfer_split, data_args.max_transfer_samples, data_args, "transfer_split")  # fmt: skip
+        transfer = {
+            **prepare_transfer(raw),
+            **answers_of(teacher, raw, input_column(raw), experiment_args, "Teacher answers (transfer set)", counts),
+        }
+        n_transfer = len(raw)
+        transfer[LABELS] = torch.full((n_transfer,), IGNORE_INDEX, dtype=columns[LABELS].dtype)
+        columns = {name: torch.cat([columns[name], transfer[name].to(columns[name].dtype)]) for name in columns}
+    raw_test = raw_split(data_args.dataset_name, data_args.eval_split, data_args.max_eval_samples, data_args, "eval_split")  # fmt: skip
+    test_answers = answers_of(teacher, raw_test, input_column(raw_test), experiment_args, "Teacher answers (test)", counts)
+    predictions = best_class(test_answers)
+    test_labels = data.eval_dataset.columns[LABELS].numpy()
+    summary = {
+        "teacher_url": experiment_args.teacher_url,
+        "answers": experiment_args.teacher_answers,
+        "top_k": experiment_args.teacher_top_k if experiment_args.teacher_answers == "top_k" else None,
+        "labeled_examples": labeled,
+        "teacher_answered_examples": n_train + n_transfer,
+        "transfer_examples": n_train - labeled + n_transfer,
+        "transfer_dataset": data_args.transfer_dataset,
+        "queries": counts["queries"],
+        "answers_reused_from_disk": counts["reused_answers"],
+        "teacher_test_accuracy": float(np.mean(predictions == test_labels)),
+    }
+    distil_data = ModelData(InMemoryDataset(columns), data.eval_dataset, data.data_collator, data.processing_class)
+    labeled_train = InMemoryDataset(_rows(train, labeled))
+    labeled_data = ModelData(labeled_train, data.eval_dataset, data.data_collator, data.processing_class)
+    return BlackBoxData(distil_data, labeled_data, predictions, summary)
+
+
+def image_column_of(data_args: DataArguments) -> Callable[[Any], str]:
+    """The image column of a raw split: `--image_column`, else the one with the `Image` feature."""
+
+    def column(raw) -> str:
+        if data_args.image_column and data_args.image_column in raw.column_names:
+            return data_args.image_column
+        found = [name for name, feature in raw.features.items() if type(feature).__name__ == "Image"]
+        if not found:
+            raise ValueError(f"no image column in {raw.column_names}: give --image_column.")
+        return found[0]
+
+    return column
+
+
+def image_transfer_inputs(image_processor, column_of: Callable[[Any], str]) -> Callable[[Any], dict[str, torch.Tensor]]:
+    """Raw transfer images -> `pixel_values`, with the student's image processor, once."""
+
+    def prepare(raw) -> dict[str, torch.Tensor]:
+        column = column_of(raw)
+        pixels = raw.select_columns([column]).map(
+            lambda batch: {"pixel_values": image_processor(batch[column], return_tensors="np")["pixel_values"]},
+            batched=True, remove_columns=[column], desc="Decoding and normalising the transfer images",
+        )  # fmt: skip
+        return {"pixel_values": torch.as_tensor(np.asarray(pixels.with_format("numpy")["pixel_values"]))}
+
+    return prepare
+
+
+def distil_black_box(
+    bb: BlackBoxData, build_student: Callable[[], Any], task: str, metric, compute_metrics,
+    data_args: DataArguments, experiment_args: ExperimentArguments, config,
+):  # fmt: skip
+    """The CE-only baseline on the labelled examples, the student distilled from the answers, and the report."""
+    from ..training.trainer import DistillationTrainer
+    from .experiment import STUDENT_KD_DIR, finish_training, report_run, stage_args, train_baseline
+
+    runs = []
+    if not experiment_args.skip_baseline and bb.summary["labeled_examples"] > 0:
+        runs.append(train_baseline(build_student(), bb.labeled_data, config, compute_metrics))
+    train = bb.distil_data.train_dataset
+    trainer = DistillationTrainer(
+        model=build_student(),
+        args=stage_args(config, STUDENT_KD_DIR, train, precompute_teacher_logits=False),  # the answers are the teacher
+        train_dataset=train,
+        eval_dataset=bb.distil_data.eval_dataset,
+        data_collator=bb.distil_data.data_collator,
+        processing_class=bb.distil_data.processing_class,
+        compute_metrics=compute_metrics,
+    )
+    runs.append(finish_training(STUDENT_KD_DIR, trainer, bb.distil_data))
+    teacher_name = f"{experiment_args.teacher_url} (black box)"
+    return report_run(runs, task, teacher_name, metric, data_args, experiment_args, config, black_box=bb)
