@@ -33,7 +33,7 @@ from hf_kd.teacher.remote import (  # noqa: E402
     teacher_from_url,
 )
 
-LABELS = [str(i) for i in range(10)]
+LABELS = [f"class_{i}" for i in range(10)]  # the class names of test_examples_image's generated datasets
 
 
 def _free_port() -> int:
@@ -54,7 +54,8 @@ def served(tmp_path_factory):
     """A real saved classifier (the MNIST MLP student preset) served by `python -m hf_kd.serve` on loopback."""
     model_dir = tmp_path_factory.mktemp("served") / "model"
     torch.manual_seed(0)
-    model_from_preset("mnist-mlp-student").save_pretrained(model_dir)
+    id2label = dict(enumerate(LABELS))
+    model_from_preset("mnist-mlp-student", id2label=id2label, label2id={v: k for k, v in id2label.items()}).save_pretrained(model_dir)  # fmt: skip
     image_processor_for_preset("mnist-mlp-student").save_pretrained(model_dir)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
@@ -114,7 +115,7 @@ from datasets import load_from_disk
 from hf_kd.teacher.annotate import annotate_with_teacher
 from hf_kd.teacher.remote import teacher_from_url
 data = load_from_disk(sys.argv[1])
-teacher = teacher_from_url(sys.argv[2], [str(i) for i in range(10)], "top_k", 3, base_wait_time=0.5, max_wait_time=2)
+teacher = teacher_from_url(sys.argv[2], [f"class_{i}" for i in range(10)], "top_k", 3, base_wait_time=0.5, max_wait_time=2)
 annotate_with_teacher(data, teacher, "image", sys.argv[3], batch_size=8, max_in_flight=2)
 """
 
@@ -190,14 +191,14 @@ def test_permanent_failure_names_the_examples_and_the_last_response(served, tmp_
     "bad, message",
     [
         ([{"label": "cat", "score": 0.9}], r"example 5: the teacher's label 'cat' is not one of the student's classes"),
-        ([{"label": "1", "score": float("nan")}], r"example 5: the score of '1' is nan"),
-        ([{"label": "1", "score": 0.8}, {"label": "2", "score": 0.7}], r"example 5: the scores sum to 1\.5"),
-        ([{"label": "1", "score": 3.2}], r"example 5: the score of '1' is 3\.2, not a probability"),
+        ([{"label": "class_1", "score": float("nan")}], r"example 5: the score of 'class_1' is nan"),
+        ([{"label": "class_1", "score": 0.8}, {"label": "class_2", "score": 0.7}], r"example 5: the scores sum to 1\.5"),
+        ([{"label": "class_1", "score": 3.2}], r"example 5: the score of 'class_1' is 3\.2, not a probability"),
     ],
 )
 def test_malformed_answer_is_refused_by_example_index(tmp_path, bad, message):
     def answer(inputs, k):
-        return [bad if x == 5 else [{"label": "0", "score": 0.6}, {"label": "1", "score": 0.4}] for x in inputs]
+        return [bad if x == 5 else [{"label": "class_0", "score": 0.6}, {"label": "class_1", "score": 0.4}] for x in inputs]
 
     data = Dataset.from_dict({"x": list(range(8))})
     with pytest.raises(TeacherAnswerError, match=message):
@@ -243,3 +244,31 @@ def test_student_learns_from_top_k_answers_and_few_labels(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
     assert distilled >= 0.85 and distilled >= labels_only + 0.05, (distilled, labels_only)
     assert api.queries == 512
+
+
+@pytest.mark.slow
+def test_mnist_example_distils_from_the_served_teacher_with_few_labels(served, tmp_path):
+    from test_examples_image import make_image_dataset, run_example
+
+    from datasets import DatasetDict
+
+    url, _ = served
+    data_dir, transfer_dir, output_dir = tmp_path / "data", tmp_path / "transfer", tmp_path / "run"
+    DatasetDict({"train": make_image_dataset(256, 28, "L", seed=0), "test": make_image_dataset(64, 28, "L", seed=1)}).save_to_disk(data_dir)  # fmt: skip
+    DatasetDict({"train": make_image_dataset(48, 28, "L", seed=2).remove_columns("label")}).save_to_disk(transfer_dir)
+    before = _stats(url)
+    run_example(
+        "distill_mnist.py", "--dataset_name", str(data_dir), "--output_dir", str(output_dir),
+        "--teacher_url", url, "--teacher_answers", "top_k", "--teacher_top_k", "3", "--max_labeled_samples", "32",
+        "--transfer_dataset", str(transfer_dir), "--num_train_epochs", "2", "--latency_examples", "8",
+        "--plot", "false", "--metric_name_or_path", str(REPO_ROOT / "tests" / "metrics" / "accuracy"),
+        env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    report = json.loads((output_dir / "distillation_report.json").read_text())
+    assert [model["name"] for model in report["models"]] == ["student_ce", "student_kd"]
+    black_box = report["black_box"]
+    assert black_box["labeled_examples"] == 32 and black_box["teacher_answered_examples"] == 256 + 48
+    assert black_box["transfer_examples"] == 256 - 32 + 48
+    assert black_box["queries"] == 256 + 48 + 64 == _stats(url)["examples"] - before["examples"]
+    assert 0.0 <= black_box["teacher_test_accuracy"] <= 1.0
+    assert "Black-box teacher at" in (output_dir / "distillation_report.md").read_text()
