@@ -60,8 +60,9 @@ def start_server(model_dir, threads: int):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", "hf_kd.serve", str(model_dir), "--port", str(port), "--torch_num_threads", str(threads)]  # fmt: skip
     server = subprocess.Popen(command, env=env)
-    import httpx2
+    from hf_kd.teacher.remote import http_module
 
+    httpx2 = http_module()
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
     while True:
         try:

@@ -16,7 +16,9 @@ from conftest import REPO_ROOT, make_dataset, make_student, make_teacher
 
 pytest.importorskip("fastapi", reason="the server needs the serve extra: pip install 'hf_kd[serve]'")
 pytest.importorskip("uvicorn", reason="the server needs the serve extra: pip install 'hf_kd[serve]'")
-import httpx2 as httpx  # noqa: E402 (huggingface_hub's HTTP client)
+from hf_kd.teacher.remote import http_module  # noqa: E402
+
+httpx = http_module()  # huggingface_hub's HTTP client library
 import PIL.Image  # noqa: E402
 from datasets import Dataset, load_from_disk  # noqa: E402
 from datasets import Image as ImageFeature  # noqa: E402
@@ -272,3 +274,61 @@ def test_mnist_example_distils_from_the_served_teacher_with_few_labels(served, t
     assert black_box["queries"] == 256 + 48 + 64 == _stats(url)["examples"] - before["examples"]
     assert 0.0 <= black_box["teacher_test_accuracy"] <= 1.0
     assert "Black-box teacher at" in (output_dir / "distillation_report.md").read_text()
+
+
+@pytest.fixture
+def text_server(tmp_path):
+    """A tiny BERT sentiment classifier served by hf_kd.serve's app (uvicorn in a thread, on loopback)."""
+    import threading
+
+    import uvicorn
+    from test_text import NEGATIVE, NEUTRAL, POSITIVE, SPECIALS, make_tokenizer, tiny_bert
+    from transformers import BertForSequenceClassification
+
+    from hf_kd.serve import build_app
+    from hf_kd.teacher.classifier import ClassifierAnswers
+
+    tokenizer = make_tokenizer(tmp_path, "tok", SPECIALS + POSITIVE + NEGATIVE + NEUTRAL)
+    teacher = tiny_bert(BertForSequenceClassification, tokenizer, 2, seed=0, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})  # fmt: skip
+    student = tiny_bert(BertForSequenceClassification, tokenizer, 2, seed=1)
+    for model, name in ((teacher, "teacher"), (student, "student")):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    port = _free_port()
+    app = build_app(ClassifierAnswers.from_pretrained(tmp_path / "teacher"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the text server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", tmp_path / "student"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.mark.slow
+def test_text_example_distils_from_a_served_text_classifier(text_server, tmp_path):
+    from test_examples_image import load_example
+    from test_text import sentiment_dataset
+
+    from datasets import DatasetDict
+
+    url, student_dir = text_server
+    data_dir, transfer_dir, output_dir = tmp_path / "data", tmp_path / "transfer", tmp_path / "run"
+    DatasetDict({"train": sentiment_dataset(96, seed=0), "test": sentiment_dataset(32, seed=1)}).save_to_disk(data_dir)
+    DatasetDict({"train": sentiment_dataset(24, seed=2).remove_columns("label")}).save_to_disk(transfer_dir)
+    before = _stats(url)
+    report = load_example("distill_text_classification.py").main([
+        "--dataset_name", str(data_dir), "--output_dir", str(output_dir), "--teacher_url", url,
+        "--teacher_answers", "probs", "--student_model_name_or_path", str(student_dir), "--student_num_layers", "1",
+        "--max_labeled_samples", "16", "--transfer_dataset", str(transfer_dir), "--num_train_epochs", "1",
+        "--latency_examples", "4", "--plot", "false", "--per_device_train_batch_size", "16",
+        "--metric_name_or_path", str(REPO_ROOT / "tests" / "metrics" / "accuracy"), "--report_to", "none",
+    ])  # fmt: skip
+    black_box = report.black_box
+    assert black_box["answers"] == "probs" and black_box["labeled_examples"] == 16
+    assert black_box["teacher_answered_examples"] == 96 + 24 and black_box["transfer_examples"] == 80 + 24
+    assert black_box["queries"] == 96 + 24 + 32 == _stats(url)["examples"] - before["examples"]
+    assert [model.name for model in report.models] == ["student_ce", "student_kd"]

@@ -385,9 +385,11 @@ def parse_text_arguments(
     )
     if not data_args.dataset_name:
         raise ValueError("--dataset_name is required.")
-    if not config.teacher_model_name_or_path:
+    check_black_box_arguments(data_args, experiment_args)
+    if not config.teacher_model_name_or_path and not experiment_args.teacher_url:
         raise ValueError(
-            "--teacher_model_name_or_path is required: the teacher (or the pretrained encoder to fine-tune)."
+            "--teacher_model_name_or_path is required: the teacher (or the pretrained encoder to fine-tune), or "
+            "--teacher_url for a black-box teacher."
         )
     for name, unset in _IMAGE_ONLY.items():
         if getattr(experiment_args, name) != unset:

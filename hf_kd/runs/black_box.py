@@ -79,40 +79,66 @@ def best_class(answers: dict[str, torch.Tensor]) -> np.ndarray:
     return answers[TEACHER_TOP_K_INDICES][:, 0].numpy()
 
 
-def _rows(columns: dict[str, torch.Tensor], stop: int) -> dict[str, torch.Tensor]:
-    return {name: values[:stop] for name, values in columns.items()}
+def _labels_of(dataset) -> np.ndarray:
+    if isinstance(dataset, InMemoryDataset):
+        return dataset.columns[LABELS].numpy()
+    return np.asarray(dataset.with_format("numpy")[LABELS])
+
+
+def _join_answers(train, answers: dict[str, torch.Tensor], labeled: int):
+    """The prepared training data with the teacher's answers, its labels kept on the first `labeled` rows only."""
+    labels = torch.as_tensor(_labels_of(train)).clone()
+    labels[labeled:] = IGNORE_INDEX
+    if isinstance(train, InMemoryDataset):
+        return InMemoryDataset({**train.columns, **answers, LABELS: labels})
+    joined = train.remove_columns(LABELS)
+    for name, values in {**answers, LABELS: labels}.items():
+        joined = joined.add_column(name, values.tolist())
+    return joined.with_format(train.format["type"])
+
+
+def _with_transfer(train, transfer, answers: dict[str, torch.Tensor]):
+    """`train` followed by the transfer examples (their inputs prepared as the training data's: tensors by column,
+    or a tokenized `Dataset`), with the teacher's answers and no label."""
+    n = len(next(iter(answers.values())))
+    labels = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
+    if isinstance(train, InMemoryDataset):
+        extra = {**transfer, **answers, LABELS: labels}
+        return InMemoryDataset({name: torch.cat([v, extra[name].to(v.dtype)]) for name, v in train.columns.items()})
+    from datasets import concatenate_datasets
+
+    for name, values in {**answers, LABELS: labels}.items():
+        transfer = transfer.add_column(name, values.tolist())
+    transfer = transfer.cast(train.features)
+    return concatenate_datasets([train, transfer.select_columns(train.column_names)]).with_format(train.format["type"])
+
+
+def _first_rows(train, n: int):
+    if isinstance(train, InMemoryDataset):
+        return InMemoryDataset({name: values[:n] for name, values in train.columns.items()})
+    return train.select(range(n))
 
 
 def black_box_data(
     data: ModelData, label_names: list[str], data_args: DataArguments, experiment_args: ExperimentArguments,
-    input_column: Callable[[Any], str], prepare_transfer: Callable[[Any], dict[str, torch.Tensor]],
+    input_column: Callable[[Any], str], prepare_transfer: Callable[[Any], Any],
 ) -> BlackBoxData:  # fmt: skip
     """The teacher's answers about the training split (whose labels are kept on the first `max_labeled_samples`
-    only), the transfer set (prepared by `prepare_transfer`: raw rows -> the student's input tensors) and the test
-    split, joined to the prepared training data (an [`InMemoryDataset`], same row order as the raw split).
+    only), the transfer set (prepared by `prepare_transfer`: raw rows -> the student's inputs, as the training data
+    holds them) and the test split, joined to the prepared training data (same row order as the raw split).
     `input_column(raw)` names the column a raw split sends to the teacher."""
     teacher, counts = remote_teacher(experiment_args, label_names), {"queries": 0, "reused_answers": 0}
-    train = data.train_dataset.columns
-    n_train = len(data.train_dataset)
+    train, n_train = data.train_dataset, len(data.train_dataset)
     raw_train = raw_split(data_args.dataset_name, data_args.train_split, data_args.max_train_samples, data_args, "train_split")  # fmt: skip
-    columns = {**train, **answers_of(teacher, raw_train, input_column(raw_train), experiment_args, "Teacher answers (train)", counts)}  # fmt: skip
     labeled = n_train if data_args.max_labeled_samples is None else min(data_args.max_labeled_samples, n_train)
-    columns[LABELS] = train[LABELS].clone()
-    columns[LABELS][labeled:] = IGNORE_INDEX
+    distil_train = _join_answers(train, answers_of(teacher, raw_train, input_column(raw_train), experiment_args, "Teacher answers (train)", counts), labeled)  # fmt: skip
     n_transfer = 0
     if data_args.transfer_dataset:
         raw = raw_split(data_args.transfer_dataset, data_args.transfer_split, data_args.max_transfer_samples, data_args, "transfer_split")  # fmt: skip
-        transfer = {
-            **prepare_transfer(raw),
-            **answers_of(teacher, raw, input_column(raw), experiment_args, "Teacher answers (transfer set)", counts),
-        }
-        n_transfer = len(raw)
-        transfer[LABELS] = torch.full((n_transfer,), IGNORE_INDEX, dtype=columns[LABELS].dtype)
-        columns = {name: torch.cat([columns[name], transfer[name].to(columns[name].dtype)]) for name in columns}
+        answers = answers_of(teacher, raw, input_column(raw), experiment_args, "Teacher answers (transfer set)", counts)
+        distil_train, n_transfer = _with_transfer(distil_train, prepare_transfer(raw), answers), len(raw)
     raw_test = raw_split(data_args.dataset_name, data_args.eval_split, data_args.max_eval_samples, data_args, "eval_split")  # fmt: skip
-    test_answers = answers_of(teacher, raw_test, input_column(raw_test), experiment_args, "Teacher answers (test)", counts)
-    predictions = best_class(test_answers)
-    test_labels = data.eval_dataset.columns[LABELS].numpy()
+    predictions = best_class(answers_of(teacher, raw_test, input_column(raw_test), experiment_args, "Teacher answers (test)", counts))  # fmt: skip
     summary = {
         "teacher_url": experiment_args.teacher_url,
         "answers": experiment_args.teacher_answers,
@@ -123,11 +149,10 @@ def black_box_data(
         "transfer_dataset": data_args.transfer_dataset,
         "queries": counts["queries"],
         "answers_reused_from_disk": counts["reused_answers"],
-        "teacher_test_accuracy": float(np.mean(predictions == test_labels)),
+        "teacher_test_accuracy": float(np.mean(predictions == _labels_of(data.eval_dataset))),
     }
-    distil_data = ModelData(InMemoryDataset(columns), data.eval_dataset, data.data_collator, data.processing_class)
-    labeled_train = InMemoryDataset(_rows(train, labeled))
-    labeled_data = ModelData(labeled_train, data.eval_dataset, data.data_collator, data.processing_class)
+    distil_data = ModelData(distil_train, data.eval_dataset, data.data_collator, data.processing_class)
+    labeled_data = ModelData(_first_rows(train, labeled), data.eval_dataset, data.data_collator, data.processing_class)
     return BlackBoxData(distil_data, labeled_data, predictions, summary)
 
 
@@ -173,7 +198,8 @@ def distil_black_box(
     train = bb.distil_data.train_dataset
     trainer = DistillationTrainer(
         model=build_student(),
-        args=stage_args(config, STUDENT_KD_DIR, train, precompute_teacher_logits=False),  # the answers are the teacher
+        # The answers are the teacher: none to load (the text example's default names one) or to precompute.
+        args=stage_args(config, STUDENT_KD_DIR, train, precompute_teacher_logits=False, teacher_model_name_or_path=None),
         train_dataset=train,
         eval_dataset=bb.distil_data.eval_dataset,
         data_collator=bb.distil_data.data_collator,
@@ -183,3 +209,50 @@ def distil_black_box(
     runs.append(finish_training(STUDENT_KD_DIR, trainer, bb.distil_data))
     teacher_name = f"{experiment_args.teacher_url} (black box)"
     return report_run(runs, task, teacher_name, metric, data_args, experiment_args, config, black_box=bb)
+
+
+def text_black_box_setup(data_args: DataArguments, text_args, config) -> tuple:
+    """Text with a black-box teacher: the student (`--student_model_name_or_path`, a pretrained encoder given a new
+    head; `--student_num_layers` keeps that many of its layers) and its tokenization of one text column. Returns
+    the data, the class names, how to build the student, the text column of a raw split, and how to tokenize a raw
+    transfer split."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+    from ..data import DataCollatorWithTeacherPadding, detect_label_column, detect_text_columns, tokenize_dataset
+    from ..data.loading import label_names as class_names
+    from ..models.student import derive_student
+    from .recipes import _tokenized, load_text_splits
+
+    if not text_args.student_model_name_or_path:
+        raise ValueError("--teacher_url with text needs --student_model_name_or_path (the student's pretrained encoder).")  # fmt: skip
+    train_raw, test_raw = load_text_splits(data_args)
+    label_column = detect_label_column(train_raw, data_args.label_column)
+    text_columns = detect_text_columns(train_raw, text_args.text_column_names, label_column)
+    if len(text_columns) != 1:
+        raise ValueError(f"--teacher_url sends one text per example; this dataset has text pairs {text_columns}.")
+    names = class_names(train_raw, label_column)
+    label2id = {name: i for i, name in enumerate(names)}
+    tokenizer = AutoTokenizer.from_pretrained(text_args.student_model_name_or_path)
+    splits = (train_raw, test_raw)
+    train, test = _tokenized(tokenizer, label2id, splits, text_columns, label_column, text_args, data_args)
+    data = ModelData(train, test, DataCollatorWithTeacherPadding(tokenizer), tokenizer)
+
+    def column(raw) -> str:
+        if text_columns[0] in raw.column_names:
+            return text_columns[0]
+        return detect_text_columns(raw, None, None)[0]
+
+    def tokenized_transfer(raw):
+        return tokenize_dataset(raw, tokenizer, [column(raw)], None, max_length=text_args.max_length)
+
+    def build_student():
+        set_seed(config.seed)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            text_args.student_model_name_or_path, num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id=label2id, ignore_mismatched_sizes=True,
+        )  # fmt: skip
+        if text_args.student_num_layers:
+            model = derive_student(model, text_args.student_num_layers, text_args.layer_indices, True)
+        return model
+
+    return data, names, build_student, column, tokenized_transfer

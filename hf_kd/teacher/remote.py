@@ -207,6 +207,15 @@ def teacher_from_pipeline(pipe, label_names: Sequence[str] | None = None, answer
 RETRY_STATUS_CODES = (408, 429, 500, 502, 503, 504)
 
 
+def http_module():
+    """huggingface_hub's HTTP client library: `httpx2` (huggingface_hub 2.x) or `httpx` (1.x), the same API."""
+    try:
+        import httpx2 as http
+    except ImportError:
+        import httpx as http
+    return http
+
+
 def post_with_backoff(client, url: str, payload: dict, max_retries: int, base_wait_time: float, max_wait_time: float):
     """POST `payload`, retrying 408 / 429 / 5xx answers, timeouts and dropped connections with exponential backoff
     (`base_wait_time` doubling up to `max_wait_time`; a `Retry-After` of some seconds is honoured), `max_retries`
@@ -214,13 +223,12 @@ def post_with_backoff(client, url: str, payload: dict, max_retries: int, base_wa
 
     huggingface_hub's `http_backoff` does the same, but through the Hub's shared session, which refuses every URL in
     offline mode (`HF_HUB_OFFLINE=1`), the usual setting of an air-gapped cluster whose teacher server is local."""
-    import httpx2
-
+    http = http_module()
     wait, last = base_wait_time, ""
     for attempt in range(max_retries + 1):
         try:
             response = client.post(url, json=payload)
-        except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as error:
+        except (http.TimeoutException, http.NetworkError, http.RemoteProtocolError) as error:
             last = f"{type(error).__name__}: {error}"
         else:
             if response.status_code < 400:
@@ -252,9 +260,7 @@ def teacher_from_url(
     `POST {"inputs": [...], "parameters": {"top_k": k}}` -> one list of `{"label", "score"}` per input (images as
     base64: a dataset's image files as they are stored, a PIL image as PNG). Failed requests are retried with backoff ([`post_with_backoff`]). `headers` carry e.g. a token.
     """
-    import httpx2
-
-    client = httpx2.Client(timeout=timeout, headers=headers)  # thread-safe: shared by the requests in flight
+    client = http_module().Client(timeout=timeout, headers=headers)  # thread-safe: shared by the requests in flight
 
     def answer_batch(inputs: list, k: int) -> list:
         payload = {"inputs": [encode_input(value) for value in inputs], "parameters": {"top_k": k}}
