@@ -13,8 +13,7 @@ The JSON schema is shared with the text examples (keys marked `?` are optional: 
              "accuracy", "agreement_with_teacher", "latency_ms_iqr"?}, ...],
  "plot", "num_test_examples"?, "majority_class_accuracy"?, "teacher_recipe"?, "training_curves"?,
  "black_box"?: {"teacher_url", "answers", "top_k", "labeled_examples", "teacher_answered_examples",
-                "transfer_examples", "transfer_dataset", "queries", "answers_reused_from_disk",
-                "teacher_test_accuracy"}}
+                "transfer_examples", "transfer_dataset", "queries", "answers_reused_from_disk", "teacher_test_accuracy"}}
 ```
 """
 
@@ -156,11 +155,8 @@ class DistillationReport:
         training_curves (`dict`, *optional*): Model name -> [`training_curve`] of its trainer's log history.
         lineage (`dict`, *optional*): Who taught the distilled student, from [`lineage_of`]: an ensemble's teachers
             and a chain's assistants.
-        black_box (`dict`, *optional*): A black-box run's teacher (a URL, what its answers kept) and how many
-            examples each student saw: `labeled_examples` (the baseline's), `teacher_answered_examples` (the
-            distilled student's, of which `transfer_examples` had no label), the `queries` this run made and the
-            answers reused from an earlier run's job, and `teacher_test_accuracy` (from its answers on the test
-            split, the reference of `agreement_with_teacher`).
+        black_box (`dict`, *optional*): A black-box run's teacher URL and answers, the examples each student saw
+            (`labeled_examples`, `teacher_answered_examples`), the `queries` made, `teacher_test_accuracy`.
     """
 
     dataset: str
@@ -281,15 +277,13 @@ class DistillationReport:
     def black_box_text(self) -> str:
         b = self.black_box
         kept = {"probs": "probabilities", "label": "its label only"}.get(b["answers"], f"its top {b.get('top_k')}")
-        transfer = f" ({b['transfer_examples']:,} without a label" + (
-            f", from `{b['transfer_dataset']}`)" if b.get("transfer_dataset") else ")"
-        )
+        source = f", from `{b['transfer_dataset']}`" if b.get("transfer_dataset") else ""
         return (
-            f"Black-box teacher at {b['teacher_url']}, answering with {kept}: {b['teacher_test_accuracy'] * 100:.2f}% "
-            f"{self.metric} on the test split from its answers (the students' agreement is with them). The baseline "
-            f"saw {b['labeled_examples']:,} labelled examples; the distilled student {b['teacher_answered_examples']:,} "
-            f"answered by the teacher{transfer}. Queries this run: {b['queries']:,} "
-            f"({b['answers_reused_from_disk']:,} answers reused from an earlier run)."
+            f"Black-box teacher at {b['teacher_url']}, answering with {kept}: "
+            f"{b['teacher_test_accuracy'] * 100:.2f}% {self.metric} on the test split from its answers (the students' "
+            f"agreement is with them). The baseline saw {b['labeled_examples']:,} labelled examples; the distilled "
+            f"student {b['teacher_answered_examples']:,} answered by the teacher ({b['transfer_examples']:,} without a "
+            f"label{source}). Queries this run: {b['queries']:,} ({b['answers_reused_from_disk']:,} answers reused)."
         )
 
     def notes(self) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -90,7 +91,8 @@ class RemoteTeacher:
         self.label2id = {name: index for index, name in enumerate(self.label_names)}
         self.answers, self.top_k = answers, top_k
         self.description = description or getattr(answer_batch, "__qualname__", type(answer_batch).__name__)
-        self.queries = 0  # examples asked about, over this object's life
+        self.queries = 0  # examples asked about, over this object's life (by every thread asking)
+        self._count_lock = threading.Lock()
         self.encoded_images = encoded_images
 
     @property
@@ -105,7 +107,8 @@ class RemoteTeacher:
     def ask(self, inputs: list, start: int = 0) -> dict[str, np.ndarray]:
         """The teacher's answers about `inputs` (examples `start`, `start + 1`, ...) as black-box columns."""
         raw = self.answer_batch(list(inputs), self.request_top_k)
-        self.queries += len(inputs)
+        with self._count_lock:
+            self.queries += len(inputs)
         if not isinstance(raw, list) or len(raw) != len(inputs):
             got = len(raw) if isinstance(raw, list) else type(raw).__name__
             raise TeacherAnswerError(
