@@ -332,3 +332,23 @@ def test_text_example_distils_from_a_served_text_classifier(text_server, tmp_pat
     assert black_box["teacher_answered_examples"] == 96 + 24 and black_box["transfer_examples"] == 80 + 24
     assert black_box["queries"] == 96 + 24 + 32 == _stats(url)["examples"] - before["examples"]
     assert [model.name for model in report.models] == ["student_ce", "student_kd"]
+
+
+def test_pipeline_teacher_answers_as_the_classifier_does(tmp_path):
+    """A transformers pipeline as the teacher: the same answers as the saved classifier called in process."""
+    from test_text import NEGATIVE, NEUTRAL, POSITIVE, SPECIALS, make_tokenizer, sentiment_dataset, tiny_bert
+    from transformers import BertForSequenceClassification, pipeline
+
+    from hf_kd.teacher.remote import teacher_from_pipeline
+
+    tokenizer = make_tokenizer(tmp_path, "tok", SPECIALS + POSITIVE + NEGATIVE + NEUTRAL)
+    model = tiny_bert(BertForSequenceClassification, tokenizer, 1, seed=0, num_labels=3, id2label={0: "neg", 1: "mid", 2: "pos"}, label2id={"neg": 0, "mid": 1, "pos": 2})  # fmt: skip
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    texts = sentiment_dataset(12, seed=3).remove_columns("label")
+    pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, device="cpu")
+    # Full probabilities: an untrained model's classes are close, and their order may flip with padding's rounding.
+    via_pipeline = annotate_with_teacher(texts, teacher_from_pipeline(pipe, answers="probs"), "text", tmp_path / "a", batch_size=5)  # fmt: skip
+    in_process = annotate_with_teacher(texts, teacher_from_model(tmp_path / "model", "probs"), "text", tmp_path / "b", batch_size=5)  # fmt: skip
+    np.testing.assert_allclose(via_pipeline["teacher_probs"], in_process["teacher_probs"], rtol=1e-4, atol=1e-6)
+    assert np.allclose(np.array(via_pipeline["teacher_probs"]).sum(1), 1.0, atol=1e-5)

@@ -195,6 +195,7 @@ def teacher_from_callable(fn: Callable, label_names: Sequence[str], answers: str
 def teacher_from_pipeline(pipe, label_names: Sequence[str] | None = None, answers: str = "top_k", top_k: int = 3):
     """A [`RemoteTeacher`] asking a `transformers.pipeline` (image- or text-classification); the student's classes
     default to the pipeline model's `id2label`."""
+    pipe.model.eval()  # a model built in this process may still be in training mode (dropout on): answers would vary
     if label_names is None:
         id2label = pipe.model.config.id2label
         label_names = [id2label[i] for i in range(len(id2label))]
