@@ -47,20 +47,21 @@ def train_headline_teacher(teacher_dir: Path, dataset: str, epochs: int, threads
     from hf_kd.data import RandomShiftCollator
     from hf_kd.report.metrics import load_metric
     from hf_kd.runs.arguments import parse_image_arguments
-    from hf_kd.runs.experiment import compute_metrics_for, prepare_run, train_teacher
+    from hf_kd.runs.experiment import compute_metrics_for, train_teacher
+    from hf_kd.runs.preparation import prepare_run
     from hf_kd.runs.recipes import build_image_model, fill_value, image_processor_for, load_image_data
 
     defaults = load_example("distill_mnist.py").DEFAULTS
     argv = ["--dataset_name", dataset, "--output_dir", str(teacher_dir.parent / "teacher_run"),
             "--teacher_num_train_epochs", str(epochs), "--torch_num_threads", str(threads), "--overwrite_output_dir"]  # fmt: skip
     data_args, experiment_args, config = parse_image_arguments(defaults, argv)
-    prepare_run(config, experiment_args)
-    processor = image_processor_for(experiment_args.teacher)
-    data, names = load_image_data(data_args, processor)
-    model = build_image_model(experiment_args.teacher, names, config.seed)
-    shift = RandomShiftCollator(experiment_args.teacher_max_shift, fill=fill_value(processor), seed=config.seed)
-    metrics = compute_metrics_for(load_metric(experiment_args.metric_name_or_path))
-    trained = train_teacher(model, data, config, experiment_args, metrics, shift)
+    with prepare_run(config, experiment_args):
+        processor = image_processor_for(experiment_args.teacher)
+        data, names = load_image_data(data_args, processor)
+        model = build_image_model(experiment_args.teacher, names, config.seed)
+        shift = RandomShiftCollator(experiment_args.teacher_max_shift, fill=fill_value(processor), seed=config.seed)
+        metrics = compute_metrics_for(load_metric(experiment_args.metric_name_or_path))
+        trained = train_teacher(model, data, config, experiment_args, metrics, shift)
     trained.model.save_pretrained(teacher_dir)
     processor.save_pretrained(teacher_dir)
 

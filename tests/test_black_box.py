@@ -282,15 +282,16 @@ def text_server(tmp_path):
     import threading
 
     import uvicorn
-    from test_text import NEGATIVE, NEUTRAL, POSITIVE, SPECIALS, make_tokenizer, tiny_bert
-    from transformers import BertForSequenceClassification
+    from conftest import tiny_bert
+    from test_text import NEGATIVE, NEUTRAL, POSITIVE, SPECIALS, make_tokenizer
 
     from hf_kd.serve import build_app
     from hf_kd.teacher.classifier import ClassifierAnswers
 
     tokenizer = make_tokenizer(tmp_path, "tok", SPECIALS + POSITIVE + NEGATIVE + NEUTRAL)
-    teacher = tiny_bert(BertForSequenceClassification, tokenizer, 2, seed=0, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})  # fmt: skip
-    student = tiny_bert(BertForSequenceClassification, tokenizer, 2, seed=1)
+    pad = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    teacher = tiny_bert(num_layers=2, seed=0, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1}, **pad)
+    student = tiny_bert(num_layers=2, seed=1, **pad)
     for model, name in ((teacher, "teacher"), (student, "student")):
         model.save_pretrained(tmp_path / name)
         tokenizer.save_pretrained(tmp_path / name)
@@ -336,13 +337,15 @@ def test_text_example_distils_from_a_served_text_classifier(text_server, tmp_pat
 
 def test_pipeline_teacher_answers_as_the_classifier_does(tmp_path):
     """A transformers pipeline as the teacher: the same answers as the saved classifier called in process."""
-    from test_text import NEGATIVE, NEUTRAL, POSITIVE, SPECIALS, make_tokenizer, sentiment_dataset, tiny_bert
-    from transformers import BertForSequenceClassification, pipeline
+    from conftest import tiny_bert
+    from test_text import NEGATIVE, NEUTRAL, POSITIVE, SPECIALS, make_tokenizer, sentiment_dataset
+    from transformers import pipeline
 
     from hf_kd.teacher.remote import teacher_from_pipeline
 
     tokenizer = make_tokenizer(tmp_path, "tok", SPECIALS + POSITIVE + NEGATIVE + NEUTRAL)
-    model = tiny_bert(BertForSequenceClassification, tokenizer, 1, seed=0, num_labels=3, id2label={0: "neg", 1: "mid", 2: "pos"}, label2id={"neg": 0, "mid": 1, "pos": 2})  # fmt: skip
+    labels = {"id2label": {0: "neg", 1: "mid", 2: "pos"}, "label2id": {"neg": 0, "mid": 1, "pos": 2}}
+    model = tiny_bert(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, num_labels=3, **labels)
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     texts = sentiment_dataset(12, seed=3).remove_columns("label")

@@ -190,7 +190,7 @@ def distil_black_box(
 ):  # fmt: skip
     """The CE-only baseline on the labelled examples, the student distilled from the answers, and the report."""
     from ..training.trainer import DistillationTrainer
-    from .experiment import STUDENT_KD_DIR, finish_training, report_run, stage_args, train_baseline
+    from .experiment import STUDENT_KD_DIR, report_run, run_stage, stage_args, train_baseline
 
     runs = []
     if not experiment_args.skip_baseline and bb.summary["labeled_examples"] > 0:
@@ -206,7 +206,7 @@ def distil_black_box(
         processing_class=bb.distil_data.processing_class,
         compute_metrics=compute_metrics,
     )
-    runs.append(finish_training(STUDENT_KD_DIR, trainer, bb.distil_data))
+    runs.append(run_stage(STUDENT_KD_DIR, trainer, bb.distil_data))
     teacher_name = f"{experiment_args.teacher_url} (black box)"
     return report_run(runs, task, teacher_name, metric, data_args, experiment_args, config, black_box=bb)
 
