@@ -68,7 +68,7 @@ def start_server(model_dir, threads: int):
         try:
             httpx2.get(f"{url}/health", timeout=2).raise_for_status()
             return server, url
-        except Exception:
+        except Exception:  # noqa: BLE001 (not up yet: any error means try again)
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
                 raise RuntimeError("the server did not start")

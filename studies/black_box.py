@@ -49,7 +49,12 @@ def train_headline_teacher(teacher_dir: Path, dataset: str, epochs: int, threads
     from hf_kd.runs.arguments import parse_image_arguments
     from hf_kd.runs.experiment import compute_metrics_for, train_teacher
     from hf_kd.runs.preparation import prepare_run
-    from hf_kd.runs.recipes import build_image_model, fill_value, image_processor_for, load_image_data
+    from hf_kd.runs.recipes import (
+        build_image_model,
+        fill_value,
+        image_processor_for,
+        load_image_data,
+    )
 
     defaults = load_example("distill_mnist.py").DEFAULTS
     argv = ["--dataset_name", dataset, "--output_dir", str(teacher_dir.parent / "teacher_run"),
@@ -82,7 +87,7 @@ def serve(teacher_dir: Path, threads: int):
         try:
             http_module().get(f"{url}/health", timeout=2).raise_for_status()
             return server, url
-        except Exception:
+        except Exception:  # noqa: BLE001 (not up yet: any error means try again)
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
                 raise RuntimeError("the teacher server did not start")
@@ -93,9 +98,11 @@ def summarise(results: list[dict], teacher: dict) -> str:
     lines = [
         "# Black-box distillation on MNIST",
         "",
-        f"Teacher: {teacher['description']} at {teacher['url']}, {100 * teacher['accuracy']:.2f}% from its answers on "
-        "the test split. Students: the MNIST MLP student, trained on the 60,000 training images with no label "
-        "(alpha = 1), from the teacher's answers alone.",
+        (
+            f"Teacher: {teacher['description']} at {teacher['url']}, {100 * teacher['accuracy']:.2f}% from its answers "
+            "on the test split. Students: the MNIST MLP student, trained on the 60,000 training images with no label "
+            "(alpha = 1), from the teacher's answers alone."
+        ),
         "",
         "| answers | test accuracy (mean ± sd) | per seed | agreement with the teacher | queries (first seed) |",
         "|---|---|---|---|---|",

@@ -16,19 +16,19 @@ from conftest import REPO_ROOT, make_dataset, make_student, make_teacher
 
 pytest.importorskip("fastapi", reason="the server needs the serve extra: pip install 'hf_kd[serve]'")
 pytest.importorskip("uvicorn", reason="the server needs the serve extra: pip install 'hf_kd[serve]'")
-from hf_kd.teacher.remote import http_module  # noqa: E402
+from hf_kd.teacher.remote import http_module
 
 httpx = http_module()  # huggingface_hub's HTTP client library
-import PIL.Image  # noqa: E402
-from datasets import Dataset, load_from_disk  # noqa: E402
-from datasets import Image as ImageFeature  # noqa: E402
+import PIL.Image
+from datasets import Dataset, load_from_disk
+from datasets import Image as ImageFeature
 
-from hf_kd import DistillationConfig, DistillationTrainer  # noqa: E402
-from hf_kd.batch import TEACHER_TOP_K_INDICES, TEACHER_TOP_K_PROBS  # noqa: E402
-from hf_kd.models import image_processor_for_preset, model_from_preset  # noqa: E402
-from hf_kd.teacher.annotate import annotate_with_teacher  # noqa: E402
-from hf_kd.teacher.classifier import teacher_from_model  # noqa: E402
-from hf_kd.teacher.remote import (  # noqa: E402
+from hf_kd import DistillationConfig, DistillationTrainer
+from hf_kd.batch import TEACHER_TOP_K_INDICES, TEACHER_TOP_K_PROBS
+from hf_kd.models import image_processor_for_preset, model_from_preset
+from hf_kd.teacher.annotate import annotate_with_teacher
+from hf_kd.teacher.classifier import teacher_from_model
+from hf_kd.teacher.remote import (
     TeacherAnswerError,
     TeacherRequestError,
     teacher_from_callable,
@@ -69,7 +69,7 @@ def served(tmp_path_factory):
         try:
             httpx.get(f"{url}/health", timeout=2).raise_for_status()
             break
-        except Exception:
+        except Exception:  # noqa: BLE001 (not up yet: any error means try again)
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
                 pytest.fail(f"the server did not start: {server.stderr.read().decode()[-2000:]}")
@@ -250,9 +250,8 @@ def test_student_learns_from_top_k_answers_and_few_labels(tmp_path):
 
 @pytest.mark.slow
 def test_mnist_example_distils_from_the_served_teacher_with_few_labels(served, tmp_path):
-    from test_examples_image import make_image_dataset, run_example
-
     from datasets import DatasetDict
+    from test_examples_image import make_image_dataset, run_example
 
     url, _ = served
     data_dir, transfer_dir, output_dir = tmp_path / "data", tmp_path / "transfer", tmp_path / "run"
@@ -311,10 +310,9 @@ def text_server(tmp_path):
 
 @pytest.mark.slow
 def test_text_example_distils_from_a_served_text_classifier(text_server, tmp_path):
+    from datasets import DatasetDict
     from test_examples_image import load_example
     from test_text import sentiment_dataset
-
-    from datasets import DatasetDict
 
     url, student_dir = text_server
     data_dir, transfer_dir, output_dir = tmp_path / "data", tmp_path / "transfer", tmp_path / "run"
@@ -338,7 +336,14 @@ def test_text_example_distils_from_a_served_text_classifier(text_server, tmp_pat
 def test_pipeline_teacher_answers_as_the_classifier_does(tmp_path):
     """A transformers pipeline as the teacher: the same answers as the saved classifier called in process."""
     from conftest import tiny_bert
-    from test_text import NEGATIVE, NEUTRAL, POSITIVE, SPECIALS, make_tokenizer, sentiment_dataset
+    from test_text import (
+        NEGATIVE,
+        NEUTRAL,
+        POSITIVE,
+        SPECIALS,
+        make_tokenizer,
+        sentiment_dataset,
+    )
     from transformers import pipeline
 
     from hf_kd.teacher.remote import teacher_from_pipeline

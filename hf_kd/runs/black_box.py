@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..batch import LABELS, TEACHER_LABEL, TEACHER_PROBS, TEACHER_TOP_K_INDICES, answer_columns
+from ..batch import (
+    LABELS,
+    TEACHER_LABEL,
+    TEACHER_PROBS,
+    TEACHER_TOP_K_INDICES,
+    answer_columns,
+)
 from ..data import InMemoryDataset
 from ..data.loading import load_raw_dataset, select_split
 from ..teacher.annotate import annotate_with_teacher
@@ -190,7 +196,13 @@ def distil_black_box(
 ):  # fmt: skip
     """The CE-only baseline on the labelled examples, the student distilled from the answers, and the report."""
     from ..training.trainer import DistillationTrainer
-    from .experiment import STUDENT_KD_DIR, report_run, run_stage, stage_args, train_baseline
+    from .experiment import (
+        STUDENT_KD_DIR,
+        report_run,
+        run_stage,
+        stage_args,
+        train_baseline,
+    )
 
     runs = []
     if not experiment_args.skip_baseline and bb.summary["labeled_examples"] > 0:
@@ -218,7 +230,12 @@ def text_black_box_setup(data_args: DataArguments, text_args, config) -> tuple:
     transfer split."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
-    from ..data import DataCollatorWithTeacherPadding, detect_label_column, detect_text_columns, tokenize_dataset
+    from ..data import (
+        DataCollatorWithTeacherPadding,
+        detect_label_column,
+        detect_text_columns,
+        tokenize_dataset,
+    )
     from ..data.loading import label_names as class_names
     from ..models.student import derive_student
     from .recipes import _tokenized, load_text_splits

@@ -22,6 +22,7 @@ import re
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,11 @@ def _missing_ranges(done: dict[int, int], num_examples: int, batch_size: int) ->
     return ranges
 
 
+def _save_shard(path: Path, answers: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as file:  # a file object: np.savez would append ".npz" to a path
+        np.savez(file, **answers)
+
+
 def _read_shards(directory: Path, num_examples: int) -> dict[str, np.ndarray]:
     columns: dict[str, np.ndarray] = {}
     for path in sorted(directory.iterdir()):
@@ -158,7 +164,7 @@ def run_annotation(dataset, teacher: RemoteTeacher, input_column: str, directory
                     start, stop = pending.pop(future)
                     answers = future.result()  # raises the request's error, naming its examples
                     path = directory / f"shard-{start:09d}-{stop:09d}.npz"
-                    _atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **answers))
+                    _atomic_write(path, partial(_save_shard, answers=answers))
                     stats.queries += stop - start
                     stats.requests += 1
                     progress.update(stop - start)

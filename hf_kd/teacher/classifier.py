@@ -36,13 +36,14 @@ class ClassifierAnswers:
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, max_length: int = 512) -> ClassifierAnswers:
         """Load a saved classifier: a text one when the directory has a tokenizer, an image one otherwise."""
-        import hf_kd.models  # noqa: F401  (registers the reference models with the Auto classes)
         from transformers import (
             AutoImageProcessor,
             AutoModelForImageClassification,
             AutoModelForSequenceClassification,
             AutoTokenizer,
         )
+
+        import hf_kd.models  # noqa: F401  (registers the reference models with the Auto classes)
 
         model_dir = str(model_dir)
         if not os.path.isdir(model_dir):

@@ -20,7 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import TEACHER_LABEL, TEACHER_PROBS, TEACHER_TOP_K_INDICES, TEACHER_TOP_K_PROBS
+from ..batch import (
+    TEACHER_LABEL,
+    TEACHER_PROBS,
+    TEACHER_TOP_K_INDICES,
+    TEACHER_TOP_K_PROBS,
+)
 
 ANSWER_MODES = ("probs", "top_k", "label")
 # How far the scores of one answer may sum above 1 (float32 rounding in a softmax), and below 1 for full probs.
