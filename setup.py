@@ -32,7 +32,9 @@ setup(
         # Sharded training (ZeRO-2/3) through Accelerate; DS_BUILD_OPS=0 builds no CUDA op at install time, so it
         # installs on a CPU-only machine too (its CPU accelerator compiles one small op with g++ on first use).
         "deepspeed": ["deepspeed>=0.16"],
-        "test": ["pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7"],
+        # `python -m hf_kd.serve`: a saved classifier behind a URL in the HF classification protocol.
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
+        "test": ["pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7", "fastapi>=0.110", "uvicorn>=0.29"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -12,12 +12,18 @@ report (`distillation_report.{md,json,png}`) and the distilled student's model c
 Many teachers: `--teacher_model_name_or_path a b c` distils an ensemble of trained teachers (`--ensemble_method`,
 `--teacher_weights`); `--assistants ARCH ...` distils through teacher assistants (and the student directly from the
 teacher too, for comparison). The report lists every teacher, assistant and student; the card records the lineage.
+
+Black box: `--teacher_url http://127.0.0.1:8000` distils from a teacher known only by its answers (served e.g. by
+`python -m hf_kd.serve DIR`): `--teacher_answers probs|top_k|label`, `--teacher_top_k K`, `--max_labeled_samples N`
+(labels on the first N training images only), `--transfer_dataset` (unlabeled images the teacher answers). See
+docs/black-box.md.
 """
 
 from hf_kd import DistillationTrainer
 from hf_kd.data import RandomShiftCollator
 from hf_kd.report.metrics import load_metric
 from hf_kd.runs.arguments import parse_image_arguments
+from hf_kd.runs.black_box import black_box_data, distil_black_box, image_column_of, image_transfer_inputs
 from hf_kd.runs.experiment import (
     STUDENT_KD_DIR,
     STUDENT_KD_DIRECT_DIR,
@@ -60,6 +66,11 @@ def distil_images(data_args, experiment_args, config):
     # 2. Data: every image decoded and normalised once with the student's image processor, then held in memory.
     image_processor = image_processor_for(experiment_args.student)
     data, label_names = load_image_data(data_args, image_processor)
+    if experiment_args.teacher_url:  # black box: the teacher's answers over HTTP, few labels, transfer sets
+        column = image_column_of(data_args)
+        bb = black_box_data(data, label_names, data_args, experiment_args, column, image_transfer_inputs(image_processor, column))  # fmt: skip
+        build = lambda: build_image_model(experiment_args.student, label_names, config.seed)  # noqa: E731
+        return distil_black_box(bb, build, "image-classification", metric, compute_metrics, data_args, experiment_args, config)  # fmt: skip
     if experiment_args.distillation_mode != "offline":  # online / self distillation: no teacher trained first
         return online_or_self_distillation(data, label_names, data_args, experiment_args, config, metric)
 

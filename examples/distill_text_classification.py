@@ -25,6 +25,7 @@ ensemble and every teacher.
 from hf_kd import DistillationTrainer
 from hf_kd.report.metrics import load_metric
 from hf_kd.runs.arguments import parse_text_arguments
+from hf_kd.runs.black_box import black_box_data, distil_black_box, text_black_box_setup
 from hf_kd.runs.experiment import (
     STUDENT_KD_DIR,
     Trained,
@@ -76,6 +77,11 @@ def main(argv=None):
 def distil_text(data_args, experiment_args, text_args, config):
     """The run itself, inside `prepare_run`'s guards."""
     metric = load_metric(experiment_args.metric_name_or_path)
+    if experiment_args.teacher_url:  # black box: the teacher's answers over HTTP, few labels, transfer sets
+        data, names, build_student, column, tokenize = text_black_box_setup(data_args, text_args, config)
+        compute_metrics = compute_metrics_for(metric)
+        bb = black_box_data(data, names, data_args, experiment_args, column, tokenize)
+        return distil_black_box(bb, build_student, "text-classification", metric, compute_metrics, data_args, experiment_args, config)  # fmt: skip
 
     # 2. Data and models: columns detected, each model's tokenization done once (the student's data carries the
     #    teacher's own `teacher_input_ids` when the tokenizers differ; with several teachers, `teacher_<k>_input_ids`

@@ -28,6 +28,8 @@ _EXPORTS = {
     "distillation_loss": "losses.logit",
     "add_teacher_logits": "teacher.precompute",
     "load_teacher": "teacher.loading",
+    "annotate_with_teacher": "teacher.annotate",
+    "teacher_from_url": "teacher.remote",
     "DistillationReport": "report.report",
     "InMemoryDataset": "data",
     "RandomShiftCollator": "data",

@@ -7,7 +7,11 @@ A distillation batch carries, beside the student's own inputs:
   teacher with the prefix removed; absent when both models read the same inputs;
 - `teacher_logits`: the teacher's outputs when they are already known (computed once up front, or by an API): the
   teacher is then not run for that batch;
-- `teacher_feature_<i>`: teacher features computed once with the logits (vectors per example, for a feature term).
+- `teacher_feature_<i>`: teacher features computed once with the logits (vectors per example, for a feature term);
+- a black-box teacher's answers, when all it gives is answers (an API; see `hf_kd.teacher.remote`): `teacher_probs`
+  (probabilities over the classes), `teacher_top_k_indices` + `teacher_top_k_probs` (its k best classes and their
+  probabilities), or `teacher_label` (its argmax only). The loss is chosen from the column present
+  (`hf_kd.losses.partial`); a row without a ground-truth label (`labels == -100`) is then a transfer example.
 
 An ensemble of teachers ([`hf_kd.ensemble.TeacherEnsemble`]) is one teacher to this convention; its member `k` reads
 its own inputs `teacher_<k>_<name>` (e.g. `teacher_1_input_ids` from the second teacher's tokenizer) when the batch has
@@ -27,7 +31,18 @@ LABELS = "labels"
 TEACHER_PREFIX = "teacher_"
 # The teacher's outputs, when known in advance: its logits, and features cached with them (`teacher_feature_<i>`).
 TEACHER_LOGITS = "teacher_logits"
-TEACHER_TARGETS = (TEACHER_LOGITS,)
+# A black-box teacher's answers, by column, with the name each has in `hf_kd.losses.partial`'s answers.
+TEACHER_PROBS = "teacher_probs"
+TEACHER_TOP_K_INDICES = "teacher_top_k_indices"
+TEACHER_TOP_K_PROBS = "teacher_top_k_probs"
+TEACHER_LABEL = "teacher_label"
+ANSWER_COLUMNS = {
+    TEACHER_PROBS: "probs",
+    TEACHER_TOP_K_INDICES: "top_k_indices",
+    TEACHER_TOP_K_PROBS: "top_k_probs",
+    TEACHER_LABEL: "labels",
+}
+TEACHER_TARGETS = (TEACHER_LOGITS, *ANSWER_COLUMNS)
 TEACHER_FEATURE_PREFIX = "teacher_feature_"
 
 
@@ -41,6 +56,11 @@ def is_teacher_target(name: str) -> bool:
     return name in TEACHER_TARGETS or (
         name.startswith(TEACHER_FEATURE_PREFIX) and name[len(TEACHER_FEATURE_PREFIX) :].isdigit()
     )
+
+
+def answer_columns(columns: Iterable[str]) -> list[str]:
+    """The black-box answer columns among `columns` (`teacher_probs`, `teacher_top_k_*`, `teacher_label`)."""
+    return [name for name in columns if name in ANSWER_COLUMNS]
 
 
 def is_teacher_input(name: str) -> bool:
@@ -119,6 +139,13 @@ class DistillationBatch:
     @property
     def teacher_logits(self):
         return self.teacher_targets.get(TEACHER_LOGITS)
+
+    @property
+    def teacher_answers(self) -> dict[str, Any] | None:
+        """A black-box teacher's answers, keyed as `hf_kd.losses.partial` reads them (`probs`, `top_k_indices` +
+        `top_k_probs`, `labels`); `None` when the batch carries none."""
+        answers = {ANSWER_COLUMNS[name]: value for name, value in self.teacher_targets.items() if name in ANSWER_COLUMNS}
+        return answers or None
 
     def inputs_for_teacher(self) -> dict[str, Any]:
         """What the teacher's `forward` takes: its own inputs, or the student's when it has none (with, for an

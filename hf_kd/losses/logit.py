@@ -16,12 +16,17 @@ both terms.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 
+from .divergence import generalized_jsd_rows
+from .partial import answer_loss
+
 IGNORE_INDEX = -100
 
-SOFT_LOSS_TYPES = ("kl", "reverse_kl", "mse")
+SOFT_LOSS_TYPES = ("kl", "reverse_kl", "mse", "jsd")
 
 
 def _rows(logits: torch.Tensor) -> torch.Tensor:
@@ -68,10 +73,15 @@ def _kl_rows(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float)
 
 
 def _soft_rows(
-    loss_type: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+    loss_type: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, beta: float = 0.5
 ) -> tuple[torch.Tensor, float]:
-    """The per-row soft term named by `loss_type`, and the factor its mean is scaled by (`T**2` for the KLs)."""
+    """The per-row soft term named by `loss_type`, and the factor its mean is scaled by (`T**2` for the KLs; 1 for
+    the JSD, as in TRL's GKD)."""
     teacher_logits = teacher_logits.detach()
+    if loss_type == "jsd":
+        student_log_probs = F.log_softmax(_rows(student_logits) / temperature, dim=-1)
+        teacher_log_probs = F.log_softmax(_rows(teacher_logits) / temperature, dim=-1)
+        return generalized_jsd_rows(student_log_probs, teacher_log_probs, beta), 1.0
     if loss_type == "kl":
         return _kl_rows(teacher_logits, student_logits, temperature), temperature**2
     if loss_type == "reverse_kl":
@@ -149,10 +159,12 @@ def soft_loss(
     teacher_logits: torch.Tensor,
     temperature: float = 1.0,
     mask: torch.Tensor | None = None,
+    beta: float = 0.5,
 ) -> torch.Tensor:
-    """The soft term named by `loss_type`: `"kl"` ([`soft_target_loss`]), `"reverse_kl"` or `"mse"`."""
+    """The soft term named by `loss_type`: `"kl"` ([`soft_target_loss`]), `"reverse_kl"`, `"mse"` or `"jsd"` (TRL's
+    generalized JSD of the tempered distributions, with `beta`; see [`hf_kd.losses.divergence`])."""
     _check_pair(student_logits, teacher_logits)
-    per_row, scale = _soft_rows(loss_type, student_logits, teacher_logits, temperature)
+    per_row, scale = _soft_rows(loss_type, student_logits, teacher_logits, temperature, beta)
     return _mean_over_valid(per_row, mask, scale)
 
 
@@ -170,37 +182,55 @@ def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: in
 
 def distillation_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
     labels: torch.Tensor | None,
     temperature: float = 1.0,
     alpha: float = 0.5,
     loss_type: str = "kl",
     ignore_index: int = IGNORE_INDEX,
+    beta: float = 0.5,
+    teacher_answers: Mapping[str, torch.Tensor] | None = None,
+    top_k_loss: str = "tail",
 ) -> dict[str, torch.Tensor]:
     """The logit-distillation objective, the one definition every other place refers to:
 
         loss = (1 - alpha) * CE(s, labels) + alpha * soft(s, t)
 
     with `soft` the term named by `loss_type`; for `"kl"`, Hinton et al.'s
-    `T**2 * KL(softmax(t / T) || softmax(s / T))`, averaged over the valid examples (`batchmean`). `alpha` is the
-    weight of the teacher's term. Positions labelled `ignore_index` are left out of both terms. With `labels=None`
-    the objective must be pure distillation (`alpha == 1`); the soft term then covers every position.
+    `T**2 * KL(softmax(t / T) || softmax(s / T))`, averaged over the valid examples (`batchmean`); for `"jsd"`, TRL's
+    generalized JSD with `beta` (no `T**2`). `alpha` is the weight of the teacher's term. Positions labelled
+    `ignore_index` are left out of both terms. With `labels=None` the objective must be pure distillation
+    (`alpha == 1`); the soft term then covers every position.
+
+    A black-box teacher gives `teacher_answers` instead of `teacher_logits` (probabilities, top-k or labels, see
+    [`hf_kd.losses.partial`]; `top_k_loss` picks how a top-k answer is compared). Its answers are per example, so
+    its term covers every example, labelled or not: the unlabelled ones (label `ignore_index`) are a transfer set,
+    taught by the teacher alone.
 
     Returns:
         `dict[str, torch.Tensor]`: `"loss"`, the weighted total, and the unweighted terms by name: `"ce"` (absent
         without labels) and `"kd"`. A trainer logs every term as `loss_<name>`.
     """
+    if labels is None and alpha != 1.0:
+        raise ValueError(f"labels are required when alpha < 1 (alpha={alpha}): the hard-label term needs them.")
+    if teacher_answers is not None:
+        soft = answer_loss(student_logits, teacher_answers, loss_type, beta, top_k_loss)
+        if labels is None:
+            return {"loss": soft, "kd": soft}
+        hard = hard_label_loss(student_logits, labels, ignore_index)
+        total = hard if alpha == 0.0 else soft if alpha == 1.0 else torch.lerp(hard, soft, alpha)
+        return {"loss": total, "ce": hard, "kd": soft}
+    if teacher_logits is None:
+        raise ValueError("distillation_loss needs teacher_logits or teacher_answers.")
     if labels is None:
-        if alpha != 1.0:
-            raise ValueError(f"labels are required when alpha < 1 (alpha={alpha}): the hard-label term needs them.")
-        soft = soft_loss(loss_type, student_logits, teacher_logits, temperature)
+        soft = soft_loss(loss_type, student_logits, teacher_logits, temperature, beta=beta)
         return {"loss": soft, "kd": soft}
     _check_pair(student_logits, teacher_logits)
     hard_rows, flat_labels = _hard_rows(student_logits, labels, ignore_index)
     mask = flat_labels != ignore_index
     weights = _valid_weights(mask)  # shared by both terms
     hard = torch.dot(hard_rows, weights)  # exactly `hard_label_loss`
-    soft_rows, scale = _soft_rows(loss_type, student_logits, teacher_logits, temperature)
+    soft_rows, scale = _soft_rows(loss_type, student_logits, teacher_logits, temperature, beta)
     soft = _mean_over_valid(soft_rows, mask, scale, weights)  # exactly `soft_loss(..., mask=labels != ignore_index)`
     # Exact endpoints: alpha=0 is plain CE and alpha=1 plain distillation, bit for bit.
     total = hard if alpha == 0.0 else soft if alpha == 1.0 else torch.lerp(hard, soft, alpha)

@@ -11,7 +11,9 @@ The JSON schema is shared with the text examples (keys marked `?` are optional: 
               "per_device_train_batch_size", "world_size"?, "max_steps"?, "mixed_precision"?, "teacher_dtype"?},
  "models": [{"name", "label", "path", "parameters", "size_mb", "train_time_s", "eval_time_s", "latency_ms",
              "accuracy", "agreement_with_teacher", "latency_ms_iqr"?}, ...],
- "plot", "num_test_examples"?, "majority_class_accuracy"?, "teacher_recipe"?, "training_curves"?}
+ "plot", "num_test_examples"?, "majority_class_accuracy"?, "teacher_recipe"?, "training_curves"?,
+ "black_box"?: {"teacher_url", "answers", "top_k", "labeled_examples", "teacher_answered_examples",
+                "transfer_examples", "transfer_dataset", "queries", "answers_reused_from_disk", "teacher_test_accuracy"}}
 ```
 """
 
@@ -153,6 +155,8 @@ class DistillationReport:
         training_curves (`dict`, *optional*): Model name -> [`training_curve`] of its trainer's log history.
         lineage (`dict`, *optional*): Who taught the distilled student, from [`lineage_of`]: an ensemble's teachers
             and a chain's assistants.
+        black_box (`dict`, *optional*): A black-box run's teacher URL and answers, the examples each student saw
+            (`labeled_examples`, `teacher_answered_examples`), the `queries` made, `teacher_test_accuracy`.
     """
 
     dataset: str
@@ -167,6 +171,7 @@ class DistillationReport:
     teacher_recipe: dict[str, Any] | None = None
     training_curves: dict[str, dict[str, list[float]]] | None = None
     lineage: dict[str, Any] | None = None
+    black_box: dict[str, Any] | None = None
 
     def __post_init__(self):
         if self.task not in ("image-classification", "text-classification"):
@@ -183,7 +188,8 @@ class DistillationReport:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["settings"] = {k: self.settings[k] for k in SETTINGS_KEYS + OPTIONAL_SETTINGS_KEYS if k in self.settings}
         data["models"] = [asdict(model) for model in self.models]
-        optional = ("num_test_examples", "majority_class_accuracy", "teacher_recipe", "training_curves", "lineage")
+        optional = ("num_test_examples", "majority_class_accuracy", "teacher_recipe", "training_curves", "lineage",
+                    "black_box")  # fmt: skip
         return {key: value for key, value in data.items() if value is not None or key not in optional}
 
     @classmethod
@@ -268,6 +274,18 @@ class DistillationReport:
             "calls. Timings depend on the machine and its load: compare models within one report."
         )
 
+    def black_box_text(self) -> str:
+        b = self.black_box
+        kept = {"probs": "probabilities", "label": "its label only"}.get(b["answers"], f"its top {b.get('top_k')}")
+        source = f", from `{b['transfer_dataset']}`" if b.get("transfer_dataset") else ""
+        return (
+            f"Black-box teacher at {b['teacher_url']}, answering with {kept}: "
+            f"{b['teacher_test_accuracy'] * 100:.2f}% {self.metric} on the test split from its answers (the students' "
+            f"agreement is with them). The baseline saw {b['labeled_examples']:,} labelled examples; the distilled "
+            f"student {b['teacher_answered_examples']:,} answered by the teacher ({b['transfer_examples']:,} without a "
+            f"label{source}). Queries this run: {b['queries']:,} ({b['answers_reused_from_disk']:,} answers reused)."
+        )
+
     def notes(self) -> list[str]:
         """Warnings about the run's results: a teacher no better than the majority class, and distillation that
         lost to the baseline by more than the test set's noise ([`NOISE_Z`] binomial standard errors, see
@@ -308,6 +326,7 @@ class DistillationReport:
             ),
             *([self.recipe_text()] if self.teacher_recipe else []),
             *([self.lineage_text()] if self.lineage else []),
+            *([self.black_box_text()] if self.black_box else []),
             "",
             self.results_table(),
             "",

@@ -51,6 +51,24 @@ class DataArguments:
     dataset_cache_dir: str | None = field(
         default=None, metadata={"help": "Where load_dataset caches (default: HF_DATASETS_CACHE)."}
     )
+    transfer_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Black box (--teacher_url): unlabeled images or texts the teacher answers, added to the training "
+            "set as transfer examples (a Hub id, a local directory, or a save_to_disk directory; labels ignored)."
+        },
+    )
+    transfer_split: str = field(default="train", metadata={"help": "The split of --transfer_dataset."})
+    max_transfer_samples: int | None = field(
+        default=None, metadata={"help": "Use the first N examples of --transfer_dataset only (a query budget)."}
+    )
+    max_labeled_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Black box (--teacher_url): keep the labels of the first N training examples only; the others "
+            "are transfer examples, taught by the teacher's answers alone. The baseline trains on the N."
+        },
+    )
 
 
 @dataclass
@@ -124,6 +142,27 @@ class ExperimentArguments:
             "their matrices are too small to split, and on a busy machine threads wait on each other at every op."
         },
     )
+    teacher_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "Black box: distil from the answers of a teacher served at this URL in the Hugging Face "
+            "classification protocol (e.g. `python -m hf_kd.serve DIR`, an Inference Endpoint), asked once per "
+            "example by a resumable annotation job; no teacher model is loaded or trained."
+        },
+    )
+    teacher_answers: str = field(
+        default="top_k",
+        metadata={
+            "help": "--teacher_url: what the teacher's answers keep: 'probs' (every class), 'top_k' (the best "
+            "--teacher_top_k classes and scores) or 'label' (its best class only).",
+            "choices": ["probs", "top_k", "label"],
+        },
+    )
+    teacher_top_k: int = field(default=3, metadata={"help": "--teacher_answers top_k: how many classes (k)."})
+    teacher_max_in_flight: int = field(
+        default=4, metadata={"help": "--teacher_url: requests sent before the first answer comes back."}
+    )
+    teacher_request_batch_size: int = field(default=64, metadata={"help": "--teacher_url: examples per request."})
     distillation_mode: str = field(
         default="offline",
         metadata={
@@ -326,7 +365,8 @@ def parse_image_arguments(
     for name, value in (("dataset_name", data_args.dataset_name), ("student", experiment_args.student)):
         if not value:
             raise ValueError(f"--{name} is required.")
-    needs_teacher = experiment_args.distillation_mode == "offline" or (
+    check_black_box_arguments(data_args, experiment_args)
+    needs_teacher = (experiment_args.distillation_mode == "offline" and not experiment_args.teacher_url) or (
         experiment_args.distillation_mode == "mutual" and "teacher" in experiment_args.peers.split(",")
     )
     if needs_teacher and not experiment_args.teacher and not config.teacher_model_name_or_path:
@@ -343,6 +383,21 @@ def parse_image_arguments(
         if value:
             check_architecture(value, argument)
     return data_args, experiment_args, config
+
+
+def check_black_box_arguments(data_args: DataArguments, experiment_args: ExperimentArguments) -> None:
+    """The black-box arguments need a teacher URL, and sizes that are positive."""
+    if not experiment_args.teacher_url:
+        for name in ("transfer_dataset", "max_labeled_samples", "max_transfer_samples"):
+            if getattr(data_args, name) is not None:
+                raise ValueError(f"--{name} needs --teacher_url (a black-box teacher to answer the examples).")
+        return
+    for name in ("max_labeled_samples", "max_transfer_samples"):
+        value = getattr(data_args, name)
+        if value is not None and value < 0:
+            raise ValueError(f"--{name} must be >= 0, got {value}.")
+    if experiment_args.teacher_top_k < 1:
+        raise ValueError(f"--teacher_top_k must be >= 1, got {experiment_args.teacher_top_k}.")
 
 
 def _check_teacher_sources(config: DistillationConfig) -> None:
@@ -374,9 +429,11 @@ def parse_text_arguments(
     )
     if not data_args.dataset_name:
         raise ValueError("--dataset_name is required.")
-    if not config.teacher_model_name_or_path:
+    check_black_box_arguments(data_args, experiment_args)
+    if not config.teacher_model_name_or_path and not experiment_args.teacher_url:
         raise ValueError(
-            "--teacher_model_name_or_path is required: the teacher (or the pretrained encoder to fine-tune)."
+            "--teacher_model_name_or_path is required: the teacher (or the pretrained encoder to fine-tune), or "
+            "--teacher_url for a black-box teacher."
         )
     for name, unset in _IMAGE_ONLY.items():
         if getattr(experiment_args, name) != unset:

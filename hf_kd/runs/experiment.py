@@ -245,12 +245,13 @@ def distil_chain(
 
 def measure(
     runs: Sequence[Trained], output_dir: str | os.PathLike, metric, batch_size: int, latency_examples: int,
-    extra_metrics: dict[str, Any] | None = None,
+    extra_metrics: dict[str, Any] | None = None, reference_predictions=None,
 ) -> tuple[list[ModelResult], dict[str, dict[str, float]]]:  # fmt: skip
     """Score each model on its test split from `output_dir/<name>` (saved there with its processor unless its
     stage already did) and time them together at batch 1 ([`interleaved_latencies_ms`]); the first run is the
-    reference for `agreement_with_teacher`. Returns the results and the extra metrics' scores by model."""
-    results, teacher_predictions = [], None
+    reference for `agreement_with_teacher`, unless `reference_predictions` are given (a black-box teacher's answers).
+    Returns the results and the extra metrics' scores by model."""
+    results, teacher_predictions = [], reference_predictions
     extra_scores = {metric_name: {} for metric_name in extra_metrics or {}}
     latencies = interleaved_latencies_ms([
         (run.model, batch1_examples(
@@ -280,12 +281,14 @@ def measure(
 
 def write_report(
     runs: Sequence[Trained], results: list[ModelResult], task: str, teacher_name: str, metric,
-    data_args: DataArguments, config: DistillationConfig, plot: bool = True,
+    data_args: DataArguments, config: DistillationConfig, plot: bool = True, black_box: dict | None = None,
 ) -> DistillationReport:  # fmt: skip
     """Write `distillation_report.{md,json}` (+ `.png`) into `config.output_dir` and print it. `runs` (teacher first)
     give the teacher's recipe when the run trained it, the training curves and the test labels' statistics."""
     teacher, distilled = runs[0], runs[-1]
     teacher_logits = "precomputed" if config.precompute_teacher_logits else "live"
+    if black_box:  # no teacher model: runs[0] is a student
+        teacher, teacher_logits = Trained("teacher", None, distilled.data), "none: a black-box teacher's answers"
     report = DistillationReport(
         dataset=str(data_args.dataset_name),
         task=task,
@@ -298,6 +301,7 @@ def write_report(
         teacher_recipe=teacher.recipe,
         training_curves={run.name: training_curve(run.log_history) for run in runs if run.log_history},
         lineage=lineage_of([run.name for run in runs], config),
+        black_box=black_box,
         **label_statistics(dataset_labels(distilled.data.eval_dataset)),
     )
     report.save(config.output_dir, plot=plot)
@@ -326,19 +330,22 @@ def publish(distilled: Trained, data_args: DataArguments, config: DistillationCo
 def report_run(
     runs: Sequence[Trained], task: str, teacher_name: str, metric, data_args: DataArguments,
     experiment_args: ExperimentArguments, config: DistillationConfig, extra_metrics: dict[str, Any] | None = None,
+    black_box=None,
 ) -> DistillationReport | None:  # fmt: skip
     """The end of a run: on the main process, [`measure`] every model (teacher first, distilled student last), write
     the report, print the extra metrics, then [`publish`] the distilled student. Returns the report on the main
-    process, `None` on the others (which wait for it)."""
+    process, `None` on the others (which wait for it). A black-box run ([`hf_kd.runs.black_box.BlackBoxData`]) has
+    no teacher model: its students' agreement is with the teacher's answers, and the report says what it asked."""
     state = PartialState()
     runs = gather_sharded_runs(runs, config.output_dir)  # ZeRO-3 / FSDP: saved by all, reloaded whole on the main one
     report = None
     if state.is_main_process:
         results, extra_scores = measure(
             runs, config.output_dir, metric, config.per_device_eval_batch_size, experiment_args.latency_examples,
-            extra_metrics,
+            extra_metrics, black_box.teacher_test_predictions if black_box else None,
         )  # fmt: skip
-        report = write_report(runs, results, task, teacher_name, metric, data_args, config, experiment_args.plot)
+        report = write_report(runs, results, task, teacher_name, metric, data_args, config, experiment_args.plot,
+                              black_box.summary if black_box else None)  # fmt: skip
         for metric_name, scores in extra_scores.items():
             print(f"{metric_name}: " + ", ".join(f"{name} {score:.4f}" for name, score in scores.items()))
         publish(runs[-1], data_args, config)

@@ -12,6 +12,7 @@ from ..features.connectors import FEATURE_CONNECTORS
 from ..features.names import parse_feature_pairs
 from ..features.table import FEATURE_LOSSES, feature_loss
 from ..losses.logit import SOFT_LOSS_TYPES
+from ..losses.partial import TOP_K_LOSSES
 from ..placement import TEACHER_SHARDINGS
 from ..teacher.ensemble import ENSEMBLE_METHODS, normalized_weights
 from ..teacher.loading import TEACHER_DTYPES, TEACHER_LOGITS_DTYPES
@@ -33,7 +34,17 @@ class DistillationConfig(TrainingArguments):
             distillation with no ground-truth labels needed.
         loss_type (`str`, *optional*, defaults to `"kl"`):
             The soft-target term: `"kl"` (Hinton et al.), `"reverse_kl"` (mode-seeking `KL(student || teacher)`) or
-            `"mse"` (squared error between logits).
+            `"mse"` (squared error between logits) or `"jsd"` (TRL's generalized Jensen-Shannon divergence with `beta`,
+            no `T**2` factor; the convention of TRL 1.16's `GKDTrainer.generalized_jsd_loss`).
+        beta (`float`, *optional*, defaults to `0.5`):
+            `loss_type="jsd"`: the mixture's weight on the teacher, `M = (1 - beta) p_student + beta p_teacher`,
+            `JSD = beta KL(teacher || M) + (1 - beta) KL(student || M)`; `0` is the forward KL(teacher || student),
+            `1` the reverse KL(student || teacher). TRL's default, 0.5.
+        top_k_loss (`str`, *optional*, defaults to `"tail"`):
+            How a black-box teacher's top-k answers (`teacher_top_k_*` columns) are compared: `"tail"` (k classes plus
+            a tail bucket holding the rest of the mass, a true KL over k + 1 categories, never above the full KL) or
+            `"renormalized"` (both distributions restricted to the k classes). See [`hf_kd.losses.partial`]; the
+            kind of answer (probabilities, top-k, label) is read from the dataset's columns.
         teacher_model_name_or_path (`str` or `list[str]`, *optional*):
             Teacher to load when [`DistillationTrainer`] is not given a teacher model: a local directory or a Hub id.
             Several (a list; space-separated on the command line) are distilled as one ensemble (see
@@ -112,8 +123,23 @@ class DistillationConfig(TrainingArguments):
         default="kl",
         metadata={
             "help": "Soft-target term: 'kl' (Hinton et al., forward KL), 'reverse_kl' (KL(student || teacher)) or "
-            "'mse' (squared error between logits).",
+            "'mse' (squared error between logits) or 'jsd' (TRL's generalized JSD with --beta, no T^2).",
             "choices": list(SOFT_LOSS_TYPES),
+        },
+    )
+    beta: float = field(
+        default=0.5,
+        metadata={
+            "help": "loss_type='jsd': weight of the teacher in the mixture M = (1-beta) p_s + beta p_t, in [0, 1]; "
+            "0 is the forward KL(teacher||student), 1 the reverse KL (TRL's GKD convention; default 0.5 as TRL)."
+        },
+    )
+    top_k_loss: str = field(
+        default="tail",
+        metadata={
+            "help": "A black-box teacher's top-k answers: 'tail' (k classes + a tail bucket for the rest of the mass, "
+            "a true KL over k+1 categories) or 'renormalized' (both restricted to the k classes).",
+            "choices": list(TOP_K_LOSSES),
         },
     )
     teacher_model_name_or_path: list[str] | None = field(
@@ -221,6 +247,10 @@ class DistillationConfig(TrainingArguments):
         self._check_training_length()
         if self.loss_type not in SOFT_LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {list(SOFT_LOSS_TYPES)}, got {self.loss_type!r}.")
+        if not isinstance(self.beta, (int, float)) or not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta must be a number in [0, 1] (the teacher's weight in the JSD), got {self.beta!r}.")
+        if self.top_k_loss not in TOP_K_LOSSES:
+            raise ValueError(f"top_k_loss must be one of {list(TOP_K_LOSSES)}, got {self.top_k_loss!r}.")
         if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
             raise ValueError(f"teacher_dtype must be one of {list(TEACHER_DTYPES)}, got {self.teacher_dtype!r}.")
         if self.teacher_sharding not in TEACHER_SHARDINGS:

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import logging
 
-from ..batch import TEACHER_LOGITS, DistillationBatch, distillation_columns, split_batch
+from ..batch import TEACHER_LOGITS, DistillationBatch, answer_columns, distillation_columns, split_batch
 from ..data import (
     InMemoryDataset,
     check_dataset_labels,
@@ -195,10 +195,11 @@ class DistillationTrainer(HfKdTrainer):
             return dataset
         if TEACHER_LOGITS in columns:
             self._check_carried_logits(dataset, "train_dataset")
-        elif self.teacher_model is None:
+        elif self.teacher_model is None and not answer_columns(columns):  # black box: the answers are the teacher
             raise ValueError(
                 "DistillationTrainer needs a teacher: pass teacher_model (or args.teacher_model_name_or_path), or a "
-                "train dataset with a teacher_logits column."
+                "train dataset with a teacher_logits column (or a black-box teacher's answers, see "
+                "hf_kd.teacher.annotate)."
             )
         return dataset
 
@@ -259,6 +260,8 @@ class DistillationTrainer(HfKdTrainer):
         inputs (its own `teacher_*` ones when there are any)."""
         if batch.teacher_logits is not None:
             return {"logits": batch.teacher_logits}
+        if batch.teacher_answers is not None:  # a black-box teacher's answers (hf_kd.losses.partial)
+            return {"answers": batch.teacher_answers}
         if self.teacher_model is None:
             raise ValueError(
                 "The batch has no 'teacher_logits' and the trainer has no teacher: pass teacher_model (or "
@@ -278,8 +281,10 @@ class DistillationTrainer(HfKdTrainer):
         """The loss terms of one batch: `"loss"`, the weighted total, and each unweighted term by name (logged as
         `loss_<name>`). Here the logit objective of [`hf_kd.losses.distillation_loss`]; a subclass adds its terms."""
         args: DistillationConfig = self.args
-        student_logits, teacher_logits = logits_of(student_outputs), logits_of(teacher_outputs)
-        if teacher_logits.shape != student_logits.shape:
+        answers = teacher_outputs.get("answers") if isinstance(teacher_outputs, dict) else None  # black box
+        student_logits = logits_of(student_outputs)
+        teacher_logits = None if answers is not None else logits_of(teacher_outputs)
+        if teacher_logits is not None and teacher_logits.shape != student_logits.shape:
             raise ValueError(
                 f"The batch's teacher_logits have shape {tuple(teacher_logits.shape)} but the student's logits "
                 f"have shape {tuple(student_logits.shape)}: the teacher logits must have one column per label "
@@ -292,6 +297,9 @@ class DistillationTrainer(HfKdTrainer):
             temperature=args.temperature,
             alpha=args.alpha,
             loss_type=args.loss_type,
+            beta=args.beta,
+            teacher_answers=answers,
+            top_k_loss=args.top_k_loss,
         )
         if self.feature_distillation is not None:  # white-box: args.feature_pairs
             terms["feature"] = self.feature_distillation.loss(batch, training=self.model.training)
