@@ -61,15 +61,18 @@ def activation_statistics_loss(
     (default: the mean recorded variance per unit, so that layers of any magnitude weigh alike), then averaged over
     units and classes.
     """
-    scale = variances.mean(dim=0) if scale is None else scale
-    scale = scale.clamp_min(1e-6)
-    terms = []
-    for c in labels.unique():
-        members = activations[labels == c].float()
-        mean = members.mean(dim=0)
-        std = members.std(dim=0, unbiased=False) if len(members) > 1 else torch.zeros_like(mean)
-        terms.append((((mean - means[c]) ** 2 + (std - variances[c].clamp_min(0).sqrt()) ** 2) / scale).mean())
-    return torch.stack(terms).mean()
+    scale = (variances.mean(dim=0) if scale is None else scale).clamp_min(1e-6)
+    # Per-class sums as one matmul (a Python loop over classes costs more than the teacher's forward).
+    one_hot = torch.nn.functional.one_hot(labels, means.shape[0]).to(activations.dtype).float()  # (B, C)
+    counts = one_hot.sum(dim=0)
+    present = counts > 0
+    values = activations.float()
+    batch_means = (one_hot.T @ values)[present] / counts[present, None]
+    batch_squares = (one_hot.T @ values**2)[present] / counts[present, None]
+    batch_stds = (batch_squares - batch_means**2).clamp_min(1e-8).sqrt()
+    recorded_stds = variances[present].clamp_min(0).sqrt()
+    distances = (batch_means - means[present]) ** 2 + (batch_stds - recorded_stds) ** 2
+    return (distances / scale).mean()
 
 
 def batchnorm_statistics_loss(

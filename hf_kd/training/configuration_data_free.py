@@ -120,12 +120,12 @@ class DataFreeConfig(DistillationConfig):
     )
     collapse_guard: bool = field(default=True, metadata={"help": "Detect a collapsed generator and restore it."})
     collapse_min_class_entropy: float = field(
-        default=0.2, metadata={"help": "A batch whose teacher class histogram has a lower normalised entropy collapsed."}
+        default=0.1, metadata={"help": "A batch whose teacher class histogram has a lower normalised entropy collapsed."}
     )
     collapse_min_distance_ratio: float = field(
         default=0.1, metadata={"help": "A batch closer than this times the first batch's pairwise distance collapsed."}
     )
-    collapse_patience: int = field(default=20, metadata={"help": "Collapsed batches in a row before restoring."})
+    collapse_patience: int = field(default=50, metadata={"help": "Collapsed batches in a row before restoring."})
     save_generator: bool = field(default=True, metadata={"help": "save_model writes the generator too."})
 
     def __post_init__(self):
