@@ -336,7 +336,9 @@ class DataFreeDistillationTrainer(Trainer):
             guard["reference_distance"] = distance
         # Low class entropy counts once the generator has shown more (a teacher may answer one class on noise).
         lost_classes = entropy < args.collapse_min_class_entropy <= guard["best_class_entropy"] / 2
-        collapsed = distance < args.collapse_min_distance_ratio * guard["reference_distance"] or lost_classes
+        # Identical images are collapsed whatever the first batch was (a generator may start collapsed).
+        floor = max(args.collapse_min_distance_ratio * guard["reference_distance"], 1e-3)
+        collapsed = distance < floor or lost_classes
         guard["best_class_entropy"] = max(guard["best_class_entropy"], entropy)
         if not collapsed:
             guard["collapsed_run"] = 0
