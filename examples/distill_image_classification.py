@@ -12,12 +12,16 @@ report (`distillation_report.{md,json,png}`) and the distilled student's model c
 Many teachers: `--teacher_model_name_or_path a b c` distils an ensemble of trained teachers (`--ensemble_method`,
 `--teacher_weights`); `--assistants ARCH ...` distils through teacher assistants (and the student directly from the
 teacher too, for comparison). The report lists every teacher, assistant and student; the card records the lineage.
+
+Data-free: `--distillation_mode data_free --data_free_method {noise,dafl,dfad,statistics} --teacher_model_name_or_path
+DIR` distils the student from the teacher alone (docs/data-free.md); the dataset may hold the evaluation split only.
 """
 
 from hf_kd import DistillationTrainer
 from hf_kd.data import RandomShiftCollator
 from hf_kd.report.metrics import load_metric
 from hf_kd.runs.arguments import parse_image_arguments
+from hf_kd.runs.data_free import run_data_free
 from hf_kd.runs.experiment import (
     STUDENT_KD_DIR,
     STUDENT_KD_DIRECT_DIR,
@@ -48,6 +52,8 @@ def main(defaults=None, argv=None):
 
     # 2. Data: every image decoded and normalised once with the student's image processor, then held in memory.
     image_processor = image_processor_for(experiment_args.student)
+    if experiment_args.distillation_mode == "data_free":  # the teacher alone: the training split is never read
+        return run_data_free(data_args, experiment_args, config, metric, image_processor)
     data, label_names = load_image_data(data_args, image_processor)
     if experiment_args.distillation_mode != "offline":  # online / self distillation: no teacher trained first
         return online_or_self_distillation(data, label_names, data_args, experiment_args, config, metric)

@@ -262,3 +262,40 @@ def test_batchnorm_statistics_term_for_a_teacher_with_batchnorm(tmp_path):
                                           args=data_free_args(tmp_path, batchnorm_statistics_weight=0.5))  # fmt: skip
     terms = trainer.generator_loss_terms(0)
     assert terms["batchnorm"] > 0 and terms["batchnorm"].requires_grad
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The example, on a dataset that has only its evaluation split
+
+
+@pytest.mark.slow
+def test_example_runs_on_a_dataset_without_a_train_split(tmp_path):
+    from datasets import DatasetDict
+    from test_examples_image import LOCAL_ACCURACY, make_image_dataset, run_example
+
+    from hf_kd.models import image_processor_for_preset, model_from_preset
+
+    DatasetDict({"test": make_image_dataset(64, 28, "L")}).save_to_disk(tmp_path / "data")
+    teacher = model_from_preset("mnist-mlp-teacher", num_labels=10)
+    teacher.config.id2label = {i: f"class_{i}" for i in range(10)}
+    teacher.config.label2id = {name: i for i, name in teacher.config.id2label.items()}
+    teacher.save_pretrained(tmp_path / "teacher")
+    image_processor_for_preset("mnist-mlp-teacher").save_pretrained(tmp_path / "teacher")
+    output = tmp_path / "run"
+    run_example(
+        "distill_mnist.py", "--dataset_name", str(tmp_path / "data"), "--distillation_mode", "data_free",
+        "--data_free_method", "dafl", "--teacher_model_name_or_path", str(tmp_path / "teacher"),
+        "--data_free_steps", "8", "--data_free_batch_size", "16", "--output_dir", str(output),
+        "--metric_name_or_path", LOCAL_ACCURACY, "--latency_examples", "5", "--logging_steps", "2",
+    )  # fmt: skip
+    report = json.loads((output / "distillation_report.json").read_text())
+    assert [model["name"] for model in report["models"]] == ["teacher", "student_data_free"]
+    summary = json.loads((output / "data_free.json").read_text())
+    assert summary["models"]["student_data_free"]["real_training_examples"] == 0
+    assert summary["models"]["student_data_free"]["train_time_s"] > 0
+    assert (output / "synthetic_samples.png").stat().st_size > 1000
+    markdown = (output / "distillation_report.md").read_text()
+    assert "Real training examples seen" in markdown and "synthetic_samples.png" in markdown
+    card = (output / "student_data_free" / "README.md").read_text()
+    assert "synthetic_samples.png" in card and (output / "student_data_free" / "synthetic_samples.png").is_file()
+    assert (output / "student_data_free" / "generator" / "config.json").is_file()

@@ -402,9 +402,14 @@ class DataFreeDistillationTrainer(Trainer):
         if self.generator is None:
             return
         path = os.path.join(resume_from_checkpoint, STATE_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(f"{resume_from_checkpoint} holds no {STATE_NAME}: the generator cannot be restored (a "
-                             "checkpoint of another kind of run?).")  # fmt: skip
+        if not os.path.isfile(path):  # a finished stage's directory: its saved generator, if any (no optimizer)
+            saved = os.path.join(resume_from_checkpoint, GENERATOR_DIR)
+            if os.path.isdir(saved):
+                self.generator.load_state_dict(GeneratorModel.from_pretrained(saved).state_dict())
+            else:
+                logger.warning(f"{resume_from_checkpoint} holds neither {STATE_NAME} nor {GENERATOR_DIR}/: the "
+                               "generator is not restored (a checkpoint of another kind of run?).")  # fmt: skip
+            return
         state = torch.load(path, map_location=self.accelerator.device, weights_only=True)
         self.generator.load_state_dict(state["generator"])
         self.generator_optimizer.load_state_dict(state["optimizer"])
