@@ -298,4 +298,6 @@ def test_example_runs_on_a_dataset_without_a_train_split(tmp_path):
     assert "Real training examples seen" in markdown and "synthetic_samples.png" in markdown
     card = (output / "student_data_free" / "README.md").read_text()
     assert "synthetic_samples.png" in card and (output / "student_data_free" / "synthetic_samples.png").is_file()
-    assert (output / "student_data_free" / "generator" / "config.json").is_file()
+    assert (output / "generator" / "config.json").is_file() and not (output / "student_data_free" / "generator").exists()
+    student, kd_size = report["models"][1], 79_510 * 4 / 1e6
+    assert kd_size < student["size_mb"] < kd_size + 0.1  # the generator is not counted with the student

@@ -49,6 +49,7 @@ from .experiment import (
 from .recipes import build_image_model, load_image_teacher
 
 DATA_FREE_DIR = "student_data_free"
+GENERATOR_DIR = "generator"  # beside the student, not in its directory: it does not ship (or count) with the student
 SAMPLES_PNG = "synthetic_samples.png"
 SUMMARY_JSON = "data_free.json"
 
@@ -87,14 +88,17 @@ def distil_data_free(
     args = DataFreeConfig.from_config(
         stage_args(config, name, precompute_teacher_logits=False, remove_unused_columns=False),
         data_free_method=experiment_args.data_free_method, max_steps=experiment_args.data_free_steps,
-        per_device_train_batch_size=experiment_args.data_free_batch_size, **options,
+        per_device_train_batch_size=experiment_args.data_free_batch_size, save_generator=False, **options,
     )  # fmt: skip
     set_seed(config.seed)
     trainer = DataFreeDistillationTrainer(
         model=student, teacher_model=teacher, args=args, eval_dataset=data.eval_dataset,
         processing_class=data.processing_class, compute_metrics=compute_metrics,
     )  # fmt: skip
-    return finish_training(name, trainer, data)
+    trained = finish_training(name, trainer, data)
+    if trainer.generator is not None and args.should_save:
+        trainer.generator.save_pretrained(Path(config.output_dir) / GENERATOR_DIR)
+    return trained
 
 
 def save_sample_grid(trainer: DataFreeDistillationTrainer, path: Path, count: int = 64) -> bool:
@@ -118,7 +122,7 @@ def save_sample_grid(trainer: DataFreeDistillationTrainer, path: Path, count: in
     return True
 
 
-def examples_section(runs: list[Trained], grid: str | None) -> tuple[str, dict]:
+def examples_section(runs: list[Trained], grid: str | None, args: DataFreeConfig) -> tuple[str, dict]:
     """The report's section on what each model was trained on, in Markdown, and as a dict for `data_free.json`."""
     rows = {}
     for run in runs:
@@ -136,7 +140,11 @@ def examples_section(runs: list[Trained], grid: str | None) -> tuple[str, dict]:
         time_s = "-" if row["train_time_s"] is None else f"{row['train_time_s']:.1f}"
         lines.append(f"| {name} | {seen} | {time_s} |")
     lines += ["", f"`{DATA_FREE_DIR}` was distilled from the teacher alone, on synthetic inputs: it never read a "
-                  "training example (the dataset's training split, if any, trained only the CE-only baseline)."]  # fmt: skip
+                  "training example (the dataset's training split, if any, trained only the CE-only baseline). "
+                  f"Method `{args.data_free_method}`, {args.max_steps} steps of {args.per_device_train_batch_size} "
+                  f"synthetic inputs, student loss {args.student_loss} (T={args.temperature:g}), lr "
+                  f"{args.learning_rate:g}, generator lr {args.generator_learning_rate:g}; the generator is in "
+                  f"`{GENERATOR_DIR}/` (see docs/data-free.md)."]  # fmt: skip
     if grid:
         lines += ["", f"![synthetic inputs the data-free student was trained on]({grid})"]
     return "\n".join(lines) + "\n", rows
@@ -171,9 +179,12 @@ def _report(runs: list[Trained], teacher_name: str, metric, data_args, experimen
     report = write_report(runs, results, "image-classification", teacher_name, metric, data_args, config,
                           experiment_args.plot)  # fmt: skip
     grid = SAMPLES_PNG if save_sample_grid(distilled.trainer, output_dir / SAMPLES_PNG) else None
-    section, rows = examples_section(runs, grid)
+    args = distilled.trainer.args
+    section, rows = examples_section(runs, grid, args)
     atomic_write(output_dir / REPORT_MD, (output_dir / REPORT_MD).read_text() + section)
-    summary = {"method": distilled.trainer.args.data_free_method, "models": rows, "grid": grid}
+    summary = {"method": args.data_free_method, "models": rows, "grid": grid, "settings": {
+        key: getattr(args, key) for key in ("max_steps", "per_device_train_batch_size", "learning_rate", "temperature",
+                                            "generator_learning_rate", "student_loss", "seed")}}  # fmt: skip
     atomic_write(output_dir / SUMMARY_JSON, json.dumps(summary, indent=1))
     print(section)
     publish(distilled, data_args, config)
