@@ -12,14 +12,13 @@ from __future__ import annotations
 import copy
 import os
 import zlib
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
@@ -30,8 +29,8 @@ from ..models.generator import GeneratorConfig, GeneratorModel
 from ..placement import prepare_teacher
 from ..teacher.loading import check_compatible, load_teacher, logits_of
 from ..teacher.statistics import ActivationStatistics, teacher_activations
+from .base import HfKdTrainer
 from .configuration_data_free import DataFreeConfig
-from .trainer import log_loss_terms
 
 logger = logging.get_logger(__name__)
 
@@ -82,7 +81,7 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
-class DataFreeDistillationTrainer(Trainer):
+class DataFreeDistillationTrainer(HfKdTrainer):
     """A [`~transformers.Trainer`] that distils a frozen image teacher into the student without training data.
 
     Each training step draws a synthetic batch (Gaussian noise, or the generator's images), labels it with the
@@ -104,7 +103,6 @@ class DataFreeDistillationTrainer(Trainer):
     """
 
     _tag_names = ["hf_kd", "knowledge-distillation", "data-free"]
-    loss_is_scaled_for_ga = False
 
     def __init__(
         self, model: PreTrainedModel, teacher_model: nn.Module | str | None = None, args: DataFreeConfig | None = None,
@@ -135,13 +133,11 @@ class DataFreeDistillationTrainer(Trainer):
             model=model, args=args, train_dataset=SyntheticSteps(length * args.world_size), eval_dataset=eval_dataset,
             data_collator=collate_batches, processing_class=processing_class, compute_metrics=compute_metrics, **kwargs,
         )  # fmt: skip
-        self.model_accepts_loss_kwargs = False
         self.teacher_model = prepare_teacher(teacher, self.accelerator, sharding="whole")
         self.generator = generator.to(self.accelerator.device).train() if generator is not None else None
         self.generator_optimizer = (
             torch.optim.Adam(self.generator.parameters(), lr=args.generator_learning_rate) if generator else None
         )
-        self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._calls = 0  # training compute_loss calls of this process (a resume restarts at a step boundary)
         self.guard = {"reference_distance": None, "collapsed_run": 0, "collapses": 0, "restores_of_snapshot": 0,
                       "best_class_entropy": 0.0, "snapshot": None, "snapshot_step": None}  # fmt: skip
@@ -283,9 +279,8 @@ class DataFreeDistillationTrainer(Trainer):
             parameter.grad = gradient
         self.generator_optimizer.step()
         self.generator_optimizer.zero_grad(set_to_none=True)
-        self._metrics["loss_generator"].append(loss.detach())
-        for name, value in terms.items():
-            self._metrics[f"loss_generator_{name}"].append(value.detach())
+        self.record_loss_terms({"loss": loss, "generator": loss, **{f"generator_{k}": v for k, v in terms.items()}},
+                               training=True)  # fmt: skip
 
     # -----------------------------------------------------------------------------------------------------------------
     # The student's step
@@ -314,7 +309,7 @@ class DataFreeDistillationTrainer(Trainer):
             loss = generator_losses.logit_l1_distance(student_logits, teacher_logits)
         else:
             loss = generator_losses.kl_to_teacher(student_logits, teacher_logits, self.args.temperature)
-        self._metrics[f"loss_{self.args.student_loss}"].append(loss.detach())
+        self.record_loss_terms({"loss": loss, self.args.student_loss: loss}, training=True)
         self._watch_diversity(step, images, teacher_logits)
         return (loss, {"logits": student_logits}) if return_outputs else loss
 
@@ -325,10 +320,10 @@ class DataFreeDistillationTrainer(Trainer):
         """Log the batch's diversity; after `collapse_patience` collapsed batches in a row, restore the generator."""
         entropy = generator_losses.class_histogram_entropy(teacher_logits.argmax(dim=-1), self.num_classes)
         distance = generator_losses.mean_pairwise_distance(images[:256])
-        device = images.device
-        self._metrics["diversity_class_entropy"].append(torch.tensor(entropy, device=device))
-        self._metrics["diversity_pairwise_distance"].append(torch.tensor(distance, device=device))
-        self._metrics["collapses"].append(torch.tensor(float(self.guard["collapses"]), device=device))
+        window, device = self._metrics["train"], images.device  # logged beside the loss terms, averaged alike
+        window["diversity_class_entropy"].append(torch.tensor(entropy, device=device))
+        window["diversity_pairwise_distance"].append(torch.tensor(distance, device=device))
+        window["collapses"].append(torch.tensor(float(self.guard["collapses"]), device=device))
         if self.generator is None or not self.args.collapse_guard:
             return
         guard, args = self.guard, self.args
@@ -378,12 +373,6 @@ class DataFreeDistillationTrainer(Trainer):
     # -----------------------------------------------------------------------------------------------------------------
     # Logging, saving, resuming
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._metrics:  # a training log: the window's terms
-            log_loss_terms(self.accelerator, self._metrics, logs, "train")
-            self._metrics.clear()
-        super().log(logs, start_time)
-
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
@@ -414,12 +403,6 @@ class DataFreeDistillationTrainer(Trainer):
         self.generator.load_state_dict(state["generator"])
         self.generator_optimizer.load_state_dict(state["optimizer"])
         self.guard.update(state["guard"])
-
-    def create_model_card(self, model_name: str | None = None, report: Any = None, **kwargs) -> None:
-        """The distillation model card ([`hf_kd.report.modelcard.create_model_card`]) of the student."""
-        from ..report.modelcard import create_model_card
-
-        create_model_card(self, model_name=model_name, report=report, **kwargs)
 
     @torch.no_grad()
     def sample_images(self, count: int = 64, seed: int = 0) -> torch.Tensor:
