@@ -69,8 +69,9 @@ class DataFreeConfig(DistillationConfig):
             distance) and, after `collapse_patience` collapsed batches in a row, restore the generator's last good
             state (or a fresh one) with its optimizer, saying so in the log.
         collapse_min_class_entropy, collapse_min_distance_ratio, collapse_patience:
-            A batch is collapsed when its class entropy is below the first, or its pairwise distance below the
-            second times that of the generator's first batch.
+            A batch is collapsed when its pairwise distance is below `collapse_min_distance_ratio` (0.1) times that
+            of the generator's first batch (or ~0: identical images), or, when `collapse_min_class_entropy` > 0 (off
+            by default), its class entropy is below it after the generator has shown twice as much.
         save_generator (`bool`, *optional*, defaults to `True`):
             `save_model` also writes the generator to `<output_dir>/generator` (`GeneratorModel.from_pretrained`).
     """
@@ -120,8 +121,10 @@ class DataFreeConfig(DistillationConfig):
     )
     collapse_guard: bool = field(default=True, metadata={"help": "Detect a collapsed generator and restore it."})
     collapse_min_class_entropy: float = field(
-        default=0.1, metadata={"help": "A batch whose teacher class histogram has a lower normalised entropy collapsed."}
-    )
+        default=0.0,
+        metadata={"help": "Also count a batch whose teacher class histogram has a lower normalised entropy as collapsed, "
+                          "once the generator has shown twice that (0: off; DFAD's early batches hold one class)."},
+    )  # fmt: skip
     collapse_min_distance_ratio: float = field(
         default=0.1, metadata={"help": "A batch closer than this times the first batch's pairwise distance collapsed."}
     )

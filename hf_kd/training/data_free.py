@@ -329,15 +329,18 @@ class DataFreeDistillationTrainer(HfKdTrainer):
         guard, args = self.guard, self.args
         if guard["reference_distance"] is None:
             guard["reference_distance"] = distance
-        # Low class entropy counts once the generator has shown more (a teacher may answer one class on noise).
-        lost_classes = entropy < args.collapse_min_class_entropy <= guard["best_class_entropy"] / 2
-        # Identical images are collapsed whatever the first batch was (a generator may start collapsed).
+        # Identical images are collapsed whatever the first batch was (a generator may start collapsed). A single-class
+        # batch counts only when `collapse_min_class_entropy` > 0 and the generator has shown twice that entropy:
+        # DFAD's and a conditional generator's early batches often hold one class, which is no collapse.
         floor = max(args.collapse_min_distance_ratio * guard["reference_distance"], 1e-3)
+        lost_classes = entropy < args.collapse_min_class_entropy <= guard["best_class_entropy"] / 2
         collapsed = distance < floor or lost_classes
         guard["best_class_entropy"] = max(guard["best_class_entropy"], entropy)
         if not collapsed:
             guard["collapsed_run"] = 0
-            if guard["snapshot_step"] is None or step - guard["snapshot_step"] >= 10:
+            # A new good state once the generator has stayed good for `collapse_patience` steps since the last one
+            # (or the last restore): a state just before a collapse would be restored again and again.
+            if guard["snapshot_step"] is None or step - guard["snapshot_step"] >= args.collapse_patience:
                 guard["snapshot"] = self._generator_state()
                 guard["snapshot_step"], guard["restores_of_snapshot"] = step, 0
             return
@@ -360,10 +363,11 @@ class DataFreeDistillationTrainer(HfKdTrainer):
             self.generator_optimizer.load_state_dict(guard["snapshot"]["optimizer"])
             guard["restores_of_snapshot"] += 1
             action = f"restored its state of step {guard['snapshot_step']}"
+            guard["snapshot_step"] = step  # kept, but no newer one before `collapse_patience` good steps
         else:  # no good state, or it collapsed again from it: start afresh
             self.generator.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
             self.generator_optimizer.state.clear()
-            guard["snapshot"], guard["snapshot_step"], guard["restores_of_snapshot"] = None, None, 0
+            guard["snapshot"], guard["snapshot_step"], guard["restores_of_snapshot"] = None, step, 0
             action = "re-initialised it and its optimizer"
         logger.warning(
             f"Data-free collapse guard: the generator collapsed at step {step} ({self.args.collapse_patience} batches "
