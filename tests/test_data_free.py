@@ -161,7 +161,7 @@ class KillAt(TrainerCallback):
 def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path):
     def run(output, callbacks=(), resume=None):
         args = data_free_args(tmp_path, "dafl", output_dir=str(tmp_path / output), max_steps=8, save_strategy="steps",
-                              save_steps=4, generator_learning_rate=0.01)  # fmt: skip
+                              save_steps=4, generator_learning_rate=0.01, replay_batches=3)  # fmt: skip
         trainer = DataFreeDistillationTrainer(
             model=tiny_mlp(1, (8,)), teacher_model=tiny_mlp(0), args=args, callbacks=list(callbacks)
         )
@@ -173,6 +173,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path):
         run("killed", [KillAt(6)])
     assert (tmp_path / "killed" / "checkpoint-4" / STATE_NAME).is_file()
     resumed = run("killed", resume=str(tmp_path / "killed" / "checkpoint-4"))
+    assert len(resumed.replay_pool) == 3
     for a, b in ((whole.model, resumed.model), (whole.generator, resumed.generator)):
         for name, tensor in a.state_dict().items():
             assert torch.equal(tensor, b.state_dict()[name]), name

@@ -72,6 +72,10 @@ class DataFreeConfig(DistillationConfig):
             A batch is collapsed when its pairwise distance is below `collapse_min_distance_ratio` (0.1) times that
             of the generator's first batch (or ~0: identical images), or, when `collapse_min_class_entropy` > 0 (off
             by default), its class entropy is below it after the generator has shown twice as much.
+        replay_batches (`int`, *optional*, defaults to `0`):
+            Each student step also trains on one past synthetic batch drawn from the last `replay_batches` (with
+            its teacher logits), as Fast-DFKD replays a memory of synthetic data: less forgetting while the generator
+            moves. Saved in checkpoints.
         save_generator (`bool`, *optional*, defaults to `True`):
             `save_model` also writes the generator to `<output_dir>/generator` (`GeneratorModel.from_pretrained`).
     """
@@ -129,6 +133,11 @@ class DataFreeConfig(DistillationConfig):
         default=0.1, metadata={"help": "A batch closer than this times the first batch's pairwise distance collapsed."}
     )
     collapse_patience: int = field(default=50, metadata={"help": "Collapsed batches in a row before restoring."})
+    replay_batches: int = field(
+        default=0,
+        metadata={"help": "Train the student on each batch plus one of the last N synthetic batches (Fast-DFKD's "
+                          "memory; 0: off)."},
+    )  # fmt: skip
     save_generator: bool = field(default=True, metadata={"help": "save_model writes the generator too."})
 
     def __post_init__(self):
@@ -156,9 +165,7 @@ class DataFreeConfig(DistillationConfig):
             raise ValueError(f"generator_output_norm must be one of {list(OUTPUT_NORMS)}, got {self.generator_output_norm!r}.")
         if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
             raise ValueError(f"input_shape must be three positive integers (channels height width), got {self.input_shape}.")
-        if self.data_free_method != "statistics" and self.teacher_model_name_or_path and isinstance(
-            self.teacher_model_name_or_path, list
-        ):
+        if isinstance(self.teacher_model_name_or_path, list):
             raise ValueError("Data-free distillation takes one teacher, got several in teacher_model_name_or_path.")
 
     def _check_numbers(self) -> None:
@@ -168,6 +175,8 @@ class DataFreeConfig(DistillationConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+        if isinstance(self.replay_batches, bool) or not isinstance(self.replay_batches, int) or self.replay_batches < 0:
+            raise ValueError(f"replay_batches must be an integer >= 0, got {self.replay_batches!r}.")
         for name in ("student_steps_per_generator_step", "collapse_patience", "generator_latent_dim",
                      "generator_hidden_size"):  # fmt: skip
             value = getattr(self, name)

@@ -138,6 +138,7 @@ class DataFreeDistillationTrainer(HfKdTrainer):
         self.generator_optimizer = (
             torch.optim.Adam(self.generator.parameters(), lr=args.generator_learning_rate) if generator else None
         )
+        self.replay_pool: list[tuple[torch.Tensor, torch.Tensor]] = []  # past synthetic batches (replay_batches)
         self._calls = 0  # training compute_loss calls of this process (a resume restarts at a step boundary)
         self.guard = {"reference_distance": None, "collapsed_run": 0, "collapses": 0, "restores_of_snapshot": 0,
                       "best_class_entropy": 0.0, "snapshot": None, "snapshot_step": None}  # fmt: skip
@@ -304,14 +305,30 @@ class DataFreeDistillationTrainer(HfKdTrainer):
         with torch.no_grad():
             images, _ = self.synthesise(step, "student")
             teacher_logits = logits_of(self._teacher_outputs(images, hidden=False)).float()
+        self._watch_diversity(step, images, teacher_logits)
+        images, teacher_logits = self._with_replay(step, images, teacher_logits)
         student_logits = logits_of(model(**{self._student_input: images}))
         if self.args.student_loss == "l1":
             loss = generator_losses.logit_l1_distance(student_logits, teacher_logits)
         else:
             loss = generator_losses.kl_to_teacher(student_logits, teacher_logits, self.args.temperature)
         self.record_loss_terms({"loss": loss, self.args.student_loss: loss}, training=True)
-        self._watch_diversity(step, images, teacher_logits)
         return (loss, {"logits": student_logits}) if return_outputs else loss
+
+    def _with_replay(self, step: int, images: torch.Tensor, teacher_logits: torch.Tensor):
+        """With `replay_batches` > 0 (Fast-DFKD's memory), the batch plus one past synthetic batch drawn at random
+        from the last `replay_batches` (with the teacher's logits of then: the teacher is frozen)."""
+        if not self.args.replay_batches:
+            return images, teacher_logits
+        pool = self.replay_pool
+        if pool:
+            index = int(torch.randint(len(pool), (1,), generator=self._random(step, "replay")))
+            past_images, past_logits = pool[index]
+        pool.append((images.detach(), teacher_logits.detach()))
+        del pool[: -self.args.replay_batches]
+        if len(pool) == 1:
+            return images, teacher_logits
+        return torch.cat([images, past_images]), torch.cat([teacher_logits, past_logits])
 
     # -----------------------------------------------------------------------------------------------------------------
     # Collapse guard
@@ -388,7 +405,8 @@ class DataFreeDistillationTrainer(HfKdTrainer):
         if self.generator is None or not self.args.should_save:
             return
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        torch.save({**self._generator_state(), "guard": dict(self.guard)}, os.path.join(folder, STATE_NAME))
+        state = {**self._generator_state(), "guard": dict(self.guard), "replay": [list(pair) for pair in self.replay_pool]}
+        torch.save(state, os.path.join(folder, STATE_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -407,6 +425,7 @@ class DataFreeDistillationTrainer(HfKdTrainer):
         self.generator.load_state_dict(state["generator"])
         self.generator_optimizer.load_state_dict(state["optimizer"])
         self.guard.update(state["guard"])
+        self.replay_pool[:] = [tuple(pair) for pair in state.get("replay", [])]
 
     @torch.no_grad()
     def sample_images(self, count: int = 64, seed: int = 0) -> torch.Tensor:
