@@ -57,11 +57,13 @@ def activation_statistics_loss(
 
     `activations` `(B, D)` of one layer, `labels` `(B,)` the class each example was generated for; `means` and
     `variances` `(C, D)` recorded per class. For each class present in the batch: `(m_c - mu_c)^2 + (s_c - sigma_c)^2`
-    per unit (`m`, `s` the batch's mean and standard deviation over that class's examples), divided by `scale` `(D,)`
-    (default: the mean recorded variance per unit, so that layers of any magnitude weigh alike), then averaged over
-    units and classes.
+    per unit (`m`, `s` the batch's mean and standard deviation over that class's examples), divided by `scale` (default:
+    the layer's mean recorded variance, so that layers of any magnitude weigh alike), then averaged over units and
+    classes.
     """
-    scale = (variances.mean(dim=0) if scale is None else scale).clamp_min(1e-6)
+    # One scale per layer, not per unit: a unit that real data never activates (variance ~0) would otherwise weigh
+    # without bound, and the generator would chase it alone.
+    scale = (variances.mean() if scale is None else scale).clamp_min(1e-6)
     # Per-class sums as one matmul (a Python loop over classes costs more than the teacher's forward).
     one_hot = torch.nn.functional.one_hot(labels, means.shape[0]).to(activations.dtype).float()  # (B, C)
     counts = one_hot.sum(dim=0)
