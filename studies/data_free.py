@@ -122,6 +122,18 @@ def markdown(results: list[dict], teacher_test: float, command: str, total_s: fl
     return "\n".join(lines) + "\n"
 
 
+def merge(paths: list[str], output: Path) -> None:
+    parts = [json.loads(Path(path).read_text()) for path in paths]
+    results = [result for part in parts for result in part["results"]]
+    command = "\n".join(part["command"] for part in parts)
+    wall = max(part["wall_time_s"] for part in parts)
+    summary = {"commands": [part["command"] for part in parts], "teacher_test_accuracy": parts[0]["teacher_test_accuracy"],
+               "results": results, "wall_time_s": wall, "note": "the commands ran in parallel"}  # fmt: skip
+    output.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    text = markdown(results, summary["teacher_test_accuracy"], command, wall)
+    output.with_suffix(".md").write_text(text.replace("Command: `", "Commands (run in parallel): `"))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher_dir", required=True)
@@ -137,7 +149,11 @@ def main(argv=None):
                         "'{\"dafl\": {\"generator_learning_rate\": 0.01}}'.")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default="docs/data-free-study")
+    parser.add_argument("--merge", nargs="+", help="Instead of running: merge these JSON outputs (runs made in "
+                        "parallel, one process per method) into --output.")  # fmt: skip
     cli = parser.parse_args(argv)
+    if cli.merge:
+        return merge(cli.merge, Path(cli.output))
     torch.set_num_threads(cli.threads)
     started = time.perf_counter()
     command = "python studies/data_free.py " + shlex.join(sys.argv[1:] if argv is None else argv)
