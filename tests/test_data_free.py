@@ -269,29 +269,39 @@ def test_batchnorm_statistics_term_for_a_teacher_with_batchnorm(tmp_path):
 # The example, on a dataset that has only its evaluation split
 
 
-@pytest.mark.slow
-def test_example_runs_on_a_dataset_without_a_train_split(tmp_path):
-    from datasets import DatasetDict
-    from test_examples_image import LOCAL_ACCURACY, make_image_dataset, run_example
-
+def _teacher_dir(tmp_path):
     from hf_kd.models import image_processor_for_preset, model_from_preset
 
-    DatasetDict({"test": make_image_dataset(64, 28, "L")}).save_to_disk(tmp_path / "data")
     teacher = model_from_preset("mnist-mlp-teacher", num_labels=10)
     teacher.config.id2label = {i: f"class_{i}" for i in range(10)}
     teacher.config.label2id = {name: i for i, name in teacher.config.id2label.items()}
     teacher.save_pretrained(tmp_path / "teacher")
     image_processor_for_preset("mnist-mlp-teacher").save_pretrained(tmp_path / "teacher")
+    return tmp_path / "teacher"
+
+
+def _run_data_free_example(tmp_path, splits: dict, *extra: str):
+    from datasets import DatasetDict
+    from test_examples_image import LOCAL_ACCURACY, run_example
+
+    DatasetDict(splits).save_to_disk(tmp_path / "data")
     output = tmp_path / "run"
     run_example(
         "distill_mnist.py", "--dataset_name", str(tmp_path / "data"), "--distillation_mode", "data_free",
-        "--data_free_method", "dafl", "--teacher_model_name_or_path", str(tmp_path / "teacher"),
+        "--data_free_method", "dafl", "--teacher_model_name_or_path", str(_teacher_dir(tmp_path)),
         "--data_free_steps", "8", "--data_free_batch_size", "16", "--output_dir", str(output),
-        "--metric_name_or_path", LOCAL_ACCURACY, "--latency_examples", "5", "--logging_steps", "2",
+        "--metric_name_or_path", LOCAL_ACCURACY, "--latency_examples", "5", "--logging_steps", "2", *extra,
     )  # fmt: skip
     report = json.loads((output / "distillation_report.json").read_text())
+    return output, report, json.loads((output / "data_free.json").read_text())
+
+
+@pytest.mark.slow
+def test_example_runs_on_a_dataset_without_a_train_split(tmp_path):
+    from test_examples_image import make_image_dataset
+
+    output, report, summary = _run_data_free_example(tmp_path, {"test": make_image_dataset(64, 28, "L")})
     assert [model["name"] for model in report["models"]] == ["teacher", "student_data_free"]
-    summary = json.loads((output / "data_free.json").read_text())
     assert summary["models"]["student_data_free"]["real_training_examples"] == 0
     assert summary["models"]["student_data_free"]["train_time_s"] > 0
     assert (output / "synthetic_samples.png").stat().st_size > 1000
@@ -302,3 +312,14 @@ def test_example_runs_on_a_dataset_without_a_train_split(tmp_path):
     assert (output / "generator" / "config.json").is_file() and not (output / "student_data_free" / "generator").exists()
     student, kd_size = report["models"][1], 79_510 * 4 / 1e6
     assert kd_size < student["size_mb"] < kd_size + 0.1  # the generator is not counted with the student
+
+
+@pytest.mark.slow
+def test_example_trains_the_ce_baseline_when_there_is_a_train_split(tmp_path):
+    from test_examples_image import make_image_dataset
+
+    splits = {"train": make_image_dataset(48, 28, "L", seed=1), "test": make_image_dataset(32, 28, "L")}
+    _, report, summary = _run_data_free_example(tmp_path, splits, "--num_train_epochs", "1")
+    assert [model["name"] for model in report["models"]] == ["teacher", "student_ce", "student_data_free"]
+    assert summary["models"]["student_ce"]["real_training_examples"] == 48
+    assert summary["models"]["student_data_free"]["real_training_examples"] == 0
