@@ -116,11 +116,11 @@ def selected(result: dict) -> str:
 def markdown(results: list[dict], teacher_test: float, command: str, total_s: float) -> str:
     lines = [
         "# Data-free distillation on MNIST (study)", "", f"Command: `{command}`", "",
-        f"Teacher (MNIST MLP 784-400-100-10) test accuracy: {100 * teacher_test:.2f}%. Student: MLP 784-100-10, "
-        "never shown a training image. Test accuracy of the final student; time = training wall time on this "
-        "machine's CPU (evaluation off the clock).", "",
-        "| method | seed | steps | train time (s) | validation acc. | test acc. | test acc. of the best-on-validation "
-        "student (step) | collapses |", "|---|---|---|---|---|---|---|---|",
+        (f"Teacher (MNIST MLP 784-400-100-10) test accuracy: {100 * teacher_test:.2f}%. Student: MLP 784-100-10, "
+         "never shown a training image. Test accuracy of the final student; time = training wall time on this "
+         "machine's CPU (evaluation off the clock)."), "",
+        ("| method | seed | steps | train time (s) | validation acc. | test acc. | test acc. of the best-on-validation "
+         "student (step) | collapses |"), "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in results:
         lines.append(

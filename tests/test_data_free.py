@@ -10,13 +10,20 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForImageClassification, TrainerCallback
 
-from hf_kd.losses import generator as losses
-from hf_kd.models import GeneratorConfig, GeneratorModel, MLPConfig, MLPForImageClassification
-from hf_kd.teacher.statistics import STATISTICS_FILE, ActivationStatistics, record_activation_statistics
 from hf_kd.data import InMemoryDataset
+from hf_kd.losses import generator as losses
+from hf_kd.models import (
+    GeneratorConfig,
+    GeneratorModel,
+    MLPConfig,
+    MLPForImageClassification,
+)
+from hf_kd.teacher.statistics import (
+    ActivationStatistics,
+    record_activation_statistics,
+)
 from hf_kd.training.configuration_data_free import DataFreeConfig
 from hf_kd.training.data_free import STATE_NAME, DataFreeDistillationTrainer
 

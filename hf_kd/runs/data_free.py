@@ -39,9 +39,9 @@ from .experiment import (
     ModelData,
     Trained,
     compute_metrics_for,
-    finish_training,
     measure,
     publish,
+    run_stage,
     stage_args,
     train_baseline,
     write_report,
@@ -95,7 +95,7 @@ def distil_data_free(
         model=student, teacher_model=teacher, args=args, eval_dataset=data.eval_dataset,
         processing_class=data.processing_class, compute_metrics=compute_metrics,
     )  # fmt: skip
-    trained = finish_training(name, trainer, data)
+    trained = run_stage(name, trainer, data)
     if trainer.generator is not None and args.should_save:
         trainer.generator.save_pretrained(Path(config.output_dir) / GENERATOR_DIR)
     return trained
@@ -139,12 +139,12 @@ def examples_section(runs: list[Trained], grid: str | None, args: DataFreeConfig
         seen = "before this run" if row["real_training_examples"] is None else f"{row['real_training_examples']:,}"
         time_s = "-" if row["train_time_s"] is None else f"{row['train_time_s']:.1f}"
         lines.append(f"| {name} | {seen} | {time_s} |")
-    lines += ["", f"`{DATA_FREE_DIR}` was distilled from the teacher alone, on synthetic inputs: it never read a "
+    lines += ["", (f"`{DATA_FREE_DIR}` was distilled from the teacher alone, on synthetic inputs: it never read a "
                   "training example (the dataset's training split, if any, trained only the CE-only baseline). "
                   f"Method `{args.data_free_method}`, {args.max_steps} steps of {args.per_device_train_batch_size} "
                   f"synthetic inputs, student loss {args.student_loss} (T={args.temperature:g}), lr "
                   f"{args.learning_rate:g}, generator lr {args.generator_learning_rate:g}; the generator is in "
-                  f"`{GENERATOR_DIR}/` (see docs/data-free.md)."]  # fmt: skip
+                  f"`{GENERATOR_DIR}/` (see docs/data-free.md).")]  # fmt: skip
     if grid:
         lines += ["", f"![synthetic inputs the data-free student was trained on]({grid})"]
     return "\n".join(lines) + "\n", rows

@@ -121,7 +121,11 @@ def _find_file(where: str, hub_kwargs: dict) -> str | None:
         path = os.path.join(where, STATISTICS_FILE)
         return path if os.path.isfile(path) else None
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        RepositoryNotFoundError,
+    )
 
     try:
         return hf_hub_download(where, STATISTICS_FILE, **hub_kwargs)

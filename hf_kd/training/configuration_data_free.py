@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
-from ..models.generator.configuration_generator import GENERATOR_ARCHITECTURES, OUTPUT_NORMS
+from ..models.generator.configuration_generator import (
+    GENERATOR_ARCHITECTURES,
+    OUTPUT_NORMS,
+)
 from .configuration_distillation import DistillationConfig
 
 DATA_FREE_METHODS = ("noise", "dafl", "dfad", "statistics")

@@ -64,9 +64,7 @@ class GeneratorModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         # PyTorch's defaults, not `PreTrainedModel`'s N(0, 0.02): the references' generators are initialised so.
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            module.reset_parameters()
-        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)):
             module.reset_parameters()
 
     def forward(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
