@@ -17,6 +17,8 @@ Black box: `--teacher_url http://127.0.0.1:8000` distils from a teacher known on
 `python -m hf_kd.serve DIR`): `--teacher_answers probs|top_k|label`, `--teacher_top_k K`, `--max_labeled_samples N`
 (labels on the first N training images only), `--transfer_dataset` (unlabeled images the teacher answers). See
 docs/black-box.md.
+Data-free: `--distillation_mode data_free --data_free_method {noise,dafl,dfad,statistics} --teacher_model_name_or_path
+DIR` distils the student from the teacher alone (docs/data-free.md); the dataset may hold the evaluation split only.
 """
 
 from hf_kd import DistillationTrainer
@@ -24,6 +26,7 @@ from hf_kd.data import RandomShiftCollator
 from hf_kd.report.metrics import load_metric
 from hf_kd.runs.arguments import parse_image_arguments
 from hf_kd.runs.black_box import black_box_data, distil_black_box, image_column_of, image_transfer_inputs
+from hf_kd.runs.data_free import run_data_free
 from hf_kd.runs.experiment import (
     STUDENT_KD_DIR,
     STUDENT_KD_DIRECT_DIR,
@@ -65,6 +68,8 @@ def distil_images(data_args, experiment_args, config):
 
     # 2. Data: every image decoded and normalised once with the student's image processor, then held in memory.
     image_processor = image_processor_for(experiment_args.student)
+    if experiment_args.distillation_mode == "data_free":  # the teacher alone: the training split is never read
+        return run_data_free(data_args, experiment_args, config, metric, image_processor)
     data, label_names = load_image_data(data_args, image_processor)
     if experiment_args.teacher_url:  # black box: the teacher's answers over HTTP, few labels, transfer sets
         column = image_column_of(data_args)

@@ -21,6 +21,7 @@ from transformers import (
 )
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
+from .generator import GeneratorConfig, GeneratorModel
 from .cnn import CNNConfig, CNNForImageClassification, CNNModel, CNNPreTrainedModel
 from .image_processing_hf_kd import HfKdImageProcessor
 from .mlp import MLPConfig, MLPForImageClassification, MLPModel, MLPPreTrainedModel
@@ -61,6 +62,9 @@ for _config_class, _base_class, _model_class in (
     _base_class.register_for_auto_class("AutoModel")
     _model_class.register_for_auto_class("AutoModelForImageClassification")
 HfKdImageProcessor.register_for_auto_class("AutoImageProcessor")
+# The data-free generator: loads with AutoModel.from_pretrained (in-library only; it is not a classifier).
+AutoConfig.register(GeneratorConfig.model_type, GeneratorConfig, exist_ok=True)
+AutoModel.register(GeneratorConfig, GeneratorModel, exist_ok=True)
 del _config_class, _base_class, _model_class
 
 
@@ -71,6 +75,8 @@ __all__ = [
     "CNNForImageClassification",
     "CNNModel",
     "CNNPreTrainedModel",
+    "GeneratorConfig",
+    "GeneratorModel",
     "HfKdImageProcessor",
     "MLPConfig",
     "MLPForImageClassification",

@@ -169,8 +169,9 @@ class ExperimentArguments:
             "help": "offline: a teacher trained first (or loaded), then distilled. mutual: --peers trained together "
             "by deep mutual learning. born_again: --generations of the student's architecture, each distilled from "
             "the previous (generation 0: the CE-only baseline). ema: the student distilled from a moving average of "
-            "itself (--ema_decay). Images only.",
-            "choices": ["offline", "mutual", "born_again", "ema"],
+            "itself (--ema_decay). data_free: the loaded teacher (--teacher_model_name_or_path) distilled without "
+            "reading the training split, on synthetic inputs (--data_free_method). Images only.",
+            "choices": ["offline", "mutual", "born_again", "ema", "data_free"],
         },
     )
     peers: str = field(
@@ -183,6 +184,28 @@ class ExperimentArguments:
     generations: int = field(default=3, metadata={"help": "--distillation_mode born_again: how many generations."})
     ema_decay: float = field(
         default=0.99, metadata={"help": "--distillation_mode ema: the teacher's decay per optimizer step."}
+    )
+    data_free_method: str = field(
+        default="dafl",
+        metadata={
+            "help": "--distillation_mode data_free: noise (Gaussian inputs, the baseline), dafl (Chen et al. 2019), "
+            "dfad (Fang et al. 2019, adversarial) or statistics (Lopes et al. 2017: needs the activation statistics "
+            "recorded beside the teacher).",
+            "choices": ["noise", "dafl", "dfad", "statistics"],
+        },
+    )
+    data_free_steps: int = field(
+        default=3000, metadata={"help": "--distillation_mode data_free: training steps (one synthetic batch each)."}
+    )
+    data_free_batch_size: int = field(
+        default=256, metadata={"help": "--distillation_mode data_free: synthetic examples per step and process."}
+    )
+    data_free_options: str | None = field(
+        default=None,
+        metadata={
+            "help": "--distillation_mode data_free: other DataFreeConfig fields as a JSON object, e.g. "
+            "'{\"generator_learning_rate\": 0.001, \"collapse_patience\": 100}'."
+        },
     )
 
     def __post_init__(self):
@@ -369,6 +392,11 @@ def parse_image_arguments(
     needs_teacher = (experiment_args.distillation_mode == "offline" and not experiment_args.teacher_url) or (
         experiment_args.distillation_mode == "mutual" and "teacher" in experiment_args.peers.split(",")
     )
+    if experiment_args.distillation_mode == "data_free" and not config.teacher_model_name_or_path:
+        raise ValueError(
+            "--distillation_mode data_free distils a trained teacher: give --teacher_model_name_or_path (a teacher "
+            "trained here would read the training split)."
+        )
     if needs_teacher and not experiment_args.teacher and not config.teacher_model_name_or_path:
         raise ValueError(
             "Give --teacher (an architecture to train) or --teacher_model_name_or_path (a trained teacher)."

@@ -1,1 +1,1 @@
-"""The trainers (`DistillationTrainer`, `MutualLearningTrainer`) on one base, their configs, and training callbacks."""
+"""The trainers (`DistillationTrainer`, `MutualLearningTrainer`, `DataFreeDistillationTrainer`) on one base, their configs, and training callbacks."""

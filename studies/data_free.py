@@ -1,0 +1,220 @@
+#!/usr/bin/env python
+"""Data-free distillation on real MNIST: noise / DAFL / DFAD / statistics, accuracy against wall time.
+
+    . ../shared/offline-hf.sh
+    python examples/distill_mnist.py --output_dir /tmp/df-teacher --skip_baseline   # the headline teacher, once
+    nice -n 19 python studies/data_free.py --teacher_dir /tmp/df-teacher/teacher --seeds 0 1 2 \
+        --output docs/data-free-study
+
+Each (method, seed) distils the MNIST MLP student (784-100-10) from the teacher with [`DataFreeDistillationTrainer`]
+for `--max_steps` steps or `--time_budget_s` seconds of training, whichever comes first; the student is scored on a
+validation split carved from the training split (every `--eval_every` steps, off the clock: the accuracy-vs-time
+curve, and what any tuning looked at) and, once at the end, on the test split. `statistics` first records the
+teacher's activation statistics from the training split (what the teacher's owner ships), unless they are there.
+Writes `<output>.json` (every curve) and `<output>.md` (the table), with the command, seeds and wall times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageClassification, TrainerCallback
+
+from hf_kd.data import InMemoryDataset, load_image_classification_dataset
+from hf_kd.models import image_processor_for_preset, model_from_preset
+from hf_kd.teacher.statistics import STATISTICS_FILE, record_activation_statistics
+from hf_kd.training.configuration_data_free import DataFreeConfig
+from hf_kd.training.data_free import DataFreeDistillationTrainer
+
+VALIDATION_SIZE = 5000
+
+
+@torch.no_grad()
+def accuracy(model, dataset: InMemoryDataset, batch_size: int = 2000) -> float:
+    was_training = model.training
+    model.eval()
+    x, y = dataset.columns["pixel_values"], dataset.columns["labels"]
+    correct = sum(
+        (model(pixel_values=x[i : i + batch_size]).logits.argmax(-1) == y[i : i + batch_size]).sum().item()
+        for i in range(0, len(y), batch_size)
+    )
+    model.train(was_training)
+    return correct / len(y)
+
+
+class Curve(TrainerCallback):
+    """Validation accuracy every `every` steps against training wall time (evaluation off the clock); stops the run
+    when the training time passes `budget_s`."""
+
+    def __init__(self, validation: InMemoryDataset, every: int, budget_s: float):
+        self.validation, self.every, self.budget_s = validation, every, budget_s
+        self.points, self.train_s, self._since = [], 0.0, None
+        self.best = (-1.0, None, None)  # validation accuracy, step, student state: model selection on validation
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._since = time.perf_counter()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.train_s += time.perf_counter() - self._since
+        if state.global_step % self.every == 0 or self.train_s >= self.budget_s:
+            score = accuracy(model, self.validation)
+            self.points.append([state.global_step, round(self.train_s, 1), score])
+            if score > self.best[0]:
+                self.best = (score, state.global_step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        if self.train_s >= self.budget_s:
+            control.should_training_stop = True
+
+
+def load_data():
+    processor = image_processor_for_preset("mnist-mlp-student")
+    splits, _ = load_image_classification_dataset("ylecun/mnist", processor)
+    train = InMemoryDataset.from_dataset(splits["train"])
+    n = len(train)
+    validation = InMemoryDataset({k: v[n - VALIDATION_SIZE :] for k, v in train.columns.items()})
+    return train, validation, InMemoryDataset.from_dataset(splits["eval"])
+
+
+def run_one(method: str, seed: int, teacher, validation, test, cli, options: dict) -> dict:
+    torch.manual_seed(seed)
+    student = model_from_preset("mnist-mlp-student")
+    args = DataFreeConfig(
+        output_dir=f"/tmp/data-free-study/{method}-{seed}", data_free_method=method, seed=seed,
+        max_steps=cli.max_steps, per_device_train_batch_size=cli.batch_size, learning_rate=cli.learning_rate,
+        temperature=cli.temperature, lr_scheduler_type="constant", save_strategy="no", logging_steps=100,
+        report_to="none", use_cpu=True, disable_tqdm=True, **options,
+    )  # fmt: skip
+    curve = Curve(validation, cli.eval_every, cli.time_budget_s)
+    trainer = DataFreeDistillationTrainer(model=student, teacher_model=teacher, args=args, callbacks=[curve])
+    start = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - start
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    final_test = accuracy(student, test)
+    best_validation, best_step, best_state = curve.best
+    student.load_state_dict(best_state)
+    return {
+        "method": method, "seed": seed, "steps": trainer.state.global_step, "train_time_s": round(curve.train_s, 1),
+        "wall_time_s": round(wall, 1), "validation_accuracy": curve.points[-1][2] if curve.points else None,
+        "test_accuracy": final_test, "best_validation_step": best_step, "best_validation_accuracy": best_validation,
+        "best_validation_test_accuracy": accuracy(student, test), "curve": curve.points,
+        "collapses": trainer.guard["collapses"], "last_log": logs[-1] if logs else None,
+    }  # fmt: skip
+
+
+def selected(result: dict) -> str:
+    if result.get("best_validation_test_accuracy") is None:
+        return "not recorded"
+    return f"{100 * result['best_validation_test_accuracy']:.2f} ({result['best_validation_step']})"
+
+
+def markdown(results: list[dict], teacher_test: float, command: str, total_s: float) -> str:
+    lines = [
+        "# Data-free distillation on MNIST (study)", "", f"Command: `{command}`", "",
+        (f"Teacher (MNIST MLP 784-400-100-10) test accuracy: {100 * teacher_test:.2f}%. Student: MLP 784-100-10, "
+         "never shown a training image. Test accuracy of the final student; time = training wall time on this "
+         "machine's CPU (evaluation off the clock)."), "",
+        ("| method | seed | steps | train time (s) | validation acc. | test acc. | test acc. of the best-on-validation "
+         "student (step) | collapses |"), "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in results:
+        lines.append(
+            f"| {r['method']} | {r['seed']} | {r['steps']} | {r['train_time_s']} | {100 * r['validation_accuracy']:.2f} "
+            f"| {100 * r['test_accuracy']:.2f} | {selected(r)} | {r['collapses']} |"
+        )
+    lines += ["", "| method | seeds | mean test acc. | min | max | mean train time (s) |", "|---|---|---|---|---|---|"]
+    for method in dict.fromkeys(r["method"] for r in results):
+        accs = [r["test_accuracy"] for r in results if r["method"] == method]
+        times = [r["train_time_s"] for r in results if r["method"] == method]
+        lines.append(f"| {method} | {len(accs)} | {100 * sum(accs) / len(accs):.2f} | {100 * min(accs):.2f} | "
+                     f"{100 * max(accs):.2f} | {sum(times) / len(times):.0f} |")  # fmt: skip
+    lines += ["", f"Total wall time of the study: {total_s / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def merge(paths: list[str], output: Path) -> None:
+    parts = [json.loads(Path(path).read_text()) for path in paths]
+    results = [result for part in parts for result in part["results"]]
+    command = "\n".join(part["command"] for part in parts)
+    wall = max(part["wall_time_s"] for part in parts)
+    summary = {"commands": [part["command"] for part in parts], "teacher_test_accuracy": parts[0]["teacher_test_accuracy"],
+               "results": results, "wall_time_s": wall, "note": "the commands ran in parallel"}  # fmt: skip
+    output.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    text = markdown(results, summary["teacher_test_accuracy"], command, wall)
+    output.with_suffix(".md").write_text(text.replace("Command: `", "Commands (run in parallel): `"))
+    plot_curves(results, output.with_suffix(".png"))
+
+
+def plot_curves(results: list[dict], path: Path) -> None:
+    """Validation accuracy against training time, one line per (method, seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"noise": "tab:gray", "dafl": "tab:orange", "dfad": "tab:blue", "statistics": "tab:green"}
+    figure, ax = plt.subplots(figsize=(7, 4))
+    for r in results:
+        times, scores = [p[1] / 60 for p in r["curve"]], [100 * p[2] for p in r["curve"]]
+        ax.plot(times, scores, color=colors.get(r["method"]), alpha=0.8, label=f"{r['method']} (seed {r['seed']})")
+    ax.axhline(93, color="red", linestyle=":", label="target 93%")
+    ax.set(xlabel="training time (min, this CPU)", ylabel="validation accuracy (%)", ylim=(40, 100),
+           title="Data-free MNIST student: accuracy vs time")  # fmt: skip
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--teacher_dir", required=True)
+    parser.add_argument("--methods", nargs="+", default=["noise", "dafl", "dfad", "statistics"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--max_steps", type=int, default=3000)
+    parser.add_argument("--time_budget_s", type=float, default=900.0)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--eval_every", type=int, default=250)
+    parser.add_argument("--options", default="{}", help="JSON: DataFreeConfig fields by method, e.g. "
+                        "'{\"dafl\": {\"generator_learning_rate\": 0.01}}'.")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", default="docs/data-free-study")
+    parser.add_argument("--merge", nargs="+", help="Instead of running: merge these JSON outputs (runs made in "
+                        "parallel, one process per method) into --output.")  # fmt: skip
+    cli = parser.parse_args(argv)
+    if cli.merge:
+        return merge(cli.merge, Path(cli.output))
+    torch.set_num_threads(cli.threads)
+    started = time.perf_counter()
+    command = "python studies/data_free.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    train, validation, test = load_data()
+    teacher = AutoModelForImageClassification.from_pretrained(cli.teacher_dir).eval()
+    if "statistics" in cli.methods and not (Path(cli.teacher_dir) / STATISTICS_FILE).is_file():
+        record_activation_statistics(teacher, train).save_pretrained(cli.teacher_dir)
+    options = json.loads(cli.options)
+    results = []
+    for seed in cli.seeds:
+        for method in cli.methods:
+            # `statistics` reads the file beside the teacher (teacher.name_or_path is its directory).
+            results.append(run_one(method, seed, teacher, validation, test, cli, dict(options.get(method, {}))))
+            print(json.dumps({k: v for k, v in results[-1].items() if k != "curve"}), flush=True)
+            output = Path(cli.output)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            summary = {"command": command, "teacher_test_accuracy": accuracy(teacher, test), "results": results,
+                       "wall_time_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+            output.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+            output.with_suffix(".md").write_text(
+                markdown(results, summary["teacher_test_accuracy"], command, summary["wall_time_s"])
+            )
+
+
+if __name__ == "__main__":
+    main()
