@@ -197,3 +197,23 @@ def choose_on_validation(candidates: Sequence[dict], validation_score: Callable[
     tried = [(candidate, validation_score(candidate)) for candidate in candidates]
     best = max(range(len(tried)), key=lambda index: (tried[index][1], -index))
     return tried[best][0], tried
+
+
+def main() -> None:
+    """`python studies/harness.py --method 79.27 79.77 79.41 --baseline 77.14 79.50 79.23`: the paired difference of
+    per-seed scores (same seed order) already published, with its standard error and verdict."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--method", type=float, nargs="+", required=True, help="per-seed scores of the method")
+    parser.add_argument("--baseline", type=float, nargs="+", required=True, help="the baseline's, same seed order")
+    options = parser.parse_args()
+    if len(options.method) != len(options.baseline):
+        parser.error("--method and --baseline need one score per seed each, in the same seed order.")
+    pair = paired_difference(dict(enumerate(options.method)), dict(enumerate(options.baseline)))
+    print(f"paired difference {pair['mean']:+.2f} ± {pair['se']:.2f} (SE, {len(pair['seeds'])} seeds): "
+          f"{verdict(pair['mean'], pair['se'])}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
