@@ -7,13 +7,16 @@ Stages (each writes `<stage>.md` / `<stage>.json` in `--output_dir`; the teacher
 so a second run reuses them):
 
 - `full`: every label; CE only vs logit KD (temperature and alpha chosen on the validation split from a small grid),
-  then, when listed in `--extras`, an ensemble of two CNN teachers (logits averaged), mutual learning of two MLPs
-  (no teacher), and logit KD + RKD on the penultimate features (weight chosen on validation).
+  then, when listed in `--extras`, mutual learning of two MLPs (no teacher) and an ensemble of two CNN teachers
+  (logits averaged; the second teacher is trained when first needed).
 - `few_labels`: 1% / 10% of the training labels; the rest of the training images answered by the teacher
   (its logits, computed in this process): CE on the labelled images only, CE on labels + the teacher's hard answers,
   logit KD on all images.
 
-    nice -n 19 python studies/fashion_cnn_to_mlp.py --output_dir outputs/fashion_cnn_to_mlp
+    nice -n 19 python studies/fashion_cnn_to_mlp.py --stages full --output_dir outputs/fashion_cnn_to_mlp
+    nice -n 19 python studies/fashion_cnn_to_mlp.py --stages few_labels --output_dir outputs/fashion_cnn_to_mlp
+
+(`few_labels` reuses the setting `full` chose on validation, so it starts once `full.json` records it.)
 
 Students train with hf_kd's DistillationTrainer on precomputed teacher logits (alpha=0 is CE only), AdamW, lr 1e-3
 decayed linearly, batch 128, for `--epochs` epochs; the validation accuracy of each run is logged per epoch so the
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -88,7 +92,7 @@ class ValidationCurve(TrainerCallback):
 
 def arguments(config_class, output_dir: Path, seed: int, epochs: int, **settings):
     return config_class(
-        output_dir=str(output_dir / "run"), num_train_epochs=epochs, per_device_train_batch_size=128,
+        output_dir=str(output_dir / f"run-{os.getpid()}"), num_train_epochs=epochs, per_device_train_batch_size=128,
         learning_rate=1e-3, lr_scheduler_type="linear", warmup_steps=0, save_strategy="no", report_to="none",
         logging_steps=200, seed=seed, disable_tqdm=True, dataloader_pin_memory=False, use_cpu=True, **settings,
     )  # fmt: skip
@@ -158,15 +162,21 @@ def mutual(study: Study, train, validation, test, options) -> None:
                      start=start, seconds=round(time.time() - begun))  # fmt: skip
 
 
-def full_study(options, train, validation, test, teachers) -> dict:
+def teacher_notes(study: Study, teachers: list, test, output_dir: Path) -> None:
+    study.notes["teachers (test accuracy)"] = {i: accuracy(t, test) for i, t in enumerate(teachers)}
+    study.notes["teachers' training"] = [json.loads((output_dir / f"teacher-{i}" / "training.json").read_text())
+                                         for i in range(len(teachers))]  # fmt: skip
+    study.notes["teacher"] = f"CNN {TEACHER}, test accuracy {study.notes['teachers (test accuracy)'][0]:.2%}"
+
+
+def full_study(options, train, validation, test, teacher) -> None:
+    """CE only and logit KD (T, alpha chosen on validation), then the extras: mutual learning, an ensemble of two
+    CNN teachers (the second one trained here, when first needed)."""
     sizes = {"train": len(train), "validation": len(validation), "test": len(test)}
     study = Study("Fashion-MNIST CNN -> MLP, every label", "CE only", options.seeds, sizes, options.output_dir,
                   stem="full")  # fmt: skip
-    study.notes["teachers (test accuracy)"] = {i: accuracy(t, test) for i, t in enumerate(teachers)}
-    study.notes["teachers' training"] = [json.loads((options.output_dir / f"teacher-{i}" / "training.json").read_text())
-                                         for i in range(len(teachers))]  # fmt: skip
-    study.notes["teacher"] = f"CNN {TEACHER}, test accuracy {study.notes['teachers (test accuracy)'][0]:.2%}"
-    data = with_logits(train, teachers[:1], options.output_dir, "train-0")
+    teacher_notes(study, [teacher], test, options.output_dir)
+    data = with_logits(train, [teacher], options.output_dir, "train-0")
     run_method(study, "CE only", data, validation, test, options, alpha=0.0)
 
     def validation_score(settings):
@@ -174,15 +184,27 @@ def full_study(options, train, validation, test, teachers) -> dict:
 
     best, tried = choose_on_validation(GRID, validation_score)
     study.notes["logit KD grid (validation accuracy, seed 0)"] = [[s, v] for s, v in tried]
-    study.notes["logit KD setting"] = f"chosen on validation: {best}"
+    study.notes["logit KD chosen"] = best
+    study.notes["logit KD setting"] = f"T and alpha chosen on the validation split from {len(GRID)}: {best}"
     run_method(study, "logit KD", data, validation, test, options, **best)
+    if "mutual" in options.extras:
+        study.notes["mutual"] = "two MLP students trained together (DML, T=1, kl_weight 1), no teacher; peer 0 scored"
+        mutual(study, train, validation, test, options)
     if "ensemble" in options.extras:
-        both = with_logits(train, teachers, options.output_dir, "train-ensemble")
+        second = train_teacher(1, train, validation, options.teacher_epochs, options.output_dir)
+        teacher_notes(study, [teacher, second], test, options.output_dir)
+        both = with_logits(train, [teacher, second], options.output_dir, "train-ensemble")
         study.notes["ensemble"] = "the two CNN teachers' logits averaged; the same temperature and alpha as logit KD"
         run_method(study, "logit KD, ensemble of 2 CNNs", both, validation, test, options, **best)
-    if "mutual" in options.extras:
-        mutual(study, train, validation, test, options)
-    return best
+
+
+def chosen_setting(output_dir: Path) -> dict:
+    """The logit-KD setting the full study chose on validation (the few-labels study reuses it)."""
+    path = output_dir / "full.json"
+    chosen = json.loads(path.read_text())["notes"].get("logit KD chosen") if path.is_file() else None
+    if chosen is None:
+        raise SystemExit(f"run the `full` stage first: {path} holds no validation-chosen logit-KD setting yet.")
+    return chosen
 
 
 def few_labels_study(options, train, validation, test, teacher, best: dict) -> None:
@@ -217,7 +239,7 @@ def main():
     parser.add_argument("--teacher_epochs", type=int, default=10)
     parser.add_argument("--train_examples", type=int, default=None, help="a subset, for a quick check of the script")
     parser.add_argument("--stages", nargs="+", default=["full", "few_labels"], choices=["full", "few_labels"])
-    parser.add_argument("--extras", nargs="*", default=["ensemble", "mutual"], choices=["ensemble", "mutual"])
+    parser.add_argument("--extras", nargs="*", default=["mutual", "ensemble"], choices=["mutual", "ensemble"])
     parser.add_argument("--label_fractions", type=float, nargs="+", default=[0.01, 0.1])
     options = parser.parse_args()
     torch.set_num_threads(1)
@@ -226,14 +248,11 @@ def main():
     if options.train_examples:
         train_indices = train_indices[: options.train_examples]
     train, validation = subset(full, train_indices), subset(full, validation_indices)
-    count = 2 if "ensemble" in options.extras else 1
-    teachers = [train_teacher(seed, train, validation, options.teacher_epochs, options.output_dir)
-                for seed in range(count)]  # fmt: skip
-    best = GRID[3]
+    teacher = train_teacher(0, train, validation, options.teacher_epochs, options.output_dir)
     if "full" in options.stages:
-        best = full_study(options, train, validation, test, teachers)
+        full_study(options, train, validation, test, teacher)
     if "few_labels" in options.stages:
-        few_labels_study(options, train, validation, test, teachers[0], best)
+        few_labels_study(options, train, validation, test, teacher, chosen_setting(options.output_dir))
 
 
 if __name__ == "__main__":
