@@ -380,9 +380,15 @@ def create_model_card(
     dataset: str | list[str] | None = None,
     dataset_args: str | list[str] | None = None,
     eval_split: str | None = None,
+    student: Any = None,
+    output_dir: str | os.PathLike | None = None,
+    teacher_name: str | None = None,
 ) -> ModelCard | None:
     """
     Write the distillation model card of `trainer`'s student to `trainer.args.output_dir/README.md`, atomically.
+
+    `student`, `output_dir` and `teacher_name` default to the trainer's model, output directory and teacher; a trainer
+    of several models (mutual learning's peers) writes one card per model by giving them.
 
     `repo_id` is the id the card's snippet loads; default: the repository `push_to_hub` created (`trainer.hub_model_id`,
     namespace included), else the student's local directory. `report` defaults to the output directory's report; its
@@ -391,14 +397,14 @@ def create_model_card(
     """
     if not trainer.is_world_process_zero():
         return None
-    args, output_dir = trainer.args, Path(trainer.args.output_dir)
+    args, output_dir = trainer.args, Path(output_dir if output_dir is not None else trainer.args.output_dir)
     report, report_dir = _read_report(report, output_dir)
     plot = None
     if report is not None and report.plot and report_dir is not None and (report_dir / report.plot).is_file():
         plot = Path(report.plot).name
         if (report_dir / report.plot).resolve() != (output_dir / plot).resolve():
             atomic_write(output_dir / plot, (report_dir / report.plot).read_bytes())
-    student = trainer.accelerator.unwrap_model(trainer.model)
+    student = trainer.accelerator.unwrap_model(trainer.model if student is None else student)
     teacher = getattr(trainer, "teacher_model", None)
     teacher = trainer.accelerator.unwrap_model(teacher) if teacher is not None else None
     # In a teacher-assistant chain the trainer's teacher is the last assistant: the table gives it its own column, and
@@ -411,7 +417,7 @@ def create_model_card(
     base_model = finetuned_from
     if base_model is None and _is_hub_id(getattr(getattr(student, "config", None), "_name_or_path", "")):
         base_model = student.config._name_or_path
-    teacher_name = (report.teacher if report else None) or args.teacher_model_name_or_path
+    teacher_name = teacher_name or (report.teacher if report else None) or args.teacher_model_name_or_path
     if not teacher_name and teacher is not None:
         teacher_name = getattr(getattr(teacher, "config", None), "_name_or_path", None) or None
     if report is not None:
@@ -443,6 +449,7 @@ def create_model_card(
     )  # fmt: skip
     # Not `card.save(path)`: huggingface_hub's `RepoCard.save` opens the file with mode "w" (truncating it first), so
     # a crash mid-write leaves a half card that the next upload would publish; `atomic_write` never does.
+    output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(output_dir / MODEL_CARD_NAME, str(card))
     return card
 
