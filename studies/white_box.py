@@ -35,7 +35,7 @@ from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.data import InMemoryDataset, collate_batches
 from harness import SHARED_DATA as SHARED
 from harness import Study, choose_on_validation, seeded, weights_fingerprint
-from hf_kd.features.names import DEFAULT_FEATURE_WEIGHTS
+from hf_kd.features.table import feature_loss
 from hf_kd.models import model_from_preset
 
 DATASETS = {  # name -> parquet files, training-set mean and std, teacher and student presets with their options
@@ -171,7 +171,7 @@ def main():
 
 def choose_weight(options, method: str, teacher, train, validation, study: Study) -> float:
     """The feature weight (reference x 1, 0.1, 0.01) whose seed-0 student scores best on the validation images."""
-    reference = DEFAULT_FEATURE_WEIGHTS[METHODS[method]["feature_loss"]]
+    reference = feature_loss(METHODS[method]["feature_loss"]).default_weight
     candidates = [{"weight": reference * factor} for factor in (1.0, 0.1, 0.01)]
 
     def validation_score(candidate):
