@@ -158,7 +158,7 @@ def mutual(study: Study, train, validation, test, options) -> None:
         args = arguments(MutualLearningConfig, options.output_dir, seed, options.epochs, temperature=1.0,
                          remove_unused_columns=False)
         MutualLearningTrainer(models=peers, args=args, train_dataset=train, callbacks=[curve]).train()
-        study.record("mutual learning (2 MLPs)", seed, accuracy(peers[0], test), validation_curve=curve,
+        study.record("mutual learning (2 MLPs)", seed, accuracy(peers[0], test), validation_curve=curve.curve,
                      start=start, seconds=round(time.time() - begun))  # fmt: skip
 
 
