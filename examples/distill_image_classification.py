@@ -26,23 +26,34 @@ from hf_kd.runs.experiment import (
     compute_metrics_for,
     distil,
     distil_assistants,
-    finish_training,
-    prepare_run,
     report_run,
+    run_stage,
     stage_args,
     train_baseline,
     train_teacher,
-    user_errors_as_messages,
 )
+from hf_kd.runs.input_checks import check_feature_outputs
 from hf_kd.runs.online import born_again, distil_from_ema, train_mutual
-from hf_kd.runs.recipes import build_image_model, fill_value, image_processor_for, load_image_data, load_image_teacher
+from hf_kd.runs.preparation import prepare_run, user_errors_as_messages
+from hf_kd.runs.recipes import (
+    build_image_model,
+    fill_value,
+    image_processor_for,
+    load_image_data,
+    load_image_teacher,
+)
 from hf_kd.teacher.ensemble import ensemble_for
 
 
 def main(defaults=None, argv=None):
     # 1. Arguments: data, models and run (DataArguments, ExperimentArguments) + the DistillationConfig.
     data_args, experiment_args, config = parse_image_arguments(defaults, argv)
-    prepare_run(config, experiment_args)
+    with prepare_run(config, experiment_args):  # the output directory locked; SIGTERM -> a checkpoint, then stop
+        return distil_images(data_args, experiment_args, config)
+
+
+def distil_images(data_args, experiment_args, config):
+    """The run itself, inside `prepare_run`'s guards."""
     metric = load_metric(experiment_args.metric_name_or_path)
     compute_metrics = compute_metrics_for(metric)
 
@@ -56,15 +67,19 @@ def main(defaults=None, argv=None):
     #    Several loaded (--teacher_model_name_or_path a b c) are distilled as one ensemble (--ensemble_method).
     paths = config.teacher_model_name_or_path
     paths = [paths] if isinstance(paths, str) else paths or []
+    #    The features --feature_pairs names are checked on every model first, before anything trains.
+    probe = build_image_model(experiment_args.student, label_names, config.seed)
+    assistants = [build_image_model(name, label_names, config.seed) for name in experiment_args.assistants or []]
     if paths:
-        probe = build_image_model(experiment_args.student, label_names, config.seed)
         names = [TEACHER_DIR] if len(paths) == 1 else [f"{TEACHER_DIR}_{k}" for k in range(len(paths))]
         teachers = [
             Trained(name, load_image_teacher(path, probe, image_processor, config.teacher_model_init_kwargs), data)
             for name, path in zip(names, paths)
         ]
+        check_feature_outputs(config.feature_pairs, [probe, *assistants], [t.model for t in teachers] + assistants)
     else:
         model = build_image_model(experiment_args.teacher, label_names, config.seed)
+        check_feature_outputs(config.feature_pairs, [probe, *assistants], [model, *assistants])
         shift = experiment_args.teacher_max_shift
         augmentation = RandomShiftCollator(shift, fill=fill_value(image_processor), seed=config.seed) if shift else None
         teachers = [train_teacher(model, data, config, experiment_args, compute_metrics, augmentation)]
@@ -72,7 +87,6 @@ def main(defaults=None, argv=None):
 
     # 4. Teacher assistants (--assistants, Mirzadeh et al. 2020): teacher -> assistant 1 -> ..., each link an
     #    ordinary distillation from the previous one; the student then learns from the last link.
-    assistants = [build_image_model(name, label_names, config.seed) for name in experiment_args.assistants or []]
     assistants = distil_assistants(teacher, assistants, data, config, compute_metrics)
 
     # 5. The student, distilled: the teacher's logits are computed once up front (--precompute_teacher_logits).
@@ -87,7 +101,7 @@ def main(defaults=None, argv=None):
         processing_class=image_processor,
         compute_metrics=compute_metrics,
     )
-    distilled = finish_training(STUDENT_KD_DIR, trainer, data)
+    distilled = run_stage(STUDENT_KD_DIR, trainer, data)
 
     # 6. The baseline: the same student (same seed, so the same initial weights and data order), labels only; with
     #    assistants, the same student distilled directly from the teacher too. The ensemble, when it can predict

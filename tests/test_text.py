@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from conftest import tiny_bert
 from datasets import ClassLabel, Dataset, Features, Value
 from transformers import (
     BertConfig,
@@ -77,20 +78,10 @@ def sentiment_dataset(n: int, seed: int, pair: bool = False, counts=SENTIMENT_CO
     return Dataset.from_dict(rows, features=Features(features))
 
 
-def tiny_bert(cls, tokenizer, num_layers: int, seed: int, num_labels: int = 2, **kwargs):
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=num_layers,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        num_labels=num_labels,
-        **kwargs,
-    )
-    return cls(config)
+def text_bert(cls, tokenizer, num_layers: int, seed: int, num_labels: int = 2, **kwargs):
+    """A tiny BERT sized for `tokenizer`'s vocabulary, padded with its pad id."""
+    return tiny_bert(cls, vocab_size=len(tokenizer), num_layers=num_layers, seed=seed, num_labels=num_labels,
+                     pad_token_id=tokenizer.pad_token_id, **kwargs)  # fmt: skip
 
 
 def distill_args(tmp_path, **overrides) -> DistillationConfig:
@@ -221,10 +212,10 @@ def test_distillation_feeds_the_teacher_its_own_tokenization(tmp_path, student_t
     """End to end: the trainer runs the teacher on `teacher_*` inputs, the student on its own, and learns."""
     train = sentiment_dataset(192, seed=1)
     encoded = tokenize_dataset(train, student_tokenizer, ["text"], "label", teacher_tokenizer=teacher_tokenizer)
-    teacher = tiny_bert(BertForSequenceClassification, teacher_tokenizer, num_layers=2, seed=0)
+    teacher = text_bert(BertForSequenceClassification, teacher_tokenizer, num_layers=2, seed=0)
     with torch.no_grad():
         teacher.classifier.weight.mul_(20.0)  # confident, input-dependent targets from a random teacher
-    student = tiny_bert(BertForSequenceClassification, student_tokenizer, num_layers=1, seed=1)
+    student = text_bert(BertForSequenceClassification, student_tokenizer, num_layers=1, seed=1)
     seen = []
     teacher.bert.embeddings.word_embeddings.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
 
@@ -319,7 +310,7 @@ def test_ensemble_reads_each_teachers_own_tokenization(tmp_path, student_tokeniz
 
     dataset = sentiment_dataset(24, seed=4)
     tokenizers = [teacher_tokenizer, other_tokenizer]
-    teachers = [tiny_bert(BertForSequenceClassification, t, num_layers=1, seed=k) for k, t in enumerate(tokenizers)]
+    teachers = [text_bert(BertForSequenceClassification, t, num_layers=1, seed=k) for k, t in enumerate(tokenizers)]
     for teacher in teachers:
         with torch.no_grad():
             teacher.classifier.weight.mul_(20.0)  # distinct, confident teachers
@@ -348,7 +339,7 @@ def test_ensemble_reads_each_teachers_own_tokenization(tmp_path, student_tokeniz
 
 
 def test_derive_student_copies_teacher_layers(student_tokenizer):
-    teacher = tiny_bert(BertForSequenceClassification, student_tokenizer, num_layers=6, seed=0)
+    teacher = text_bert(BertForSequenceClassification, student_tokenizer, num_layers=6, seed=0)
     assert spread_layers(12, 6) == [0, 2, 4, 7, 9, 11]  # DistilBERT's choice
     assert spread_layers(6, 2) == [0, 5]
     student = derive_student(teacher, num_layers=2)
@@ -396,8 +387,8 @@ def test_token_classification_masks_ignored_positions(tmp_path, student_tokenize
     ]
     dataset = Dataset.from_dict({**encoded, "labels": tags})
 
-    teacher = tiny_bert(BertForTokenClassification, student_tokenizer, num_layers=2, seed=0)
-    student = tiny_bert(BertForTokenClassification, student_tokenizer, num_layers=1, seed=1)
+    teacher = text_bert(BertForTokenClassification, student_tokenizer, num_layers=2, seed=0)
+    student = text_bert(BertForTokenClassification, student_tokenizer, num_layers=1, seed=1)
     collator = DataCollatorWithTeacherPadding(student_tokenizer)
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=distill_args(tmp_path), train_dataset=dataset, data_collator=collator
@@ -461,6 +452,7 @@ def _save_text_data(folder, n_train: int = 192, n_test: int = 64):
     return folder
 
 
+@pytest.mark.slow
 def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
     """The script in a subprocess: a pretrained encoder with no classification head is fine-tuned as the teacher, a
     1-layer student derived from it is distilled and trained CE-only, the report is written. Then, in process, the
@@ -475,7 +467,7 @@ def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
 
     data = _save_text_data(tmp_path / "data")
     encoder = tmp_path / "encoder"
-    tiny_bert(BertModel, teacher_tokenizer, num_layers=2, seed=0).save_pretrained(encoder)  # no classifier.*
+    text_bert(BertModel, teacher_tokenizer, num_layers=2, seed=0).save_pretrained(encoder)  # no classifier.*
     teacher_tokenizer.save_pretrained(encoder)
     common = [
         "--dataset_name", str(data), "--max_length", "32", "--per_device_train_batch_size", "16",
@@ -538,7 +530,7 @@ def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
     example = util.module_from_spec(spec)
     spec.loader.exec_module(example)
     student_dir = tmp_path / "pretrained_student"
-    tiny_bert(BertForSequenceClassification, student_tokenizer, num_layers=1, seed=5).save_pretrained(student_dir)
+    text_bert(BertForSequenceClassification, student_tokenizer, num_layers=1, seed=5).save_pretrained(student_dir)
     student_tokenizer.save_pretrained(student_dir)
     second = example.main(
         [*common, "--teacher_model_name_or_path", str(out / "teacher"), "--output_dir", str(tmp_path / "run2"),
@@ -552,6 +544,7 @@ def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
     assert rows["student_kd"].agreement_with_teacher >= 0.7, rows
 
 
+@pytest.mark.slow
 def test_example_with_two_teachers_of_different_tokenizers(tmp_path, teacher_tokenizer, other_tokenizer):
     """Two --teacher_model_name_or_path: a fine-tuned classifier loaded as it is, and an encoder whose new head is
     fine-tuned here (stage teacher_1); the student, derived from the first, shares its tokenizer, so only the second
@@ -565,9 +558,9 @@ def test_example_with_two_teachers_of_different_tokenizers(tmp_path, teacher_tok
     data = _save_text_data(tmp_path / "data", n_train=64, n_test=32)
     first, second = tmp_path / "classifier", tmp_path / "encoder"
     labels = {"id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
-    tiny_bert(BertForSequenceClassification, teacher_tokenizer, num_layers=2, seed=0, **labels).save_pretrained(first)
+    text_bert(BertForSequenceClassification, teacher_tokenizer, num_layers=2, seed=0, **labels).save_pretrained(first)
     teacher_tokenizer.save_pretrained(first)
-    tiny_bert(BertModel, other_tokenizer, num_layers=1, seed=1).save_pretrained(second)  # no classifier.*
+    text_bert(BertModel, other_tokenizer, num_layers=1, seed=1).save_pretrained(second)  # no classifier.*
     other_tokenizer.save_pretrained(second)
     argv = [
         "--dataset_name", str(data), "--teacher_model_name_or_path", str(first), str(second),
@@ -631,6 +624,7 @@ def _minilm_path():
     return path if (path / "model.safetensors").is_file() else None
 
 
+@pytest.mark.slow
 def test_rotten_tomatoes_with_minilm(tmp_path):
     """The example's real path on a subset: MiniLM fine-tuned as the teacher, a 2-layer student derived from its
     layers 0 and 5, distilled and trained CE-only. The full-size numbers are in README.md ("Text classification")."""
@@ -684,7 +678,7 @@ def test_student_derived_from_the_pretrained_encoder(tmp_path, teacher_tokenizer
 
     data = _save_text_data(tmp_path / "data", n_train=32, n_test=16)
     encoder = tmp_path / "encoder"
-    tiny_bert(BertModel, teacher_tokenizer, num_layers=2, seed=0).save_pretrained(encoder)
+    text_bert(BertModel, teacher_tokenizer, num_layers=2, seed=0).save_pretrained(encoder)
     teacher_tokenizer.save_pretrained(encoder)
     argv = [
         "--dataset_name", str(data), "--teacher_model_name_or_path", str(encoder), "--output_dir", str(tmp_path / "o"),
@@ -695,7 +689,7 @@ def test_student_derived_from_the_pretrained_encoder(tmp_path, teacher_tokenizer
     for init_from in ("pretrained", "fine-tuned"):
         data_args, _, text_args, config = parse_text_arguments(None, [*argv, "--student_init_from", init_from])
         task = text_setup(data_args, text_args, config)
-        assert task.train_teacher  # the encoder has no classification head
+        assert task.teacher_needs_training  # the encoder has no classification head
         loaded = {k: v.clone() for k, v in task.teacher.state_dict().items()}
         new_heads.append(loaded["classifier.weight"])
         torch.rand(1000)  # whatever the global RNG did in between, the seed decides the new head

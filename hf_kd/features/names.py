@@ -224,7 +224,10 @@ def _layer_names(model: nn.Module, field: str, count: int, loss: str) -> list[st
     distillation matches, and what the overhaul needs), else every entry (a transformer's embeddings and layers)."""
     if feature_loss(loss).penultimate:
         return [f"{field}.{count - 1}"]
-    if field == "hidden_states" and getattr(getattr(model, "config", None), "model_type", None) in REFERENCE_MODEL_TYPES:
+    if (
+        field == "hidden_states"
+        and getattr(getattr(model, "config", None), "model_type", None) in REFERENCE_MODEL_TYPES
+    ):
         return [f"{field}.{i}" for i in range(1, count, 2)]
     return [f"{field}.{i}" for i in range(count)]
 

@@ -88,8 +88,11 @@ FEATURE_LOSS_TABLE: dict[str, FeatureLoss] = {
     "cosine": FeatureLoss(_cosine, default_weight=1.0),
     # Heo et al., 2019: /1000 in clovaai's CIFAR script.
     "overhaul": FeatureLoss(
-        lambda s, t, *, margin=None, **_: overhaul_loss(s, t, margin), default_weight=1e-3, connector="shape+bn",
-        margins=True, depth_weighted=True,
+        lambda s, t, *, margin=None, **_: overhaul_loss(s, t, margin),
+        default_weight=1e-3,
+        connector="shape+bn",
+        margins=True,
+        depth_weighted=True,
     ),  # fmt: skip
     # Zagoruyko & Komodakis, 2017: beta 1e3 in szagoruyko's cifar.py.
     "attention": FeatureLoss(
@@ -106,7 +109,8 @@ FEATURE_LOSS_TABLE: dict[str, FeatureLoss] = {
     # Park et al., 2019: its own weights 1 and 2 inside rkd_loss.
     "rkd": FeatureLoss(lambda s, t, **_: rkd_loss(s, t), default_weight=1.0, connector="any", penultimate=True),
     "triplet": FeatureLoss(
-        lambda s, t, *, labels=None, **_: teacher_anchored_triplet_loss(s, t, labels), default_weight=1.0,
+        lambda s, t, *, labels=None, **_: teacher_anchored_triplet_loss(s, t, labels),
+        default_weight=1.0,
         penultimate=True,
     ),  # fmt: skip
 }

@@ -8,6 +8,7 @@ The distillation itself (temperature, alpha, loss_type, the teacher to load) and
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -17,6 +18,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from ..models import PRESET_NAMES
 from ..training.configuration_distillation import DistillationConfig
+from .input_checks import check_architecture, check_model_source
 
 
 @dataclass
@@ -143,6 +145,25 @@ class ExperimentArguments:
     ema_decay: float = field(
         default=0.99, metadata={"help": "--distillation_mode ema: the teacher's decay per optimizer step."}
     )
+
+    def __post_init__(self):
+        if not (isinstance(self.ema_decay, (int, float)) and math.isfinite(self.ema_decay) and 0 <= self.ema_decay < 1):
+            raise ValueError(
+                f"--ema_decay must be a number in [0, 1), got {self.ema_decay!r}: the weight the moving-average "
+                "teacher keeps at each step (0.99: each step moves it 1% of the way to the student)."
+            )
+        if self.generations < 1:
+            raise ValueError(f"--generations must be >= 1 (born-again generations to train), got {self.generations}.")
+        peers = [name.strip() for name in self.peers.split(",")]
+        if len(peers) < 2 or not all(peers):
+            raise ValueError(
+                f"--peers must name at least two comma-separated architectures ('teacher', 'student', presets or "
+                f"config directories), got {self.peers!r}."
+            )
+        if self.latency_examples < 1:
+            raise ValueError(f"--latency_examples must be >= 1, got {self.latency_examples}.")
+        if self.torch_num_threads is not None and self.torch_num_threads < 1:
+            raise ValueError(f"--torch_num_threads must be >= 1 (or left out), got {self.torch_num_threads}.")
 
 
 @dataclass
@@ -312,7 +333,30 @@ def parse_image_arguments(
         raise ValueError(
             "Give --teacher (an architecture to train) or --teacher_model_name_or_path (a trained teacher)."
         )
+    _check_teacher_sources(config)
+    architectures = [("--student", experiment_args.student), ("--teacher", experiment_args.teacher)]
+    architectures += [("--assistants", name) for name in experiment_args.assistants or []]
+    if experiment_args.distillation_mode == "mutual":
+        peers = [name.strip() for name in experiment_args.peers.split(",")]
+        architectures += [("--peers", name) for name in peers if name not in ("teacher", "student")]
+    for argument, value in architectures:
+        if value:
+            check_architecture(value, argument)
     return data_args, experiment_args, config
+
+
+def _check_teacher_sources(config: DistillationConfig) -> None:
+    """Each teacher to load exists; ensemble weights only come with an ensemble (one teacher would ignore them)."""
+    sources = config.teacher_model_name_or_path
+    sources = [sources] if isinstance(sources, str) else sources or []
+    for source in sources:
+        check_model_source(source, "--teacher_model_name_or_path")
+    if config.teacher_weights and len(sources) < 2:
+        raise ValueError(
+            f"--teacher_weights {' '.join(str(w) for w in config.teacher_weights)} weighs the teachers of an ensemble, "
+            f"but this run has one teacher ({sources[0] if sources else 'trained here'}): give several with "
+            "--teacher_model_name_or_path a b ..., or leave --teacher_weights out."
+        )
 
 
 # ExperimentArguments fields that only mean something for images.
@@ -342,4 +386,7 @@ def parse_text_arguments(
             )
     if data_args.image_column is not None:
         raise ValueError("--image_column applies to image runs only; for text use --text_column_names.")
+    _check_teacher_sources(config)
+    if text_args.student_model_name_or_path:
+        check_model_source(text_args.student_model_name_or_path, "--student_model_name_or_path")
     return data_args, experiment_args, text_args, config

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
-import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import PartialState
 from transformers import PreTrainedModel, ProgressCallback, Trainer, set_seed
 from transformers.trainer_utils import IntervalStrategy
@@ -42,7 +38,6 @@ from ..report.report import (
     REPORT_MD,
     REPORT_PNG,
     DistillationReport,
-    has_finished_report,
     lineage_of,
     run_settings,
     teacher_recipe,
@@ -51,8 +46,8 @@ from ..report.report import (
 from ..training.configuration_distillation import DistillationConfig
 from ..training.trainer import DistillationTrainer
 from .arguments import DataArguments, ExperimentArguments
-from .resume import check_resume_argument, finished_stage, train_or_resume
-from .sharding import allow_another_trainer, check_sharded_saving, gather_sharded_runs
+from .resume import finished_stage, train_or_resume
+from .sharding import allow_another_trainer, gather_sharded_runs
 
 logger = logging.get_logger(__name__)
 
@@ -90,61 +85,8 @@ class Trained:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Before training
+# Before training (the checks of a run's start: hf_kd.runs.preparation)
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> None:
-    """A run's output directory holds that run alone. A finished run is only replaced when asked: with `overwrite`
-    the previous contents, finished or not, are moved aside first (to `<output_dir>.previous-<time>`), so no old
-    file is measured, reported or pushed with the new run. Without it, an unfinished run is resumed (see
-    [`hf_kd.runs.resume`])."""
-    output_dir = Path(output_dir)
-    if overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
-        aside = Path(f"{output_dir.absolute()}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
-        while aside.exists():
-            aside = aside.with_name(aside.name + "-1")
-        os.replace(output_dir, aside)
-        logger.warning(f"--overwrite_output_dir: the previous contents of {output_dir.absolute()} moved to {aside}.")
-    elif has_finished_report(output_dir):
-        raise FileExistsError(
-            f"The output directory {os.path.abspath(output_dir)} already holds a finished run "
-            f"({REPORT_JSON}). Choose another --output_dir, or pass --overwrite_output_dir to replace its results."
-        )
-    elif output_dir.is_dir() and any(output_dir.iterdir()):
-        logger.warning(
-            f"{output_dir.absolute()} holds an unfinished run: its finished stages are kept and the others resume "
-            "from their last complete checkpoint (--overwrite_output_dir starts afresh)."
-        )
-
-
-@contextmanager
-def user_errors_as_messages():
-    """For an example's `__main__`: an output directory that already holds a finished run is the user's choice to
-    make, not a bug, so its message is printed alone (no traceback) and the command exits with status 1."""
-    try:
-        yield
-    except FileExistsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-
-
-def prepare_run(config: DistillationConfig, experiment_args: ExperimentArguments) -> None:
-    """Checks before anything is trained (sharding, a finished run in `output_dir`), and the torch thread count."""
-    check_sharded_saving(config)  # ZeRO-3 and FSDP: every process saves (hf_kd.runs.sharding); refuse what cannot
-    if config.resume_from_checkpoint and experiment_args.overwrite_output_dir:
-        raise ValueError(
-            "--resume_from_checkpoint and --overwrite_output_dir contradict each other: overwriting moves the "
-            "previous run, and its checkpoints, aside. Pass one of them."
-        )
-    stage_dirs = [Path(config.output_dir) / name for name in (TEACHER_DIR, STUDENT_KD_DIR, STUDENT_CE_DIR)]
-    check_resume_argument(config, stage_dirs)
-    state = PartialState()
-    if state.is_main_process:
-        check_output_dir(config.output_dir, experiment_args.overwrite_output_dir)
-    state.wait_for_everyone()
-    if experiment_args.torch_num_threads:
-        torch.set_num_threads(experiment_args.torch_num_threads)
 
 
 def stage_args(config: DistillationConfig, name: str, train_dataset: Any = None, **changes) -> DistillationConfig:
@@ -197,7 +139,7 @@ class StageProgressCallback(ProgressCallback):
             self.training_bar.set_description(self.description)
 
 
-def finish_training(name: str, trainer: Trainer, data: ModelData) -> Trained:
+def run_stage(name: str, trainer: Trainer, data: ModelData) -> Trained:
     """Announce the stage, run `trainer.train()` (its progress bar labelled with the stage's name) and keep what the
     report needs: the model, its training time and log."""
     PartialState().print(f"\n[hf_kd] Training {STAGE_TITLES.get(name, name)} ({name}) -> {trainer.args.output_dir}")
@@ -227,7 +169,7 @@ def train_with_labels(
         processing_class=data.processing_class,
         compute_metrics=None if train_collator is not None else compute_metrics,
     )
-    trained = finish_training(name, trainer, data)
+    trained = run_stage(name, trainer, data)
     trained.recipe = teacher_recipe(args, **getattr(train_collator, "recipe", {}))
     return trained
 
@@ -269,7 +211,7 @@ def distil(
         processing_class=data.processing_class,
         compute_metrics=compute_metrics,
     )
-    return finish_training(name, trainer, data)
+    return run_stage(name, trainer, data)
 
 
 def distil_assistants(
@@ -278,7 +220,7 @@ def distil_assistants(
 ) -> list[Trained]:  # fmt: skip
     """Teacher assistants (Mirzadeh et al., AAAI 2020): `assistants[0]` distilled from `teacher`, each next one from
     the previous one, each link an ordinary [`distil`] named `assistant_1`, `assistant_2`, ... A link already finished
-    in the output directory is loaded, not trained again (`finish_training` resumes)."""
+    in the output directory is loaded, not trained again (`run_stage` resumes)."""
     links, previous = [], teacher
     for index, assistant in enumerate(assistants, start=1):
         previous = distil(assistant, previous, data, config, compute_metrics, name=f"{ASSISTANT_PREFIX}{index}")
@@ -402,103 +344,3 @@ def report_run(
         publish(runs[-1], data_args, config)
     state.wait_for_everyone()
     return report
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The examples' sequence
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TeacherSetup:
-    """One of several teachers as a recipe prepares it (see [`DistillationSetup.teachers`]).
-
-    Args:
-        name (`str`): Its stage and report row, `teacher_<k>`.
-        model (`PreTrainedModel`): Loaded, or to be trained here first (`train`).
-        data ([`ModelData`]): What it reads when trained and measured alone: its own tokenization.
-        source (`str`): Where it came from, as the report says it.
-        train (`bool`): Whether the run trains it on the labels before distilling (e.g. its head is new).
-    """
-
-    name: str
-    model: PreTrainedModel
-    data: ModelData
-    source: str
-    train: bool = False
-
-
-@dataclass
-class DistillationSetup:
-    """What a modality prepares for [`run_distillation`] (see [`hf_kd.runs.recipes`]).
-
-    Args:
-        task (`str`): The report's task, `"image-classification"` or `"text-classification"`.
-        student_data, teacher_data ([`ModelData`]): What each model reads; the same object when they read the same
-            inputs. With two tokenizers, the student's data also carries the teacher's own inputs (`teacher_*`).
-        teacher (`PreTrainedModel`): Loaded, or freshly built to be trained here (`train_teacher`).
-        teacher_name (`str`): Where the teacher came from, as the report says it.
-        build_student (`Callable`): Builds the student given the ready teacher (a derived student needs it). Called
-            for the distilled student and the baseline, which must come out identical: seed inside.
-        teacher_augmentation (`Callable`, *optional*): Collates the teacher's training batches (random shifts).
-        extra_metrics (`dict`): Metrics logged and printed beside the main one, by display name.
-        teachers (`list[TeacherSetup]`): Every teacher when there are several (distilled as one ensemble, each reading
-            its own `teacher_<k>_*` inputs of the student's data); `teacher`, `teacher_data` and `train_teacher` are
-            then the first one's, from which a derived student is built. Empty for one teacher.
-    """
-
-    task: str
-    student_data: ModelData
-    teacher_data: ModelData
-    teacher: PreTrainedModel
-    teacher_name: str
-    train_teacher: bool
-    build_student: Callable[[PreTrainedModel], PreTrainedModel]
-    teacher_augmentation: Callable | None = None
-    extra_metrics: dict[str, Any] = field(default_factory=dict)
-    teachers: list[TeacherSetup] = field(default_factory=list)
-
-
-def prepare_teachers(
-    setup: DistillationSetup, config: DistillationConfig, experiment_args: ExperimentArguments, compute_metrics: Callable
-) -> list[Trained]:  # fmt: skip
-    """Every teacher of `setup` ready, in eval mode: `[teacher]` for one, `[teacher_0, teacher_1, ...]` for several
-    ([`DistillationSetup.teachers`]); each trained here on the labels first when its setup says so (its own stage)."""
-    teachers = setup.teachers or [
-        TeacherSetup(TEACHER_DIR, setup.teacher, setup.teacher_data, setup.teacher_name, setup.train_teacher)
-    ]
-    ready = []
-    for teacher in teachers:
-        augmentation = setup.teacher_augmentation if len(teachers) == 1 else None
-        trained = Trained(teacher.name, teacher.model, teacher.data)
-        if teacher.train:
-            trained = train_teacher(
-                teacher.model, teacher.data, config, experiment_args, compute_metrics, augmentation, name=teacher.name
-            )
-        trained.model.eval()
-        ready.append(trained)
-    return ready
-
-
-def run_distillation(
-    setup: DistillationSetup, metric, data_args: DataArguments, experiment_args: ExperimentArguments,
-    config: DistillationConfig,
-) -> DistillationReport | None:  # fmt: skip
-    """Teacher (trained or loaded) -> distilled student -> CE-only baseline -> measure -> report -> card / push.
-    Returns the report on the main process, `None` on the others."""
-    compute_metrics = compute_metrics_for(metric, setup.extra_metrics)
-    if len(setup.teachers) > 1:
-        raise ValueError(
-            "run_distillation distils one teacher; several (an ensemble) are run by the examples "
-            "(examples/distill_text_classification.py, examples/distill_image_classification.py)."
-        )
-    (teacher,) = prepare_teachers(setup, config, experiment_args, compute_metrics)
-    data = setup.student_data
-    distilled = distil(setup.build_student(teacher.model), teacher, data, config, compute_metrics)
-    runs = [teacher]
-    if not experiment_args.skip_baseline:
-        runs.append(train_baseline(setup.build_student(teacher.model), data, config, compute_metrics))
-    runs.append(distilled)
-    return report_run(
-        runs, setup.task, setup.teacher_name, metric, data_args, experiment_args, config, setup.extra_metrics
-    )

@@ -39,7 +39,9 @@ from ..placement import saved_as_own_class
 def default_collator(processing_class: Any) -> Callable:
     """The Trainer's own default (padding for a tokenizer), plus the pass-through of prebuilt batches."""
     padding = isinstance(processing_class, PreTrainedTokenizerBase)
-    return partial(collate_batches, fallback=DataCollatorWithPadding(processing_class) if padding else default_data_collator)
+    return partial(
+        collate_batches, fallback=DataCollatorWithPadding(processing_class) if padding else default_data_collator
+    )
 
 
 class _ZeroGradients(TrainerCallback):
@@ -64,11 +66,16 @@ class HfKdTrainer(Trainer):
 
     def __init__(self, model=None, args=None, data_collator=None, processing_class=None, **kwargs):
         data_collator = data_collator if data_collator is not None else default_collator(processing_class)
-        super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class, **kwargs)
+        super().__init__(
+            model=model, args=args, data_collator=data_collator, processing_class=processing_class, **kwargs
+        )
         # The loss never goes through the model's own loss, so its loss kwargs do not matter; this also skips the
         # Trainer's per-step label counting for `num_items_in_batch`.
         self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
         self._trainable_modules: dict[str, nn.Module] = {}
 
     # Loss terms -------------------------------------------------------------------------------------------------------
@@ -176,7 +183,9 @@ class HfKdTrainer(Trainer):
             try:
                 module.load_state_dict(load_file(path, device=str(device)))
             except RuntimeError as error:
-                raise ValueError(f"{path} does not fit this run's {name} (resume with the settings it was saved with): {error}") from None
+                raise ValueError(
+                    f"{path} does not fit this run's {name} (resume with the settings it was saved with): {error}"
+                ) from None
 
     # Saving and publishing ---------------------------------------------------------------------------------------------
 
@@ -189,8 +198,8 @@ class HfKdTrainer(Trainer):
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token: str | None = None, revision: str | None = None, private: bool | None = None, **kwargs):  # fmt: skip
         """[`~transformers.Trainer.push_to_hub`] (save the model, write its card, upload the output directory). If no
         token is found, or the Hub cannot be reached or refuses the push, the model and its card are saved locally
-        and a [`hf_kd.report.modelcard.HubPushError`] says what failed. `kwargs` go to the card (e.g. `report=`)."""
-        from ..report.modelcard import hub_push_errors
+        and a [`hf_kd.report.hub.HubPushError`] says what failed. `kwargs` go to the card (e.g. `report=`)."""
+        from ..report.hub import hub_push_errors
 
         with hub_push_errors(self, token=token, card_kwargs=kwargs):
             return super().push_to_hub(

@@ -78,7 +78,11 @@ class FeatureDistillation:
         return cls(term, teacher)
 
     def describe(self, args, carried_logits: bool) -> str:
-        source = "cached with its logits" if args.precompute_teacher_logits and not carried_logits else "live, on every batch"
+        source = (
+            "cached with its logits"
+            if args.precompute_teacher_logits and not carried_logits
+            else "live, on every batch"
+        )
         parameters = sum(p.numel() for p in self.term.connectors.parameters())
         return (
             f"Feature term {args.feature_loss} (weight {args.feature_weight}) on {self.term.describe()}; the teacher's "

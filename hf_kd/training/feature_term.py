@@ -70,7 +70,9 @@ class FeatureTerm:
     `w_i = 1`, or `1 / 2**(n - i - 1)` for the overhaul (Heo et al.: deeper pairs count more). Build it with
     [`FeatureTerm.build`]; features are collected while [`collecting`](#FeatureTerm.collecting) is active."""
 
-    def __init__(self, pairs, loss: str, connectors: FeatureConnectors, student: FeatureCollector, teacher: FeatureCollector):
+    def __init__(
+        self, pairs, loss: str, connectors: FeatureConnectors, student: FeatureCollector, teacher: FeatureCollector
+    ):
         self.pairs, self.loss, self.connectors = pairs, loss, connectors
         self.student, self.teacher = student, teacher
         # What the loss calls: the connectors, or their DistributedDataParallel wrapper (set by the trainer).
@@ -104,7 +106,10 @@ class FeatureTerm:
         student_pass, teacher_pass = lambda: student(**student_inputs), lambda: run_teacher(teacher, teacher_inputs)
         if pairs == AUTO:
             field = (spec.field,)
-            s_probe, t_probe = FeatureCollector(student, [], "student", field), FeatureCollector(teacher, [], "teacher", field)
+            s_probe, t_probe = (
+                FeatureCollector(student, [], "student", field),
+                FeatureCollector(teacher, [], "teacher", field),
+            )
             _probe(s_probe, student_pass), _probe(t_probe, teacher_pass)
             shapes = [{f: _per_example(c.field_values.get(f, ())) for f in field} for c in (s_probe, t_probe)]
             pairs = auto_pairs(student, teacher, *shapes, compatible_for(loss, connector), loss)

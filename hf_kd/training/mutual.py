@@ -198,7 +198,9 @@ class MutualLearningTrainer(HfKdTrainer):
             return super()._clip_grad_norm(model)  # their engines clip the whole model: one global norm
         self.accelerator.unscale_gradients()  # once for the optimizer (fp16); a second call would raise
         norms = [
-            torch.nn.utils.clip_grad_norm_([p for p in peer.parameters() if p.grad is not None], self.args.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in peer.parameters() if p.grad is not None], self.args.max_grad_norm
+            )
             for peer in self.peers
         ]
         return torch.stack(norms).norm()
