@@ -327,7 +327,7 @@ def print_ratios(pair: Pair, times: dict, precomputes: list, epochs: int, text: 
         "pre/(a-a')": pre / (med["a"] - med["a'"]),
     }
     notes = {
-        "b/a": "live teacher; " + ("today 0.94" if text else "target <= 1.15"),
+        "b/a": "live teacher; " + ("no target" if text else "target <= 1.15"),
         "c/a": f"precompute amortised over {epochs} epochs; target <= " + ("0.75" if text else "0.85"),
         "c/d": "training only, precompute left out; target <= 1.10",
         "(c+pre)/d": "one epoch, precompute included; " + ("target <= 1.5" if text else "no target"),

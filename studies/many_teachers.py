@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
+from harness import Study
 from hf_kd import DistillationConfig
 from hf_kd.models import MLPConfig, MLPForImageClassification, image_processor_for_preset, model_from_preset
 from hf_kd.report.measure import dataset_labels, predict
@@ -187,6 +188,15 @@ def main():
             run_dir = tempfile.mkdtemp(prefix=f"{dataset}_{seed}_", dir=output_dir)  # fresh: no stage is resumed
             results.setdefault(dataset, []).append(run_seed(data, names, seed, args, run_dir))
             print(json.dumps({"dataset": dataset, "seed": seed, **results[dataset][-1]}), flush=True)
+        # The harness's table: every row paired against the labels-only student of the same seed (same start).
+        rows = list(results[dataset][0])
+        baseline = next(row for row in rows if "labels only" in row)
+        study = Study(f"Many teachers ({args.study}), {dataset}", baseline, args.seeds,
+                      {"train": args.train_examples, "test": 10000}, output_dir, stem=f"{args.study}_{dataset}")  # fmt: skip
+        for row in rows:
+            for seed, scores in zip(args.seeds, results[dataset]):
+                study.record(row, seed, scores[row])
+        print((output_dir / f"{args.study}_{dataset}.md").read_text(), flush=True)
     (output_dir / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\n{args.study} study: {args.train_examples} training examples, {args.epochs:g} epochs, seeds {args.seeds}, "
           f"{time.perf_counter() - start:.0f} s\n\n{table(results)}")  # fmt: skip

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from harness import Study
 from hf_kd import DistillationConfig
 from hf_kd.runs.arguments import DataArguments
 from hf_kd.runs.experiment import TEACHER_DIR, train_baseline, train_with_labels
@@ -111,6 +112,14 @@ def main():
         data, names = load_image_data(data_args, image_processor_for(STUDENT))
         scores = [one_seed(data, names, seed, args, output_dir / name / f"seed{seed}") for seed in args.seeds]
         results[name] = {row: [score[row] for score in scores] for row in ROWS}
+        # The harness's table: paired SE against the CE-only student of the same seed, and its verdict.
+        sizes = {"train": args.train_examples, "test": 10000}
+        study = Study(f"Online and self distillation, {name}", ROWS[0], args.seeds, sizes, output_dir,
+                      stem=f"online_self_{name}")  # fmt: skip
+        for row in ROWS:
+            for seed, score in zip(args.seeds, results[name][row]):
+                study.record(row, seed, score)
+        print((output_dir / f"online_self_{name}.md").read_text(), flush=True)
         print(f"{name} done after {time.time() - start:.0f} s", flush=True)
     print(f"\nTest accuracy (%), mean ± standard deviation over seeds {args.seeds}, (mean paired difference to the "
           f"baseline); {args.train_examples} training images, {args.epochs:g} epochs, full test split; "

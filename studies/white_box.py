@@ -11,15 +11,18 @@ implementations' defaults (`hf_kd.features.table`), not tuned.
 
     python studies/white_box.py --train_examples 2000 --epochs 2 --teacher_epochs 3 --output_dir /tmp/white_box
     python studies/white_box.py --dataset mnist --output_dir /tmp/white_box_mnist
+    python studies/white_box.py --choose_weight --output_dir /tmp/white_box_chosen   # weights chosen on validation
 
-`results.json` in the output directory is rewritten after every run (a stopped study keeps what it measured).
+Built on studies/harness.py: every method's student for a seed starts from the same weights and data order, the
+white-box rows are paired against logit KD (the term is added to it), and `--choose_weight` picks each feature
+term's weight (the reference weight x 1, 0.1 or 0.01) on `--validation_examples` training images held out from the
+training subset, never on the test split. `results.md` / `results.json` in the output directory are rewritten after
+every run (a stopped study keeps what it measured).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
 from pathlib import Path
 
@@ -30,9 +33,11 @@ from transformers import AutoModelForImageClassification, Trainer, TrainingArgum
 
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.data import InMemoryDataset, collate_batches
+from harness import SHARED_DATA as SHARED
+from harness import Study, choose_on_validation, seeded, weights_fingerprint
+from hf_kd.features.table import feature_loss
 from hf_kd.models import model_from_preset
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {  # name -> parquet files, training-set mean and std, teacher and student presets with their options
     "fashion_mnist": (
         {"train": SHARED / "fashion_mnist" / "train.parquet", "test": SHARED / "fashion_mnist" / "test.parquet"},
@@ -54,11 +59,13 @@ METHODS = {  # name -> DistillationConfig overrides
 }
 
 
-def load_split(dataset: str, split: str, count: int | None, seed: int = 0) -> InMemoryDataset:
+def load_split(dataset: str, split: str, count: int | None, seed: int = 0, skip: int = 0) -> InMemoryDataset:
+    """`count` images of the split after a shuffle with `seed`, from position `skip` on (the validation images are
+    the ones after the training subset: they never overlap it and leave it unchanged), or the whole split."""
     files, (mean, std) = DATASETS[dataset][:2]
     data = load_dataset("parquet", data_files=str(files[split]), split="train")
     if count is not None:
-        data = data.shuffle(seed=seed).select(range(count))
+        data = data.shuffle(seed=seed).select(range(skip, skip + count))
     pixels = np.stack([np.asarray(image, dtype=np.float32) for image in data["image"]]) / 255.0
     pixels = torch.from_numpy((pixels - mean) / std).unsqueeze(1)
     return InMemoryDataset({"pixel_values": pixels, "labels": torch.tensor(data["label"])})
@@ -97,8 +104,8 @@ def train_teacher(dataset: str, train, epochs: int, output_dir: str):
 def distil(dataset: str, method: str, teacher, train, seed: int, epochs: int, output_dir: str, weight=None,
            connector=None):
     (_, student_preset), options = DATASETS[dataset][2:]
-    torch.manual_seed(seed)
-    student = model_from_preset(student_preset, **options)
+    student = seeded(seed, lambda: model_from_preset(student_preset, **options))
+    start = weights_fingerprint(student)
     settings = {"temperature": 4.0, "alpha": 0.5, **METHODS[method]}
     if weight is not None and "feature_pairs" in settings:
         settings["feature_weight"] = weight
@@ -107,7 +114,7 @@ def distil(dataset: str, method: str, teacher, train, seed: int, epochs: int, ou
     args = DistillationConfig(**common_args(output_dir, seed, epochs), **settings)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train)
     trainer.train()
-    return student, trainer.state.log_history
+    return student, trainer.state.log_history, start
 
 
 def main():
@@ -123,6 +130,11 @@ def main():
         help="the feature term's weight for every white-box method (default: each loss's reference weight)",
     )
     parser.add_argument("--feature_connector", default=None, help="for every white-box method (default: 'auto')")
+    parser.add_argument(
+        "--choose_weight", action="store_true",
+        help="choose each feature term's weight (reference x 1, 0.1, 0.01) on the validation images (seed 0)",
+    )
+    parser.add_argument("--validation_examples", type=int, default=2000, help="training images held out")
     parser.add_argument("--output_dir", default="/tmp/hf_kd_white_box")
     parser.add_argument(
         "--teacher_dir", default=None,
@@ -131,37 +143,45 @@ def main():
     options = parser.parse_args()
     torch.set_num_threads(1)
     train = load_split(options.dataset, "train", options.train_examples)
+    validation = load_split(options.dataset, "train", options.validation_examples, skip=options.train_examples)
     test = load_split(options.dataset, "test", None)
-    start = time.time()
     teacher_dir = options.teacher_dir or f"{options.output_dir}/teacher"
-    loaded = (Path(teacher_dir) / "config.json").is_file()
+    start = time.time()
     teacher = train_teacher(options.dataset, train, options.teacher_epochs, teacher_dir)
-    results = {"dataset": options.dataset, "options": vars(options), "teacher": accuracy(teacher, test),
-               "teacher_seconds": time.time() - start, "methods": {}}  # fmt: skip
-    print(f"teacher: {results['teacher']:.4f} ({results['teacher_seconds']:.0f} s)", flush=True)
-    Path(options.output_dir).mkdir(parents=True, exist_ok=True)
+    sizes = {"train": len(train), "validation": len(validation), "test": len(test)}
+    study = Study(f"White-box distillation, {options.dataset}", "logit KD", options.seeds, sizes, options.output_dir)
+    study.notes["teacher"] = f"{accuracy(teacher, test):.2%} test accuracy ({teacher_dir}, {time.time() - start:.0f} s)"
     methods = [m for m in options.methods if not (options.dataset == "mnist" and "attention" in m)]
     for method in methods:
+        weight = options.feature_weight
+        if options.choose_weight and "feature_loss" in METHODS[method]:
+            weight = choose_weight(options, method, teacher, train, validation, study)
         for seed in options.seeds:
-            start = time.time()
-            student, history = distil(
-                options.dataset, method, teacher, train, seed, options.epochs, f"{options.output_dir}/s",
-                options.feature_weight, options.feature_connector,
+            begun = time.time()
+            student, history, initial = distil(
+                options.dataset, method, teacher, train, seed, options.epochs, f"{options.output_dir}/s", weight,
+                options.feature_connector,
             )
             feature = [e["loss_feature"] for e in history if "loss_feature" in e]
-            run = {"seed": seed, "accuracy": accuracy(student, test), "seconds": time.time() - start,
-                   "loss_feature_first_last": feature[:1] + feature[-1:]}  # fmt: skip
-            results["methods"].setdefault(method, []).append(run)
-            print(method, json.dumps(run), flush=True)
-            (Path(options.output_dir) / "results.json").write_text(json.dumps(results, indent=1))
-    trained = f"loaded from {teacher_dir}" if loaded else f"{options.teacher_epochs} epochs"
-    print(f"\n{options.dataset}, {options.train_examples} training images, students {options.epochs} epochs, teacher "
-          f"{trained} ({results['teacher']:.2%} test accuracy); 10,000 test images")  # fmt: skip
-    print("| method | test accuracy (mean ± std over seeds) | per seed |\n|---|---|---|")
-    for method, runs in results["methods"].items():
-        values = [run["accuracy"] for run in runs]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"| {method} | {statistics.mean(values):.2%} ± {spread:.2%} | {', '.join(f'{v:.2%}' for v in values)} |")
+            study.record(method, seed, accuracy(student, test), start=initial, seconds=round(time.time() - begun),
+                         feature_weight=weight, loss_feature_first_last=feature[:1] + feature[-1:])  # fmt: skip
+            print(method, seed, study.runs[method][seed]["score"], flush=True)
+    print(f"\n{(Path(options.output_dir) / 'results.md').read_text()}")
+
+
+def choose_weight(options, method: str, teacher, train, validation, study: Study) -> float:
+    """The feature weight (reference x 1, 0.1, 0.01) whose seed-0 student scores best on the validation images."""
+    reference = feature_loss(METHODS[method]["feature_loss"]).default_weight
+    candidates = [{"weight": reference * factor} for factor in (1.0, 0.1, 0.01)]
+
+    def validation_score(candidate):
+        student = distil(options.dataset, method, teacher, train, 0, options.epochs, f"{options.output_dir}/s",
+                         candidate["weight"], options.feature_connector)[0]  # fmt: skip
+        return accuracy(student, validation)
+
+    best, tried = choose_on_validation(candidates, validation_score)
+    study.notes[f"{method}: weight on validation"] = [[c["weight"], score] for c, score in tried]
+    return best["weight"]
 
 
 if __name__ == "__main__":
