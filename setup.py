@@ -34,7 +34,7 @@ setup(
         "deepspeed": ["deepspeed>=0.16"],
         # `python -m hf_kd.serve`: a saved classifier behind a URL in the HF classification protocol.
         "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
-        "test": ["pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7", "fastapi>=0.110", "uvicorn>=0.29"],
+        "test": ["parameterized", "pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7", "fastapi>=0.110", "uvicorn>=0.29"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

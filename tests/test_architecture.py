@@ -18,6 +18,7 @@ LAYERS = [
     {"report"},
     {"training"},
     {"runs"},
+    {"serve"},  # `python -m hf_kd.serve`: an entry point, like the examples
 ]
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 75

@@ -66,7 +66,7 @@ CASES = [
     ("zero-epochs", IMAGE, "good", ["--num_train_epochs", "0"], ValueError, r"num_train_epochs must be > 0"),
     ("zero-steps", IMAGE, "good", ["--max_steps", "0"], ValueError, r"max_steps must be > 0"),
     ("loss-type", IMAGE, "good", ["--loss_type", "js"], SystemExit,
-     r"--loss_type.*: invalid choice: 'js' \(choose from 'kl', 'reverse_kl', 'mse'\)"),
+     r"--loss_type.*: invalid choice: 'js' \(choose from 'kl', 'reverse_kl', 'mse', 'jsd'\)"),
     ("resume-missing", IMAGE, "good", ["--resume_from_checkpoint", "{out}/student_kd/checkpoint-99"], ValueError,
      r"--resume_from_checkpoint '.*checkpoint-99' does not exist"),
     ("resume-and-overwrite", IMAGE, "good", ["--resume_from_checkpoint", "{out}", "--overwrite_output_dir"],
