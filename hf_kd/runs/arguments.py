@@ -15,6 +15,7 @@ from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..data import DATA_PATHS
 from ..models import PRESET_NAMES
 from ..training.configuration_distillation import DistillationConfig
 
@@ -49,6 +50,45 @@ class DataArguments:
     dataset_cache_dir: str | None = field(
         default=None, metadata={"help": "Where load_dataset caches (default: HF_DATASETS_CACHE)."}
     )
+    data_path: str = field(
+        default="auto",
+        metadata={
+            "help": "Images: 'memory' decodes and normalises every image once and holds the tensors in memory "
+            "(fastest, for small sets); 'on_the_fly' decodes, augments and normalises per batch in the DataLoader's "
+            "workers (--dataloader_num_workers), memory flat in the dataset's size; 'auto' picks memory when the "
+            "decoded tensors fit in --in_memory_limit_gb. The choice is logged.",
+            "choices": list(DATA_PATHS),
+        },
+    )
+    in_memory_limit_gb: float | None = field(
+        default=None,
+        metadata={"help": "--data_path auto: the most decoded GiB held in memory (default: 10% of the machine's RAM)."},
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the training split as a stream (datasets streaming=True): for a Hub dataset too big to "
+            "download whole. Implies --data_path on_the_fly; the test split (--max_eval_samples) is downloaded. Set "
+            "--max_steps, or --max_train_samples for the epochs to be counted."
+        },
+    )
+    random_flip: bool = field(
+        default=False,
+        metadata={
+            "help": "Images: flip training images left-right at random (per batch, on the fly). The teacher then "
+            "runs live: logits stored once would not match the flipped inputs."
+        },
+    )
+
+    def __post_init__(self):
+        if self.data_path not in DATA_PATHS:
+            raise ValueError(f"data_path must be one of {', '.join(DATA_PATHS)}, got {self.data_path!r}.")
+        if self.streaming and self.data_path == "memory":
+            raise ValueError("--streaming reads the data as it trains: it cannot be held in memory (--data_path memory).")
+        if self.random_flip and self.data_path == "memory":
+            raise ValueError("--random_flip augments per batch, on the fly: use --data_path on_the_fly (or auto).")
+        if self.in_memory_limit_gb is not None and self.in_memory_limit_gb < 0:
+            raise ValueError(f"in_memory_limit_gb must be >= 0, got {self.in_memory_limit_gb}.")
 
 
 @dataclass
@@ -143,6 +183,36 @@ class ExperimentArguments:
     ema_decay: float = field(
         default=0.99, metadata={"help": "--distillation_mode ema: the teacher's decay per optimizer step."}
     )
+
+
+@dataclass
+class ImageExperimentArguments(ExperimentArguments):
+    """[`ExperimentArguments`] of an image run, with a pretrained student as an alternative to `--student`."""
+
+    student_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A pretrained image classifier as the student (Hub id or directory, e.g. "
+            "google/mobilenet_v2_1.0_224), with its image processor: its weights are loaded and its classification "
+            "head resized to the dataset's classes. Instead of --student (an architecture trained from scratch)."
+        },
+    )
+
+    def __post_init__(self):
+        if self.student and self.student_model_name_or_path:
+            raise ValueError(
+                "Give --student (an architecture trained from scratch) or --student_model_name_or_path (a pretrained "
+                "student), not both."
+            )
+
+    @property
+    def student_source(self) -> str | None:
+        """Where the student comes from: `--student_model_name_or_path` or `--student`."""
+        return self.student_model_name_or_path or self.student
+
+    @property
+    def student_is_pretrained(self) -> bool:
+        return bool(self.student_model_name_or_path)
 
 
 @dataclass
@@ -243,6 +313,7 @@ class TextArguments:
 _GROUP_TITLES = {
     "DataArguments": "data (hf_kd)",
     "ExperimentArguments": "experiment (hf_kd): the models, and the trainings around the distillation",
+    "ImageExperimentArguments": "experiment (hf_kd): the models, and the trainings around the distillation",
     "TextArguments": "text (hf_kd): columns, tokenization, student",
     "DistillationConfig": "distillation (hf_kd)",
 }
@@ -297,14 +368,15 @@ def parse_arguments(dataclass_types: tuple, defaults: dict[str, Any] | None = No
 
 def parse_image_arguments(
     defaults: dict[str, Any] | None = None, argv: list[str] | None = None
-) -> tuple[DataArguments, ExperimentArguments, DistillationConfig]:
-    """The image examples' arguments: `(DataArguments, ExperimentArguments, DistillationConfig)`."""
+) -> tuple[DataArguments, ImageExperimentArguments, DistillationConfig]:
+    """The image examples' arguments: `(DataArguments, ImageExperimentArguments, DistillationConfig)`."""
     data_args, experiment_args, config = parse_arguments(
-        (DataArguments, ExperimentArguments, DistillationConfig), defaults, argv
+        (DataArguments, ImageExperimentArguments, DistillationConfig), defaults, argv
     )
-    for name, value in (("dataset_name", data_args.dataset_name), ("student", experiment_args.student)):
-        if not value:
-            raise ValueError(f"--{name} is required.")
+    if not data_args.dataset_name:
+        raise ValueError("--dataset_name is required.")
+    if not experiment_args.student_source:
+        raise ValueError("--student (an architecture) or --student_model_name_or_path (a pretrained student) is required.")
     needs_teacher = experiment_args.distillation_mode == "offline" or (
         experiment_args.distillation_mode == "mutual" and "teacher" in experiment_args.peers.split(",")
     )
@@ -342,4 +414,7 @@ def parse_text_arguments(
             )
     if data_args.image_column is not None:
         raise ValueError("--image_column applies to image runs only; for text use --text_column_names.")
+    for name, unset in (("data_path", "auto"), ("streaming", False), ("random_flip", False), ("in_memory_limit_gb", None)):
+        if getattr(data_args, name) != unset:
+            raise ValueError(f"--{name} applies to image runs only.")
     return data_args, experiment_args, text_args, config
