@@ -42,8 +42,8 @@ from hf_kd.runs.experiment import (
     train_teacher,
     user_errors_as_messages,
 )
-from hf_kd.runs.online import born_again, distil_from_ema, train_mutual
 from hf_kd.runs.image_data import check_on_the_fly_run, model_view, with_teacher_outputs
+from hf_kd.runs.online import born_again, distil_from_ema, train_mutual
 from hf_kd.runs.recipes import (
     build_image_model,
     fill_value,

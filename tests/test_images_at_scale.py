@@ -9,7 +9,6 @@ import os
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 from datasets import Dataset, IterableDataset
 from test_examples_image import LOCAL_ACCURACY, make_image_dataset, run_example
 from transformers import (
@@ -23,7 +22,13 @@ from transformers import (
 )
 
 from hf_kd import DistillationConfig, DistillationTrainer
-from hf_kd.data import ImageTransform, InMemoryDataset, OneModelCollator, choose_data_path, estimate_decoded_bytes
+from hf_kd.data import (
+    ImageTransform,
+    InMemoryDataset,
+    OneModelCollator,
+    choose_data_path,
+    estimate_decoded_bytes,
+)
 from hf_kd.data.image import preprocess_image_dataset
 from hf_kd.runs.arguments import DataArguments
 from hf_kd.runs.image_data import OnTheFlyData, with_teacher_outputs
@@ -108,7 +113,7 @@ def test_load_image_data_follows_data_path(tmp_path, images, models):
     path = tmp_path / "images"
     images.train_test_split(test_size=8, seed=0).save_to_disk(str(path))
     processor = MobileNetV2ImageProcessor.from_pretrained(models[1])
-    args = dict(dataset_name=str(path), eval_split="test")
+    args = {"dataset_name": str(path), "eval_split": "test"}
     memory, names = load_image_data(DataArguments(**args, in_memory_limit_gb=1.0), processor)
     on_the_fly, _ = load_image_data(DataArguments(**args, in_memory_limit_gb=0.0), processor)
     assert isinstance(memory.train_dataset, InMemoryDataset) and isinstance(on_the_fly, OnTheFlyData)
@@ -222,3 +227,22 @@ def test_the_guides_recipe_vit_to_mobilenet_through_the_example(tmp_path, images
     assert type(kd).__name__ == "MobileNetV2ForImageClassification" and kd.config.num_labels == NUM_CLASSES
     assert os.path.isfile(output / "teacher" / "preprocessor_config.json")
     assert json.loads((output / "teacher" / "preprocessor_config.json").read_text())["image_mean"] == [0.5] * 3
+
+
+def test_streaming_reads_a_local_parquet_dataset_as_a_stream(tmp_path, images, models):
+    """--streaming: the training split a stream decoded per batch, the test split downloaded (its first N)."""
+    root = tmp_path / "parquet"
+    (root / "data").mkdir(parents=True)
+    images.select(range(32)).to_parquet(str(root / "data" / "train-00000-of-00001.parquet"))
+    images.select(range(32, 48)).to_parquet(str(root / "data" / "test-00000-of-00001.parquet"))
+    processor = MobileNetV2ImageProcessor.from_pretrained(models[1])
+    args = DataArguments(dataset_name=str(root), streaming=True, max_train_samples=20, max_eval_samples=8)
+    data, names = load_image_data(args, processor, teacher_processors([str(models[0])], processor))
+    assert isinstance(data.train_dataset, IterableDataset) and isinstance(data.eval_dataset, Dataset)
+    assert names == list(LABELS) and len(data.eval_dataset) == 8
+    rows = list(data.train_dataset)
+    assert len(rows) == 20
+    assert rows[0]["pixel_values"].shape == (3, 24, 24) and rows[0]["teacher_pixel_values"].shape == (3, 32, 32)
+    assert [int(row["labels"]) for row in rows] == images["label"][:20]
+    with pytest.raises(ValueError, match="streaming"):
+        DataArguments(dataset_name=str(root), streaming=True, data_path="memory")

@@ -10,9 +10,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image, IterableDataset, Value
+from datasets import (
+    Array3D,
+    ClassLabel,
+    Dataset,
+    DatasetDict,
+    Features,
+    Image,
+    IterableDataset,
+    Value,
+)
 
-from .loading import check_split_labels, is_string, label_names, load_raw_dataset, select_split
+from .loading import (
+    check_split_labels,
+    is_string,
+    label_names,
+    load_raw_dataset,
+    select_split,
+)
 from .memory import collate_batches
 from .on_the_fly import ImageTransform
 
@@ -165,7 +180,7 @@ def _streamed_splits(
     from datasets import load_dataset
 
     if not isinstance(dataset_name, str):
-        raise ValueError("streaming=True reads a dataset by name (a Hub id or a local directory), not an object.")
+        raise TypeError("streaming=True reads a dataset by name (a Hub id or a local directory), not an object.")
 
     def stream(split: str) -> IterableDataset:
         loaded = load_dataset(dataset_name, dataset_config_name, split=split, streaming=True, cache_dir=cache_dir)

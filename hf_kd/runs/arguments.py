@@ -62,7 +62,7 @@ class DataArguments:
     )
     in_memory_limit_gb: float | None = field(
         default=None,
-        metadata={"help": "--data_path auto: the most decoded GiB held in memory (default: 10% of the machine's RAM)."},
+        metadata={"help": "--data_path auto: the most decoded GiB held in memory (default: a tenth of the machine's RAM)."},
     )
     streaming: bool = field(
         default=False,

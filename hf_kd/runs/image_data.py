@@ -17,7 +17,13 @@ from accelerate import PartialState
 from datasets import Dataset, IterableDataset
 
 from ..batch import is_teacher_input
-from ..data import ImageSplits, ImageTransform, InMemoryDataset, OneModelCollator, collate_batches
+from ..data import (
+    ImageSplits,
+    ImageTransform,
+    InMemoryDataset,
+    OneModelCollator,
+    collate_batches,
+)
 from ..data.on_the_fly import STUDENT
 from ..teacher.stored import store_teacher_logits, with_stored_logits
 from ..training.configuration_distillation import DistillationConfig
@@ -75,7 +81,9 @@ def with_teacher_outputs(data: ModelData, teacher, config: DistillationConfig) -
             data.raw_train, teacher, data.transform, batch_size=batch_size,
             num_workers=config.dataloader_num_workers, dtype=config.teacher_logits_dtype, source_key=data.source_key,
         )  # fmt: skip
-    return dataclasses.replace(data, train_dataset=with_stored_logits(data.raw_train, logits, data.transform))
+    # Training reads the stored logits instead of the teacher: the student's pixel values alone are decoded.
+    served = with_stored_logits(data.raw_train, logits, data.transform.without_teachers())
+    return dataclasses.replace(data, train_dataset=served)
 
 
 def model_view(data: ModelData, member: int | str | None = STUDENT, processing_class: Any = None) -> ModelData:

@@ -161,7 +161,7 @@ def load_image_data(
                 split, image_processor, splits.image_column, splits.label_column, label2id=splits.label2id,
                 num_proc=data_args.preprocessing_num_workers, teacher_processors=teacher_processors,
                 desc=f"Decoding and normalising the {key} images",
-            )  # fmt: skip
+            )
             for key, split in (("train", splits.train), ("test", splits.eval))
         ]
     # Every training reads the training set many times: tensors, read once. InMemoryDataset serves whole batches,
@@ -322,7 +322,7 @@ def _tokenized(tokenizer, label2id, splits, text_columns, label_column, text_arg
             tokenize_dataset(
                 split, tokenizer, text_columns, label_column, label2id, max_length=text_args.max_length,
                 teacher_tokenizer=teacher_tokenizer, num_proc=data_args.preprocessing_num_workers,
-            )  # fmt: skip
+            )
             for split in splits
         ]
 

@@ -32,7 +32,12 @@ from ..batch import teacher_feature_column
 from ..data import InMemoryDataset
 from ..features.names import FeatureCollector, parse_feature
 from ..placement import freeze, is_fsdp1, own_class, whole_state
-from .loading import TEACHER_LOGITS_DTYPES, columns_teacher_reads, logits_of, run_teacher
+from .loading import (
+    TEACHER_LOGITS_DTYPES,
+    columns_teacher_reads,
+    logits_of,
+    run_teacher,
+)
 
 logger = logging.get_logger(__name__)
 

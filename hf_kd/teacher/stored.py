@@ -63,9 +63,9 @@ def _write_shards(loader, teacher: nn.Module, device: torch.device, dtype: str, 
         nonlocal shard
         column = pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1), type=value_type), logits.shape[1])
         table = pa.table({TEACHER_LOGITS: column})
-        with pa.OSFile(str(directory / f"shard-{shard:05d}.arrow"), "wb") as sink:
-            with pa.ipc.new_stream(sink, table.schema) as writer:  # the stream format Dataset.from_file maps
-                writer.write_table(table)
+        path = str(directory / f"shard-{shard:05d}.arrow")
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:  # what from_file maps
+            writer.write_table(table)
         shard += 1
 
     for batch in loader:
