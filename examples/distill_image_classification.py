@@ -34,9 +34,9 @@ from hf_kd.runs.experiment import (
     compute_metrics_for,
     distil,
     distil_assistants,
-    finish_training,
     prepare_run,
     report_run,
+    run_stage,
     stage_args,
     train_baseline,
     train_teacher,
@@ -115,7 +115,7 @@ def main(defaults=None, argv=None):
         processing_class=image_processor,
         compute_metrics=compute_metrics,
     )
-    distilled = finish_training(STUDENT_KD_DIR, trainer, data)
+    distilled = run_stage(STUDENT_KD_DIR, trainer, data)
 
     # 6. The baseline: the same student (same seed, so the same initial weights and data order), labels only, on the
     #    student's own inputs; with assistants, the same student distilled directly from the teacher too. The

@@ -29,15 +29,15 @@ from hf_kd.runs.experiment import (
     STUDENT_KD_DIR,
     Trained,
     compute_metrics_for,
-    finish_training,
     prepare_run,
-    prepare_teachers,
     report_run,
+    run_stage,
     stage_args,
     train_baseline,
     user_errors_as_messages,
 )
 from hf_kd.runs.recipes import text_setup
+from hf_kd.runs.setups import prepare_teachers
 from hf_kd.teacher.ensemble import ensemble_for
 
 # Measured on Rotten Tomatoes with all-MiniLM-L6-v2 on CPU: see README.md, "Text classification".
@@ -98,7 +98,7 @@ def main(argv=None):
         processing_class=data.processing_class,
         compute_metrics=compute_metrics,
     )
-    distilled = finish_training(STUDENT_KD_DIR, trainer, data)
+    distilled = run_stage(STUDENT_KD_DIR, trainer, data)
 
     # 5. The baseline: the same student, from the same weights, on the labels alone. The ensemble, when it can predict
     #    without the labels, is measured first, on the student's data with each teacher's own inputs: the others'

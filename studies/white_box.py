@@ -7,7 +7,7 @@ with hf_kd's reference CNNs (1-channel 28x28 versions of the CIFAR-10 presets), 
 Sized for a shared 2-core CPU (the teacher's forward is ~10 ms an image there): one teacher (seed 0) trained on a
 training subset, every student on the same subset for a few epochs. Pairs are `auto` (relative depth over the
 pre-ReLU outputs; attention transfer keeps the conv pairs, RKD the penultimate features); weights are the reference
-implementations' defaults (`hf_kd.features.DEFAULT_FEATURE_WEIGHTS`), not tuned.
+implementations' defaults (`hf_kd.features.table`), not tuned.
 
     python studies/white_box.py --train_examples 2000 --epochs 2 --teacher_epochs 3 --output_dir /tmp/white_box
     python studies/white_box.py --dataset mnist --output_dir /tmp/white_box_mnist

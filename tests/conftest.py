@@ -24,6 +24,12 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+def pytest_configure(config):
+    # `slow`: subprocess launches, whole-example runs and real-data checks (seconds to minutes each). The quick
+    # subset for iterating is `python -m pytest -m "not slow" tests` (README, "Tests").
+    config.addinivalue_line("markers", "slow: a launch, a whole example run or a real-data check (deselect: -m 'not slow')")
+
 SHARED_DIR = REPO_ROOT.parent / "shared"
 
 

@@ -41,7 +41,7 @@ def train(output_dir: str, per_device_batch: int) -> dict:
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
     trainer.train()
     state = {f"student.{k}": v for k, v in student.state_dict().items()}
-    state.update({f"connectors.{k}": v for k, v in trainer._feature_term.connectors.state_dict().items()})
+    state.update({f"connectors.{k}": v for k, v in trainer.feature_distillation.term.connectors.state_dict().items()})
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 

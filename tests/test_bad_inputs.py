@@ -115,6 +115,7 @@ def test_bad_command_line_input(tmp_path, data, case, previous, capsys):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_string_labels_of_images_are_encoded_for_a_cli_user(tmp_path, data):
     """A label column of strings needs no `class_encode_column`: the classes are its sorted distinct values."""
     out = tmp_path / "run"
@@ -128,6 +129,7 @@ def test_string_labels_of_images_are_encoded_for_a_cli_user(tmp_path, data):
     assert settings["mixed_precision"] == "no" and settings["teacher_dtype"] == "float32"  # issue 14, item 9
 
 
+@pytest.mark.slow
 def test_overwrite_moves_the_previous_run_aside(tmp_path, data, caplog):
     """--overwrite_output_dir: the new run's directory holds the new run alone (issue 14, item 3)."""
     out = tmp_path / "run"

@@ -7,11 +7,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import REPO_ROOT
 from datasets import DatasetDict
 from safetensors.torch import load_file
 from test_examples_image import LOCAL_ACCURACY, make_image_dataset
+
+pytestmark = pytest.mark.slow  # launches and whole-example runs
 
 GLOBAL_BATCH = 16
 

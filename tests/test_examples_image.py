@@ -15,6 +15,8 @@ import pytest
 from conftest import REPO_ROOT, shared_path
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
+pytestmark = pytest.mark.slow  # launches and whole-example runs
+
 LOCAL_ACCURACY = str(REPO_ROOT / "tests" / "metrics" / "accuracy")
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from datasets import DatasetDict
 from test_examples_image import LOCAL_ACCURACY, load_example, make_image_dataset
 
 from hf_kd.report.measure import model_label
 from hf_kd.runs.recipes import build_image_model
+
+pytestmark = pytest.mark.slow  # launches and whole-example runs
 
 
 def test_ensemble_through_an_assistant(tmp_path):

@@ -17,6 +17,8 @@ from datasets import DatasetDict
 from safetensors.torch import load_file
 from test_examples_image import LOCAL_ACCURACY, check_report, make_image_dataset
 
+pytestmark = pytest.mark.slow  # launches and whole-example runs
+
 needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,
     reason='deepspeed is not installed (DS_BUILD_OPS=0 pip install -e ".[deepspeed]"; .ci/run installs it)',

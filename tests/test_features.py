@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification, HfArgumentParser, TrainerCallback
 
 from hf_kd import DistillationConfig, DistillationTrainer
-from hf_kd.features.names import FeatureCollector, make_connector, parse_feature, relative_depth
+from hf_kd.features.connectors import make_connector
+from hf_kd.features.names import FeatureCollector, parse_feature, relative_depth
 from hf_kd.models import model_from_preset
 from hf_kd.training.feature_term import CONNECTORS_NAME
 
@@ -114,21 +115,21 @@ def test_relative_depth_is_tinyberts_uniform_mapping():
 def test_auto_pairs_on_the_reference_mlps_and_cnns(tmp_path):
     teacher, student = mlps()
     trainer = trainer_for(tmp_path, teacher, student, images(16), feature_loss="overhaul")
-    assert trainer._feature_term.describe() == ["hidden_states.1:hidden_states.3"]  # pre-ReLU 100 <-> pre-ReLU 100
+    assert trainer.feature_distillation.term.describe() == ["hidden_states.1:hidden_states.3"]  # pre-ReLU 100 <-> pre-ReLU 100
     torch.manual_seed(0)
     cnn = {"num_channels": 1, "image_size": 28}
     t_cnn, s_cnn = model_from_preset("cifar10-cnn-teacher", **cnn), model_from_preset("cifar10-cnn-student", **cnn)
     trainer = trainer_for(tmp_path, t_cnn, s_cnn, images(16), feature_loss="hint")
     # Student conv0 (16, 28, 28), conv1 (16, 14, 14), fc (256,) at the teacher's relative depth: conv1 (64, 28, 28),
     # conv2 (64, 14, 14), fc (512,); each through a connector sized by the probe.
-    assert trainer._feature_term.describe() == [
+    assert trainer.feature_distillation.term.describe() == [
         "hidden_states.1:hidden_states.3", "hidden_states.3:hidden_states.5", "hidden_states.5:hidden_states.9"
     ]  # fmt: skip
-    kinds = [(type(c).__name__, tuple(c.weight.shape)) for c in trainer._feature_term.connectors.connectors]
+    kinds = [(type(c).__name__, tuple(c.weight.shape)) for c in trainer.feature_distillation.term.connectors.connectors]
     assert kinds == [("Conv2d", (64, 16, 1, 1)), ("Conv2d", (64, 16, 1, 1)), ("Linear", (512, 256))]
     attention = trainer_for(tmp_path, t_cnn, s_cnn, images(16), feature_loss="attention")  # maps only, no connector
-    assert attention._feature_term.describe() == ["hidden_states.1:hidden_states.3", "hidden_states.3:hidden_states.5"]
-    assert not attention._feature_term.connectors.has_parameters()
+    assert attention.feature_distillation.term.describe() == ["hidden_states.1:hidden_states.3", "hidden_states.3:hidden_states.5"]
+    assert not attention.feature_distillation.term.connectors.has_parameters()
 
 
 def test_auto_pairs_on_two_tiny_berts(tmp_path):
@@ -145,15 +146,15 @@ def test_auto_pairs_on_two_tiny_berts(tmp_path):
                               "labels": torch.randint(0, 3, (16,), generator=g).numpy()})  # fmt: skip
     teacher, student = bert(4, 32, 0), bert(2, 16, 1)
     hidden = trainer_for(tmp_path, teacher, student, data, feature_loss="hidden_mse", max_steps=1)
-    assert hidden._feature_term.describe() == ["hidden_states.0:hidden_states.0", "hidden_states.1:hidden_states.2",
+    assert hidden.feature_distillation.term.describe() == ["hidden_states.0:hidden_states.0", "hidden_states.1:hidden_states.2",
                                                "hidden_states.2:hidden_states.4"]  # fmt: skip
-    assert all(tuple(c.weight.shape) == (32, 16) for c in hidden._feature_term.connectors.connectors)
+    assert all(tuple(c.weight.shape) == (32, 16) for c in hidden.feature_distillation.term.connectors.connectors)
     hidden.train()
     assert hidden.state.log_history[0]["loss_feature"] > 0
     # Loaded with SDPA (transformers' default), which returns no attention maps: both are switched to eager.
     teacher16, sdpa_student = bert(4, 16, 0, "sdpa"), bert(2, 16, 1, "sdpa")
     attention = trainer_for(tmp_path, teacher16, sdpa_student, data, feature_loss="attention_mse", max_steps=1)
-    assert attention._feature_term.describe() == ["attentions.0:attentions.1", "attentions.1:attentions.3"]
+    assert attention.feature_distillation.term.describe() == ["attentions.0:attentions.1", "attentions.1:attentions.3"]
     assert teacher16.config._attn_implementation == sdpa_student.config._attn_implementation == "eager"
     attention.train()
     assert attention.state.log_history[0]["loss_feature"] > 0
@@ -168,7 +169,7 @@ def test_connectors_train_and_are_checkpointed_but_never_saved_with_the_student(
     pairs = ["hidden_states.2:hidden_states.2"]  # student 100 -> teacher 400: a Linear connector
     args = dict(feature_pairs=pairs, num_train_epochs=2, save_strategy="steps", save_steps=4, logging_steps=4)
     trainer = trainer_for(tmp_path, teacher, student, images(128), **args)
-    connector = trainer._feature_term.connectors.connectors[0]
+    connector = trainer.feature_distillation.term.connectors.connectors[0]
     before = connector.weight.detach().clone()
     trainer.train()
     assert not torch.equal(connector.weight, before)  # in the optimizer
@@ -187,13 +188,13 @@ def test_connectors_train_and_are_checkpointed_but_never_saved_with_the_student(
     resumed_student = model_from_preset("mnist-mlp-student")
     resumed = trainer_for(tmp_path, teacher, resumed_student, images(128), **args)
     resumed._load_from_checkpoint(str(checkpoint))
-    restored = resumed._feature_term.connectors.state_dict()
+    restored = resumed.feature_distillation.term.connectors.state_dict()
     assert all(torch.equal(restored[key], saved[key]) for key in saved)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     for key, value in student.state_dict().items():
         torch.testing.assert_close(resumed_student.state_dict()[key], value, rtol=0, atol=0, msg=key)
-    end = resumed._feature_term.connectors.state_dict()
-    for key, value in trainer._feature_term.connectors.state_dict().items():
+    end = resumed.feature_distillation.term.connectors.state_dict()
+    for key, value in trainer.feature_distillation.term.connectors.state_dict().items():
         torch.testing.assert_close(end[key], value, rtol=0, atol=0, msg=key)
 
 
@@ -215,7 +216,7 @@ def test_connector_gradients_are_zeroed_each_step_and_clipped_with_the_students(
         tmp_path, teacher, student, same_batch, feature_pairs=["hidden_states.2:hidden_states.2"],
         per_device_train_batch_size=4, num_train_epochs=3, learning_rate=0.0, max_grad_norm=1e-3,
     )  # fmt: skip
-    record = ConnectorGradients(trainer._feature_term.connectors, student)
+    record = ConnectorGradients(trainer.feature_distillation.term.connectors, student)
     trainer.add_callback(record)
     trainer.train()
     assert len(record.steps) == 3
@@ -280,23 +281,24 @@ def test_vector_features_cached_with_the_logits_train_the_student_the_live_teach
     teacher, student = mlps()
     with caplog.at_level(logging.INFO, logger="hf_kd.teacher.precompute"):
         cached = trainer_for(tmp_path, teacher, student, data, precompute_teacher_logits=True, **settings)
-    names = cached._feature_term.teacher_features()
+    names = cached.feature_distillation.term.teacher_features()
     columns = [f"teacher_feature_{i}" for i in range(len(names))]
     assert set(columns) < set(cached.train_dataset.column_names)
     logged = next(r.getMessage() for r in caplog.records if "computed once" in r.getMessage())
     assert f"teacher_feature_0 ({names[0]}) 0.05 MiB" in logged and "teacher_logits 0.01 MiB" in logged  # 128 x 100
-    # Every example's cached features are the live teacher's (rows in the dataset's order).
+    # Every example's cached features are the live teacher's (rows in the dataset's order), run at the same batch
+    # size: a matmul's rounding depends on the batch's shape.
     with torch.no_grad():
         pixels = data.with_format("torch")["pixel_values"][:]
-        hidden = teacher(pixel_values=pixels, output_hidden_states=True).hidden_states
+        chunks = [teacher(pixel_values=p, output_hidden_states=True).hidden_states for p in pixels.split(32)]
     for name, column in zip(names, columns):
-        live = hidden[int(name.split(".")[1])]
+        live = torch.cat([hidden[int(name.split(".")[1])] for hidden in chunks])
         torch.testing.assert_close(cached.train_dataset.with_format("torch")[column][:], live, rtol=0, atol=0)
     calls = CountCalls(teacher)
     cached.train()
     assert calls.count == 0  # neither for the logits nor for the features
     if loss == "overhaul":
-        assert cached._feature_term.connectors.margin(0).shape == (100,)
+        assert cached.feature_distillation.term.connectors.margin(0).shape == (100,)
 
     live_teacher, live_student = mlps()
     live = trainer_for(tmp_path, live_teacher, live_student, data, **settings)
@@ -306,8 +308,8 @@ def test_vector_features_cached_with_the_logits_train_the_student_the_live_teach
     # Bit for bit: the same teacher weights, the same float32 matmuls (shape (32, ...) rows), the same data order.
     for key, value in live_student.state_dict().items():
         torch.testing.assert_close(student.state_dict()[key], value, rtol=0, atol=0, msg=key)
-    for key, value in live._feature_term.connectors.state_dict().items():
-        torch.testing.assert_close(cached._feature_term.connectors.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    for key, value in live.feature_distillation.term.connectors.state_dict().items():
+        torch.testing.assert_close(cached.feature_distillation.term.connectors.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
 def test_cached_features_are_restored_to_the_datasets_order_and_keyed_by_which_are_cached(tmp_path):

@@ -31,7 +31,7 @@ from transformers import AutoModelForImageClassification
 
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.models import image_processor_for_preset, model_from_preset
-from hf_kd.report.modelcard import HubPushError
+from hf_kd.report.hub import HubPushError
 
 REPO_ID = "hf-kd-tests/mnist-mlp-student-kd"
 TOKEN = "hf_stand_in_token"
@@ -486,6 +486,7 @@ def test_bad_report_leaves_the_existing_card(tmp_path, tiny_task):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "distillation_report.json"]
 
 
+@pytest.mark.slow
 def test_example_pushes_only_the_distilled_student(tmp_path, hub_endpoint):
     """`distill_mnist.py --push_to_hub --hub_model_id ...`: one repository, the KD student's directory alone, and a card
     that carries the run's report and plot."""

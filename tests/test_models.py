@@ -309,6 +309,7 @@ _REMOTE_CODE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_trust_remote_code_loads_without_hf_kd(tmp_path):
     """A saved model and processor load with `trust_remote_code=True` in a process that cannot import hf_kd."""
     rng = np.random.default_rng(0)

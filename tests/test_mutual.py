@@ -207,3 +207,16 @@ def test_ema_teacher_refuses_precomputed_logits(tmp_path, tiny_task):
         DistillationTrainer(model=student, teacher_model=ema.teacher, args=args, train_dataset=train, callbacks=[ema])
     with pytest.raises(ValueError, match="decay"):
         EMATeacherCallback(student, decay=1.0)
+
+
+def test_a_diverged_mutual_run_is_stopped(tmp_path, tiny_task):
+    # One shared base with the distillation trainer: a NaN loss stops the run at the first logging step after it.
+    _, train, _ = tiny_task
+    peers = [make_student(seed=1), make_student(seed=2)]
+    with torch.no_grad():
+        peers[0].net[0].weight.fill_(float("nan"))
+    args = mutual_config(tmp_path, logging_steps=2)
+    trainer = MutualLearningTrainer(models=peers, args=args, train_dataset=train)
+    with pytest.raises(FloatingPointError, match=r"MutualLearningTrainer: non-finite training loss at step 2\b.*loss_ce_0 nan"):
+        trainer.train()
+    assert not list(Path(args.output_dir).glob("checkpoint-*"))  # nothing saved from the diverged run

@@ -39,7 +39,6 @@ def test_born_again_generations_each_distil_the_previous_one(tmp_path, tiny_task
 
 
 def test_born_again_from_the_ensemble_of_earlier_generations(tmp_path, tiny_task):
-    pytest.importorskip("hf_kd.teacher.ensemble", reason="the teacher ensemble module is not in this checkout")
     _, train, test = tiny_task
     data = ModelData(train, test, None, None)
     config = DistillationConfig(output_dir=str(tmp_path), **ARGS)
@@ -77,6 +76,7 @@ def image_data(tmp_path):
         ("ema", [], ["student_ce", "student_ema"]),
     ],
 )
+@pytest.mark.slow
 def test_example_modes_report_every_model_beside_the_baseline(tmp_path, image_data, mode, extra, names):
     output_dir = tmp_path / mode
     argv = ["--dataset_name", str(image_data), "--output_dir", str(output_dir), "--num_train_epochs", "1",
@@ -105,6 +105,7 @@ def launch_mutual(num_processes: int, data_dir, output_dir, global_batch: int = 
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
 
 
+@pytest.mark.slow
 def test_mutual_learning_in_two_processes_equals_one_with_the_same_global_batch(tmp_path, image_data):
     launch_mutual(1, image_data, tmp_path / "one")
     launch_mutual(2, image_data, tmp_path / "two")

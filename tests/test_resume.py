@@ -12,11 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import REPO_ROOT
 from datasets import DatasetDict
 from safetensors.torch import load_file
 from test_examples_image import LOCAL_ACCURACY, make_image_dataset
+
+pytestmark = pytest.mark.slow  # launches and whole-example runs
 
 # Runs examples/distill_mnist.py's main, each DistillationTrainer step slowed by $STEP_SLEEP seconds so that the
 # test can kill it mid-training. The process is real: it is killed with SIGKILL, no cleanup runs.

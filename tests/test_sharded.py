@@ -33,6 +33,8 @@ needs_deepspeed = pytest.mark.skipif(
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from sharded_worker import PROBE, training_args  # noqa: E402
 
+pytestmark = pytest.mark.slow  # launches and whole-example runs
+
 GLOBAL_BATCH = 16
 
 

@@ -11,8 +11,9 @@ from test_examples_image import make_image_dataset
 
 from hf_kd.report.metrics import load_metric
 from hf_kd.runs.arguments import parse_image_arguments
-from hf_kd.runs.experiment import prepare_run, run_distillation
+from hf_kd.runs.experiment import prepare_run
 from hf_kd.runs.recipes import image_setup
+from hf_kd.runs.setups import run_distillation
 
 
 def test_run_distillation_composes_the_stages(tmp_path):

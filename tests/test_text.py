@@ -461,6 +461,7 @@ def _save_text_data(folder, n_train: int = 192, n_test: int = 64):
     return folder
 
 
+@pytest.mark.slow
 def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
     """The script in a subprocess: a pretrained encoder with no classification head is fine-tuned as the teacher, a
     1-layer student derived from it is distilled and trained CE-only, the report is written. Then, in process, the
@@ -552,6 +553,7 @@ def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
     assert rows["student_kd"].agreement_with_teacher >= 0.7, rows
 
 
+@pytest.mark.slow
 def test_example_with_two_teachers_of_different_tokenizers(tmp_path, teacher_tokenizer, other_tokenizer):
     """Two --teacher_model_name_or_path: a fine-tuned classifier loaded as it is, and an encoder whose new head is
     fine-tuned here (stage teacher_1); the student, derived from the first, shares its tokenizer, so only the second
@@ -631,6 +633,7 @@ def _minilm_path():
     return path if (path / "model.safetensors").is_file() else None
 
 
+@pytest.mark.slow
 def test_rotten_tomatoes_with_minilm(tmp_path):
     """The example's real path on a subset: MiniLM fine-tuned as the teacher, a 2-layer student derived from its
     layers 0 and 5, distilled and trained CE-only. The full-size numbers are in README.md ("Text classification")."""
@@ -695,7 +698,7 @@ def test_student_derived_from_the_pretrained_encoder(tmp_path, teacher_tokenizer
     for init_from in ("pretrained", "fine-tuned"):
         data_args, _, text_args, config = parse_text_arguments(None, [*argv, "--student_init_from", init_from])
         task = text_setup(data_args, text_args, config)
-        assert task.train_teacher  # the encoder has no classification head
+        assert task.teacher_needs_training  # the encoder has no classification head
         loaded = {k: v.clone() for k, v in task.teacher.state_dict().items()}
         new_heads.append(loaded["classifier.weight"])
         torch.rand(1000)  # whatever the global RNG did in between, the seed decides the new head

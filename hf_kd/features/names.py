@@ -29,22 +29,11 @@ from functools import partial
 import torch
 from torch import nn
 
+from .table import feature_loss
+
 AUTO = "auto"
 OUTPUT_FIELDS = ("hidden_states", "attentions")
 INPUT_SUFFIX = "@input"
-FEATURE_LOSSES = ("hint", "cosine", "overhaul", "attention", "hidden_mse", "attention_mse", "pkd", "rkd", "triplet")
-FEATURE_CONNECTORS = ("auto", "linear", "conv", "identity")
-# Losses that compare the features without a connector (scale- or channel-invariant, or maps of equal shape).
-CONNECTORLESS_LOSSES = ("attention", "rkd", "attention_mse")
-# Relations are computed on the penultimate features (the classifier's input): `auto` pairs the last hidden states.
-PENULTIMATE_LOSSES = ("rkd", "triplet")
-# The weight of the feature term when `feature_weight` is not given: the reference implementations' factors for the
-# normalisations of `hf_kd.losses.feature` (overhaul: `/ 1000` in clovaai's CIFAR script; attention transfer: beta
-# 1e3 in szagoruyko's `cifar.py`; PKD: beta 100, Sun et al. 2019; RKD: its own 1 and 2 inside `rkd_loss`).
-DEFAULT_FEATURE_WEIGHTS = {
-    "hint": 1.0, "cosine": 1.0, "overhaul": 1e-3, "attention": 1e3, "hidden_mse": 1.0, "attention_mse": 1.0,
-    "pkd": 100.0, "rkd": 1.0, "triplet": 1.0,
-}  # fmt: skip
 # hf_kd's reference models: hidden_states[1::2] are pre-ReLU outputs, hidden_states[2::2] block outputs.
 REFERENCE_MODEL_TYPES = ("hf_kd_mlp", "hf_kd_cnn")
 
@@ -233,9 +222,12 @@ def relative_depth(position: int, num_student: int, num_teacher: int, with_embed
 def _layer_names(model: nn.Module, field: str, count: int, loss: str) -> list[str]:
     """The `auto` candidates of one model: the reference models' pre-ReLU outputs (the features feature
     distillation matches, and what the overhaul needs), else every entry (a transformer's embeddings and layers)."""
-    if loss in PENULTIMATE_LOSSES:
+    if feature_loss(loss).penultimate:
         return [f"{field}.{count - 1}"]
-    if field == "hidden_states" and getattr(getattr(model, "config", None), "model_type", None) in REFERENCE_MODEL_TYPES:
+    if (
+        field == "hidden_states"
+        and getattr(getattr(model, "config", None), "model_type", None) in REFERENCE_MODEL_TYPES
+    ):
         return [f"{field}.{i}" for i in range(1, count, 2)]
     return [f"{field}.{i}" for i in range(count)]
 
@@ -252,7 +244,7 @@ def auto_pairs(
     `attention_mse`), per-example shapes given per field. When the teacher entry at the student's depth cannot be
     matched (`compatible(student_shape, teacher_shape)` is False: e.g. another spatial size), the nearest compatible
     teacher entry is taken (the deeper one on ties); a student entry with none is left out."""
-    field = "attentions" if loss == "attention_mse" else "hidden_states"
+    field = feature_loss(loss).field
     s_shapes, t_shapes = list(student_shapes.get(field, ())), list(teacher_shapes.get(field, ()))
     s_names = _layer_names(student, field, len(s_shapes), loss)
     t_names = _layer_names(teacher, field, len(t_shapes), loss)
@@ -273,52 +265,3 @@ def auto_pairs(
             "example). Name the pairs yourself."
         )
     return pairs
-
-
-def make_connector(student_shape: tuple, teacher_shape: tuple, loss: str, kind: str = "auto") -> nn.Module:
-    """The module that brings a student feature (per-example shape `student_shape`) to its teacher's
-    (`teacher_shape`) for `loss`: `nn.Identity` when the shapes match (and for the losses that need none), a
-    `Linear` over the last dimension of vectors `(D,)` and token states `(L, D)`, a bias-free 1x1 `Conv2d` for maps
-    `(C, H, W)`; the overhaul's connector adds a BatchNorm (Heo et al.: conv + BN, Linear + BN1d for vectors).
-    Raises a `ValueError` with both shapes when the connector cannot match them."""
-    s, t = tuple(student_shape), tuple(teacher_shape)
-    both = f"student feature {s} and teacher feature {t} (per example)"
-    if loss in CONNECTORLESS_LOSSES:
-        if kind not in ("auto", "identity"):
-            raise ValueError(f"feature_connector={kind!r}: feature_loss={loss!r} compares features without one.")
-        if loss == "attention" and (len(s) < 2 or s[1:] != t[1:] or len(s) != len(t)):
-            raise ValueError(f"feature_loss='attention' needs feature maps of equal spatial size, got {both}.")
-        if loss == "attention_mse" and s != t:
-            raise ValueError(f"feature_loss='attention_mse' needs attention maps of the same shape, got {both}.")
-        return nn.Identity()
-    if kind == "identity" or (kind == "auto" and s == t and loss != "overhaul"):
-        if s != t:
-            raise ValueError(f"feature_connector='identity' needs features of the same shape, got {both}.")
-        return nn.Identity()
-    if len(s) != len(t) or len(s) not in (1, 2, 3):
-        raise ValueError(f"No connector maps the {both}: they must be both vectors, token states or maps.")
-    if len(s) == 3:
-        if kind == "linear" or s[1:] != t[1:]:
-            raise ValueError(f"A 1x1-conv connector needs maps of equal spatial size, got {both}.")
-        layers = [nn.Conv2d(s[0], t[0], kernel_size=1, bias=loss != "overhaul")]
-        return nn.Sequential(*layers, nn.BatchNorm2d(t[0])) if loss == "overhaul" else layers[0]
-    if kind == "conv" or s[:-1] != t[:-1]:
-        raise ValueError(f"A linear connector maps the last dimension only (vectors, token states), got {both}.")
-    if loss == "overhaul":
-        if len(s) != 1:
-            raise ValueError(f"feature_loss='overhaul' needs (C,) vectors or (C, H, W) maps, got {both}.")
-        return nn.Sequential(nn.Linear(s[0], t[0], bias=False), nn.BatchNorm1d(t[0]))
-    return nn.Linear(s[-1], t[-1])
-
-
-def compatible_for(loss: str, kind: str):
-    """`(student_shape, teacher_shape) -> bool`: whether [`make_connector`] can pair them for `loss`."""
-
-    def compatible(student_shape, teacher_shape) -> bool:
-        try:
-            make_connector(student_shape, teacher_shape, loss, kind)
-        except ValueError:
-            return False
-        return True
-
-    return compatible

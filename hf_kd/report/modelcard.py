@@ -24,18 +24,12 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import huggingface_hub
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
     HFValidationError,
-    LocalTokenNotFoundError,
-    RepositoryNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
 from transformers.modelcard import parse_log_history
@@ -46,11 +40,6 @@ from ..teacher.ensemble import ENSEMBLE_CONFIG_NAME, TeacherEnsemble
 from ..utils import atomic_write
 from .measure import count_parameters, model_label
 from .report import SETTING_LABELS, DistillationReport, run_settings
-
-try:  # huggingface_hub >= 2 talks HTTP through httpx2, 1.x through httpx
-    from httpx2 import HTTPError as _TransportError
-except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
-    from httpx import HTTPError as _TransportError
 
 MODEL_CARD_NAME = "README.md"
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
@@ -98,14 +87,6 @@ _VALUE_WORDS = {
 }
 # Evaluation log keys that are not quality metrics.
 _NOT_METRICS = {"loss", "loss_ce", "loss_kd", "runtime", "samples_per_second", "steps_per_second", "epoch", "step"}
-
-
-class HubPushError(RuntimeError):
-    """Publishing to the Hugging Face Hub failed. The model and its card were saved locally first."""
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Small pieces
 
 
 def _is_hub_id(name: Any) -> bool:
@@ -365,6 +346,31 @@ def _read_report(report: Any, output_dir: Path) -> tuple[DistillationReport | No
     return loaded, Path(report) if Path(report).is_dir() else Path(report).parent
 
 
+def _hub_datasets(report: DistillationReport | None, dataset_tags, dataset) -> list[str]:
+    """The Hub datasets the card's header names: the tags given, else the Hub ids among `dataset` or the report's."""
+    datasets = _unique(_as_list(dataset_tags) or [d for d in _as_list(dataset) if _is_hub_id(d)])
+    if not datasets and report is not None and _is_hub_id(report.dataset):
+        datasets = [report.dataset]
+    return datasets
+
+
+def _copy_plot(report: DistillationReport | None, report_dir: Path | None, output_dir: Path) -> str | None:
+    """The report's plot copied next to the card (so that an upload carries it); its file name, or None."""
+    if report is None or not report.plot or report_dir is None or not (report_dir / report.plot).is_file():
+        return None
+    plot = Path(report.plot).name
+    if (report_dir / report.plot).resolve() != (output_dir / plot).resolve():
+        atomic_write(output_dir / plot, (report_dir / report.plot).read_bytes())
+    return plot
+
+
+def _trainer_settings(trainer: Any, teacher: Any) -> dict[str, Any]:
+    """The run's settings read off the trainer, when there is no report to read them from."""
+    columns = getattr(trainer.train_dataset, "column_names", None) or []
+    carried = "precomputed" if TEACHER_LOGITS in columns else "live"
+    return run_settings(trainer.args, teacher_logits=carried, teacher=teacher)
+
+
 def create_model_card(
     trainer: Any,
     *,
@@ -380,9 +386,15 @@ def create_model_card(
     dataset: str | list[str] | None = None,
     dataset_args: str | list[str] | None = None,
     eval_split: str | None = None,
+    student: Any = None,
+    output_dir: str | os.PathLike | None = None,
+    teacher_name: str | None = None,
 ) -> ModelCard | None:
     """
     Write the distillation model card of `trainer`'s student to `trainer.args.output_dir/README.md`, atomically.
+
+    `student`, `output_dir` and `teacher_name` default to the trainer's model, output directory and teacher; a trainer
+    of several models (mutual learning's peers) writes one card per model by giving them.
 
     `repo_id` is the id the card's snippet loads; default: the repository `push_to_hub` created (`trainer.hub_model_id`,
     namespace included), else the student's local directory. `report` defaults to the output directory's report; its
@@ -391,14 +403,11 @@ def create_model_card(
     """
     if not trainer.is_world_process_zero():
         return None
-    args, output_dir = trainer.args, Path(trainer.args.output_dir)
+    args, output_dir = trainer.args, Path(output_dir if output_dir is not None else trainer.args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     report, report_dir = _read_report(report, output_dir)
-    plot = None
-    if report is not None and report.plot and report_dir is not None and (report_dir / report.plot).is_file():
-        plot = Path(report.plot).name
-        if (report_dir / report.plot).resolve() != (output_dir / plot).resolve():
-            atomic_write(output_dir / plot, (report_dir / report.plot).read_bytes())
-    student = trainer.accelerator.unwrap_model(trainer.model)
+    plot = _copy_plot(report, report_dir, output_dir)
+    student = trainer.accelerator.unwrap_model(trainer.model if student is None else student)
     teacher = getattr(trainer, "teacher_model", None)
     teacher = trainer.accelerator.unwrap_model(teacher) if teacher is not None else None
     # In a teacher-assistant chain the trainer's teacher is the last assistant: the table gives it its own column, and
@@ -411,29 +420,20 @@ def create_model_card(
     base_model = finetuned_from
     if base_model is None and _is_hub_id(getattr(getattr(student, "config", None), "_name_or_path", "")):
         base_model = student.config._name_or_path
-    teacher_name = (report.teacher if report else None) or args.teacher_model_name_or_path
+    teacher_name = teacher_name or (report.teacher if report else None) or args.teacher_model_name_or_path
     if not teacher_name and teacher is not None:
         teacher_name = getattr(getattr(teacher, "config", None), "_name_or_path", None) or None
-    if report is not None:
-        settings = report.settings
-    else:
-        columns = getattr(trainer.train_dataset, "column_names", None) or []
-        settings = run_settings(args, teacher_logits="precomputed" if TEACHER_LOGITS in columns else "live", teacher=teacher)
-    datasets = _unique(_as_list(dataset_tags) or [d for d in _as_list(dataset) if _is_hub_id(d)])
-    if not datasets and report is not None and _is_hub_id(report.dataset):
-        datasets = [report.dataset]
+    settings = report.settings if report is not None else _trainer_settings(trainer, teacher)
+    datasets = _hub_datasets(report, dataset_tags, dataset)
     card_data = ModelCardData(
         model_name=model_name or (args.hub_model_id or output_dir.name).split("/")[-1],
         library_name="transformers",
         pipeline_tag=(_as_list(tasks) or [None])[0] or (report.task if report else None) or _task_of(student),
         tags=_unique(DEFAULT_TAGS + _as_list(tags) + list(getattr(trainer, "_tag_names", []) or [])),
-        datasets=datasets or None,
-        base_model=base_model,
-        base_model_relation="finetune" if base_model else None,
-        license=license or DEFAULT_LICENSE,
+        datasets=datasets or None, base_model=base_model, base_model_relation="finetune" if base_model else None,
+        license=license or DEFAULT_LICENSE, language=language,
         distillation={"teacher": report.teacher, **report.lineage} if report and report.lineage else None,
-        language=language,
-    )
+    )  # fmt: skip
     card = model_card(
         card_data, repo_id=repo_id or trainer.hub_model_id or str(args.output_dir), student=student,
         settings=settings, report=report, teacher=None if assistants else teacher, teacher_name=teacher_name,
@@ -445,66 +445,3 @@ def create_model_card(
     # a crash mid-write leaves a half card that the next upload would publish; `atomic_write` never does.
     atomic_write(output_dir / MODEL_CARD_NAME, str(card))
     return card
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Publishing
-
-
-def _explain(err: BaseException) -> str:
-    """What went wrong, in words, from huggingface_hub's typed errors (or the HTTP client's)."""
-    status = getattr(getattr(err, "response", None), "status_code", None)
-    if isinstance(err, LocalTokenNotFoundError):
-        return _NO_TOKEN
-    if isinstance(err, GatedRepoError):
-        return f"the repository is gated and the token has not been granted access (HTTP {status})"
-    if isinstance(err, RepositoryNotFoundError):
-        return f"the repository or its namespace was not found, or the token may not see it (HTTP {status})"
-    if isinstance(err, HfHubHTTPError) and status is not None:
-        if status == 401:
-            return "the Hub rejected the token (HTTP 401 Unauthorized): check that it is valid and not expired"
-        if status == 403:
-            return "the token may not write to this repository (HTTP 403 Forbidden): use a token with write access"
-        if status >= 500:
-            return f"the Hub answered with a server error (HTTP {status}); try again later"
-        return f"the Hub answered HTTP {status}" + (f": {err.server_message}" if err.server_message else "")
-    if isinstance(err, _TransportError):
-        return f"the Hub could not be reached ({type(err).__name__}: {err})"
-    first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {first_line}"
-
-
-_NO_TOKEN = (
-    "no Hugging Face token was found (pass --hub_token, set HF_TOKEN, or run `hf auth login` with a token that has "
-    "write access)"
-)
-
-
-@contextmanager
-def hub_push_errors(trainer: Any, token: str | None = None, card_kwargs: Mapping[str, Any] | None = None):
-    """
-    Around `Trainer.push_to_hub`: when no token is found, or the upload fails (Hub unreachable, token rejected, ...),
-    save the student and its card (`card_kwargs` for `create_model_card`) to `trainer.args.output_dir` and raise a
-    [`HubPushError`] naming the Hub endpoint (`huggingface_hub.constants.ENDPOINT`), the repository, what failed,
-    and the command that uploads the saved output later. With `blocking=False`, upload errors surface in the future.
-    """
-    args = trainer.args
-    repo_id = trainer.hub_model_id or args.hub_model_id or Path(args.output_dir).absolute().name
-    output_dir = os.path.abspath(args.output_dir)
-
-    def fail(what: str) -> HubPushError:
-        trainer.save_model(_internal_call=True)
-        trainer.create_model_card(**{"repo_id": repo_id, **(card_kwargs or {})})
-        return HubPushError(
-            f"Could not push to the Hugging Face Hub ({huggingface_hub.constants.ENDPOINT}), repository '{repo_id}': "
-            f"{what}. The student and its model card are saved in {output_dir}; once the problem is solved, push "
-            f"them with `hf upload {repo_id} {output_dir} --exclude 'checkpoint-*'`."
-        )
-
-    if (token if token is not None else args.hub_token) is None and huggingface_hub.get_token() is None:
-        raise fail(_NO_TOKEN)
-    try:
-        yield
-    except (HfHubHTTPError, LocalTokenNotFoundError, _TransportError, OSError) as err:
-        # The repository is created before the student is saved: make sure the local output is complete.
-        raise fail(_explain(err)) from err

@@ -22,7 +22,7 @@ from ..training.configuration_distillation import DistillationConfig
 from ..training.ema import EMATeacherCallback
 from ..training.mutual import PEER_DIR, MutualLearningConfig, MutualLearningTrainer
 from ..training.trainer import DistillationTrainer
-from .experiment import ModelData, Trained, distil, finish_training, stage_args
+from .experiment import ModelData, Trained, distil, run_stage, stage_args
 
 logger = logging.get_logger(__name__)
 
@@ -44,7 +44,7 @@ def train_mutual(
         models=list(peers), args=args, train_dataset=data.train_dataset, eval_dataset=data.eval_dataset,
         data_collator=data.data_collator, processing_class=data.processing_class, compute_metrics=compute_metrics,
     )  # fmt: skip
-    run = finish_training(name, trainer, data)
+    run = run_stage(name, trainer, data)
     return [
         Trained(f"{name}/{PEER_DIR.format(k)}", peer, data, run.train_time_s, run.log_history, trainer)
         for k, peer in enumerate(trainer.peers)
@@ -93,4 +93,4 @@ def distil_from_ema(
         train_dataset=data.train_dataset, eval_dataset=data.eval_dataset, data_collator=data.data_collator,
         processing_class=data.processing_class, compute_metrics=compute_metrics, callbacks=[ema],
     )  # fmt: skip
-    return finish_training(name, trainer, data)
+    return run_stage(name, trainer, data)

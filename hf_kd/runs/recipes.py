@@ -54,8 +54,9 @@ from ..report.metrics import load_metric
 from ..teacher.loading import load_teacher, resolve_init_kwargs
 from ..training.configuration_distillation import DistillationConfig
 from .arguments import DataArguments, ImageExperimentArguments, TextArguments
-from .experiment import TEACHER_DIR, DistillationSetup, ModelData, TeacherSetup
+from .experiment import TEACHER_DIR, ModelData
 from .image_data import model_view, on_the_fly_data, with_teacher_outputs
+from .setups import DistillationSetup, TeacherSetup
 
 logger = logging.get_logger(__name__)
 
@@ -217,7 +218,7 @@ def image_setup(
         teacher_data=teacher_data,
         teacher=teacher,
         teacher_name=teacher_source or "trained here",
-        train_teacher=not teacher_source,
+        teacher_needs_training=not teacher_source,
         build_student=lambda teacher: build_image_model(student, names, seed, pretrained),
         teacher_augmentation=augmentation,
     )
@@ -385,7 +386,7 @@ def text_setup(data_args: DataArguments, text_args: TextArguments, config: Disti
         teacher_data=teacher_data,
         teacher=teacher,
         teacher_name=source + (" (fine-tuned here)" if fine_tune else ""),
-        train_teacher=fine_tune,
+        teacher_needs_training=fine_tune,
         build_student=text_student_builder(text_args, teacher, label2id, config.seed, fine_tune),
         extra_metrics={"F1": f1} if f1 is not None else {},
     )
@@ -427,7 +428,7 @@ def text_ensemble_setup(
         teacher_data=first.data,
         teacher=first.model,
         teacher_name=", ".join(teacher.source for teacher in teachers),
-        train_teacher=first.train,
+        teacher_needs_training=first.train,
         build_student=text_student_builder(text_args, first.model, label2ids[0], config.seed, first.train),
         extra_metrics={"F1": f1} if f1 is not None else {},
         teachers=teachers,

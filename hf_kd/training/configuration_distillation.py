@@ -8,7 +8,9 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from ..features.names import DEFAULT_FEATURE_WEIGHTS, FEATURE_CONNECTORS, FEATURE_LOSSES, parse_feature_pairs
+from ..features.connectors import FEATURE_CONNECTORS
+from ..features.names import parse_feature_pairs
+from ..features.table import FEATURE_LOSSES, feature_loss
 from ..losses.logit import SOFT_LOSS_TYPES
 from ..placement import TEACHER_SHARDINGS
 from ..teacher.ensemble import ENSEMBLE_METHODS, normalized_weights
@@ -82,7 +84,7 @@ class DistillationConfig(TrainingArguments):
             (teacher-anchored triplet).
         feature_weight (`float`, *optional*):
             Weight of the feature term added to the logit objective. Default: the reference implementation's factor
-            for `feature_loss` (`hf_kd.features.DEFAULT_FEATURE_WEIGHTS`, e.g. 1e3 for attention transfer).
+            for `feature_loss` (the `default_weight` of its entry in `hf_kd.features.table`, e.g. 1e3 for attention transfer).
         feature_connector (`str`, *optional*, defaults to `"auto"`):
             How a student feature reaches its teacher's shape: `"auto"` (identity when the shapes match, else a
             Linear for vectors and token states or a 1x1 conv for maps; the overhaul's adds a BatchNorm), `"linear"`,
@@ -194,7 +196,7 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Weight of the feature term. Default: the reference implementation's factor for feature_loss "
-            "(hf_kd.features.DEFAULT_FEATURE_WEIGHTS)."
+            "(its default_weight in hf_kd.features.table)."
         },
     )
     feature_connector: str = field(
@@ -292,6 +294,6 @@ class DistillationConfig(TrainingArguments):
             self.feature_pairs = [self.feature_pairs]
         parse_feature_pairs(self.feature_pairs)
         if self.feature_weight is None:
-            self.feature_weight = DEFAULT_FEATURE_WEIGHTS[self.feature_loss]
+            self.feature_weight = feature_loss(self.feature_loss).default_weight
         if not isinstance(self.feature_weight, (int, float)) or not 0 <= self.feature_weight < math.inf:
             raise ValueError(f"feature_weight must be a finite number >= 0, got {self.feature_weight!r}.")

@@ -68,7 +68,9 @@ class EMATeacherCallback(TrainerCallback):
     def on_init_end(self, args, state, control, **kwargs):
         # Called inside Trainer.__init__, before DistillationTrainer precomputes anything.
         if getattr(args, "precompute_teacher_logits", False):
-            raise ValueError(f"precompute_teacher_logits=True cannot be used with an EMA teacher: {_PRECOMPUTE_REASON}.")
+            raise ValueError(
+                f"precompute_teacher_logits=True cannot be used with an EMA teacher: {_PRECOMPUTE_REASON}."
+            )
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         dataset = getattr(train_dataloader, "dataset", None)

@@ -13,32 +13,15 @@ from torch import nn
 from transformers.utils import logging
 
 from ..batch import teacher_feature_column
-from ..features.names import AUTO, FeatureCollector, auto_pairs, compatible_for, make_connector, parse_feature_pairs
-from ..losses.feature import (
-    attention_mse_loss,
-    attention_transfer_loss,
-    cosine_loss,
-    hidden_state_mse_loss,
-    hint_loss,
-    overhaul_loss,
-    overhaul_margin_from_bn,
-    overhaul_margin_from_stats,
-    overhaul_negative_stats,
-    pkd_loss,
-)
-from ..losses.relation import rkd_loss, teacher_anchored_triplet_loss
+from ..features.connectors import FeatureConnectors, compatible_for, make_connector
+from ..features.names import AUTO, FeatureCollector, auto_pairs, parse_feature_pairs
+from ..features.table import feature_loss
+from ..losses.feature import overhaul_margin_from_bn, overhaul_margin_from_stats, overhaul_negative_stats
 from ..teacher.loading import run_teacher
 
 logger = logging.get_logger(__name__)
 
 CONNECTORS_NAME = "feature_connectors.safetensors"
-
-
-def _mask_for(feature: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """The batch's attention mask where it describes the positions of token states `(N, L, D)`."""
-    if attention_mask is None or feature.dim() != 3 or tuple(attention_mask.shape) != tuple(feature.shape[:2]):
-        return None
-    return attention_mask
 
 
 def use_eager_attention(model: nn.Module, role: str) -> None:
@@ -52,54 +35,6 @@ def use_eager_attention(model: nn.Module, role: str) -> None:
         f"The {role} computed its attention with {current!r}, which returns no attention maps: switched to 'eager' "
         "for the attention pairs (slower, more memory)."
     )
-
-
-def pair_loss(loss: str, student, teacher, *, margin=None, labels=None, attention_mask=None) -> torch.Tensor:
-    """One pair's `loss` (a name of `FEATURE_LOSSES`) between the student's connected feature and the teacher's."""
-    if loss == "hint":
-        return hint_loss(student, teacher)
-    if loss == "cosine":  # maps are compared flattened (PyTorch's KD tutorial), token states position by position
-        if student.dim() > 3:
-            student, teacher = student.flatten(1), teacher.flatten(1)
-        return cosine_loss(student, teacher, _mask_for(student, attention_mask))
-    if loss == "overhaul":
-        return overhaul_loss(student, teacher, margin)
-    if loss == "attention":
-        return attention_transfer_loss(student, teacher)
-    if loss == "hidden_mse":
-        return hidden_state_mse_loss(student, teacher, _mask_for(student, attention_mask))
-    if loss == "attention_mse":
-        mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
-        return attention_mse_loss(student, teacher, mask)
-    if loss == "pkd":  # the first position ([CLS]) of token states; vectors as they are
-        return pkd_loss(student[:, 0] if student.dim() == 3 else student, teacher[:, 0] if teacher.dim() == 3 else teacher)
-    if loss == "rkd":
-        return rkd_loss(student, teacher)
-    if loss == "triplet":
-        return teacher_anchored_triplet_loss(student, teacher, labels)
-    raise ValueError(f"feature_loss must be one of the feature losses, got {loss!r}.")
-
-
-class FeatureConnectors(nn.Module):
-    """The connectors of a run's pairs (one per pair, `nn.Identity` where none is needed) and the overhaul margins
-    (buffers `margin_<i>`). Its forward maps the student's features of every pair at once, so that a
-    `DistributedDataParallel` wrapper sees every parameter used in one call and averages their gradients."""
-
-    def __init__(self, connectors: Sequence[nn.Module], margins: Sequence[torch.Tensor | None] = ()):
-        super().__init__()
-        self.connectors = nn.ModuleList(connectors)
-        for index, margin in enumerate(margins):
-            if margin is not None:
-                self.register_buffer(f"margin_{index}", margin)
-
-    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [connector(feature) for connector, feature in zip(self.connectors, features)]
-
-    def margin(self, index: int) -> torch.Tensor | None:
-        return getattr(self, f"margin_{index}", None)
-
-    def has_parameters(self) -> bool:
-        return any(parameter.requires_grad for parameter in self.parameters())
 
 
 @contextmanager
@@ -135,7 +70,9 @@ class FeatureTerm:
     `w_i = 1`, or `1 / 2**(n - i - 1)` for the overhaul (Heo et al.: deeper pairs count more). Build it with
     [`FeatureTerm.build`]; features are collected while [`collecting`](#FeatureTerm.collecting) is active."""
 
-    def __init__(self, pairs, loss: str, connectors: FeatureConnectors, student: FeatureCollector, teacher: FeatureCollector):
+    def __init__(
+        self, pairs, loss: str, connectors: FeatureConnectors, student: FeatureCollector, teacher: FeatureCollector
+    ):
         self.pairs, self.loss, self.connectors = pairs, loss, connectors
         self.student, self.teacher = student, teacher
         # What the loss calls: the connectors, or their DistributedDataParallel wrapper (set by the trainer).
@@ -161,14 +98,18 @@ class FeatureTerm:
         connectors (on the student's device), and measure the overhaul margins over `margin_batches()` (the
         teacher's inputs of the training set) when a teacher feature has no BatchNorm to read them from."""
         pairs = parse_feature_pairs(feature_pairs)
-        if (loss == "attention_mse" and pairs == AUTO) or (
+        spec = feature_loss(loss)
+        if (spec.field == "attentions" and pairs == AUTO) or (
             pairs != AUTO and any(name.field == "attentions" for pair in pairs for name in pair)
         ):
             use_eager_attention(student, "student"), use_eager_attention(teacher, "teacher")
         student_pass, teacher_pass = lambda: student(**student_inputs), lambda: run_teacher(teacher, teacher_inputs)
         if pairs == AUTO:
-            field = ("attentions",) if loss == "attention_mse" else ("hidden_states",)
-            s_probe, t_probe = FeatureCollector(student, [], "student", field), FeatureCollector(teacher, [], "teacher", field)
+            field = (spec.field,)
+            s_probe, t_probe = (
+                FeatureCollector(student, [], "student", field),
+                FeatureCollector(teacher, [], "teacher", field),
+            )
             _probe(s_probe, student_pass), _probe(t_probe, teacher_pass)
             shapes = [{f: _per_example(c.field_values.get(f, ())) for f in field} for c in (s_probe, t_probe)]
             pairs = auto_pairs(student, teacher, *shapes, compatible_for(loss, connector), loss)
@@ -183,7 +124,7 @@ class FeatureTerm:
             except ValueError as error:
                 raise ValueError(f"feature pair {s_name.text}:{t_name.text}: {error}") from None
         device = next(student.parameters()).device
-        margins = _overhaul_margins(t_collector, pairs, margin_batches) if loss == "overhaul" else ()
+        margins = _overhaul_margins(t_collector, pairs, margin_batches) if spec.margins else ()
         term = cls(pairs, loss, FeatureConnectors(modules, margins).to(device), s_collector, t_collector)
         term.teacher_shapes = {t.text: tuple(t_features[t.text].shape[1:]) for _, t in pairs}
         return term
@@ -239,12 +180,12 @@ class FeatureTerm:
             )
         self.connectors.train(self.student.model.training)
         connected = self.connectors_forward([student[s.text] for s, _ in self.pairs])
-        n = len(self.pairs)
+        n, spec = len(self.pairs), feature_loss(self.loss)
         total = connected[0].new_zeros((), dtype=torch.float32)
         for index, ((_, t_name), feature) in enumerate(zip(self.pairs, connected)):
-            weight = 1.0 / 2 ** (n - index - 1) if self.loss == "overhaul" else 1.0
-            value = pair_loss(
-                self.loss, feature, teacher[t_name.text], margin=self.connectors.margin(index), labels=labels,
+            weight = 1.0 / 2 ** (n - index - 1) if spec.depth_weighted else 1.0
+            value = spec.compare(
+                feature, teacher[t_name.text], margin=self.connectors.margin(index), labels=labels,
                 attention_mask=attention_mask,
             )  # fmt: skip
             total = total + weight * value

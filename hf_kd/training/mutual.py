@@ -10,29 +10,20 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from functools import partial
 from typing import Any, ClassVar
 
 import torch
 from accelerate.utils import DistributedType, extract_model_from_parallel
 from torch import nn
-from transformers import (
-    DataCollatorWithPadding,
-    PreTrainedTokenizerBase,
-    Trainer,
-    default_data_collator,
-)
 from transformers.trainer_utils import EvalPrediction
 
 from ..batch import TEACHER_LOGITS
-from ..data import collate_batches
 from ..losses.logit import mutual_learning_loss
 from ..teacher.loading import check_compatible, logits_of
+from .base import HfKdTrainer
 from .configuration_distillation import DistillationConfig
-from .trainer import log_loss_terms
 
 PEER_DIR = "peer_{}"
 
@@ -128,7 +119,7 @@ def per_peer_metrics(compute_metrics: Callable[[EvalPrediction], dict], num_peer
     return compute
 
 
-class MutualLearningTrainer(Trainer):
+class MutualLearningTrainer(HfKdTrainer):
     """A [`~transformers.Trainer`] that trains K peers together by deep mutual learning.
 
     Each peer's loss is `CE(y, p_k) + kl_weight * 1/(K-1) * sum_{l != k} T**2 * KL(p_l || p_k)`, the other peers'
@@ -149,7 +140,6 @@ class MutualLearningTrainer(Trainer):
     """
 
     _tag_names: ClassVar[list[str]] = ["hf_kd", "knowledge-distillation", "mutual-learning"]
-    loss_is_scaled_for_ga = False  # `compute_loss` returns a batch mean: the Trainer divides by the accumulation
 
     def __init__(
         self,
@@ -167,20 +157,14 @@ class MutualLearningTrainer(Trainer):
             raise TypeError(f"args must be a MutualLearningConfig (it carries kl_weight), got {type(args).__name__}.")
         model = models if isinstance(models, PeerModels) else PeerModels(list(models))
         _check_peers(list(model.peers))
-        if data_collator is None:
-            tokenizer = isinstance(processing_class, PreTrainedTokenizerBase)
-            fallback = DataCollatorWithPadding(processing_class) if tokenizer else default_data_collator
-            data_collator = partial(collate_batches, fallback=fallback)
         if compute_metrics is not None:
             compute_metrics = per_peer_metrics(compute_metrics, len(model.peers))
         super().__init__(
             model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
             eval_dataset=eval_dataset, processing_class=processing_class, compute_metrics=compute_metrics, **kwargs,
         )  # fmt: skip
-        self.model_accepts_loss_kwargs = False
         if args.label_names is None:  # read off the model's forward by default: the container's takes **inputs
             self.label_names = ["labels"]
-        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     @property
     def peers(self) -> list[nn.Module]:
@@ -203,10 +187,7 @@ class MutualLearningTrainer(Trainer):
         outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
         logits = [logits_of(output) for output in outputs]
         terms = mutual_learning_loss(logits, labels, args.temperature, args.kl_weight, args.loss_type)
-        loss = terms.pop("loss")
-        metrics = self._metrics["train" if model.training else "eval"]
-        for name, value in terms.items():
-            metrics[f"loss_{name}"].append(value.detach())
+        loss = self.record_loss_terms(terms, training=model.training)
         # Predictions as (N, K, C): `per_peer_metrics` scores each peer's slice.
         return (loss, {"logits": torch.stack(logits, dim=1)}) if return_outputs else loss
 
@@ -217,21 +198,12 @@ class MutualLearningTrainer(Trainer):
             return super()._clip_grad_norm(model)  # their engines clip the whole model: one global norm
         self.accelerator.unscale_gradients()  # once for the optimizer (fp16); a second call would raise
         norms = [
-            torch.nn.utils.clip_grad_norm_([p for p in peer.parameters() if p.grad is not None], self.args.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in peer.parameters() if p.grad is not None], self.args.max_grad_norm
+            )
             for peer in self.peers
         ]
         return torch.stack(norms).norm()
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        log_loss_terms(self.accelerator, self._metrics[mode], logs, mode)
-        super().log(logs, start_time)
-        self._metrics[mode].clear()
-
-    def predict(self, *args, **kwargs):
-        output = super().predict(*args, **kwargs)
-        self._metrics["eval"].clear()
-        return output
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Each peer to `output_dir/peer_<k>` ([`PeerModels.save_pretrained`]), with the processor and its card."""
@@ -243,23 +215,24 @@ class MutualLearningTrainer(Trainer):
             path = os.path.join(output_dir, PEER_DIR.format(k))
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(path)
-            self._peer_card(k).save(os.path.join(path, "README.md"))
+        self._write_peer_cards(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def create_model_card(self, model_name: str | None = None, report: Any = None, **kwargs) -> None:
-        """Write each peer's card into `args.output_dir/peer_<k>/README.md`, with the results table of `report` (a
-        [`~hf_kd.report.DistillationReport`] or its JSON path) when given. Other arguments are accepted and unused."""
-        if not self.is_world_process_zero():
-            return
-        table = None
-        if report is not None:
-            from ..report.report import DistillationReport
+        """Write each peer's card into `args.output_dir/peer_<k>/README.md` through hf_kd's one card path
+        ([`hf_kd.report.modelcard.create_model_card`]), with the results of `report` when given."""
+        self._write_peer_cards(self.args.output_dir, report=report, **kwargs)
 
-            table = (report if isinstance(report, DistillationReport) else DistillationReport.load(report)).results_table()
-        for k in range(len(self.peers)):
-            path = os.path.join(self.args.output_dir, PEER_DIR.format(k))
-            os.makedirs(path, exist_ok=True)
-            self._peer_card(k, table).save(os.path.join(path, "README.md"))
+    def _write_peer_cards(self, output_dir: str, **card_kwargs) -> None:
+        from ..report.modelcard import create_model_card
+
+        peers = self.peers
+        for k, peer in enumerate(peers):
+            others = ", ".join(f"peer {j} ({type(p).__name__})" for j, p in enumerate(peers) if j != k)
+            create_model_card(
+                self, student=peer, output_dir=os.path.join(output_dir, PEER_DIR.format(k)),
+                model_name=PEER_DIR.format(k), teacher_name=f"{others}, by deep mutual learning", **card_kwargs,
+            )  # fmt: skip
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         # Each peer from its own directory, through the Trainer's own loader (safetensors, shards, warnings).
@@ -269,26 +242,3 @@ class MutualLearningTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
-
-    def _peer_card(self, k: int, results_table: str | None = None):
-        """A short model card: which peer this is, of which run, trained how."""
-        from huggingface_hub import ModelCard, ModelCardData
-
-        args: MutualLearningConfig = self.args
-        peers = self.peers
-        others = ", ".join(type(peer).__name__ for index, peer in enumerate(peers) if index != k)
-        scores = {key: value for entry in self.state.log_history for key, value in entry.items() if key.startswith("eval_")}
-        mine = {key: value for key, value in scores.items() if key.endswith(f"_{k}")}
-        data = ModelCardData(library_name="transformers", tags=list(self._tag_names))
-        text = (
-            f"---\n{data.to_yaml()}\n---\n\n# Peer {k} of {len(peers)} ({type(peers[k]).__name__})\n\n"
-            f"Trained by deep mutual learning (Zhang et al., 2018) with `hf_kd.MutualLearningTrainer`, together with "
-            f"{others}: loss `CE(y, p_k) + {args.kl_weight:g} * mean over the other peers of T^2 KL(p_l || p_k)`, "
-            f"T={args.temperature:g}, soft term {args.loss_type}; {args.num_train_epochs:g} epochs, lr "
-            f"{args.learning_rate:g}, seed {args.seed}, after {self.state.global_step} steps.\n"
-        )
-        if mine:
-            text += "\nLast evaluation: " + ", ".join(f"{key} {value:.4f}" for key, value in mine.items()) + ".\n"
-        if results_table:
-            text += f"\n## Results of the run\n\n{results_table}\n"
-        return ModelCard(text)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
 from functools import partial
@@ -12,14 +10,8 @@ from typing import Any
 import datasets
 import torch
 from torch import nn
-from transformers import (
-    DataCollatorWithPadding,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    Trainer,
-    TrainerCallback,
-    default_data_collator,
-)
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import logging
 
@@ -29,7 +21,6 @@ from ..data import (
     check_dataset_labels,
     check_label_range,
     check_not_empty,
-    collate_batches,
     read_column,
 )
 from ..losses.logit import distillation_loss
@@ -38,24 +29,11 @@ from ..teacher.ensemble import resolve_teacher
 from ..teacher.loading import check_compatible, check_same_inputs, check_teacher_logits, logits_of, run_teacher
 from ..teacher.precompute import add_teacher_logits, check_fixed_inputs, has_transform
 from ..utils import remove_if_left_empty
+from .base import HfKdTrainer
 from .configuration_distillation import DistillationConfig
-from .feature_trainer import FeatureDistillationMixin
+from .feature_distillation import PROBE_EXAMPLES, FeatureDistillation, carries_logits
 
 logger = logging.get_logger(__name__)
-
-
-def log_loss_terms(accelerator, terms: dict[str, list[torch.Tensor]], logs: dict[str, float], mode: str) -> dict:
-    """Add the loss terms accumulated since the last log to `logs`, each averaged over those steps, then over
-    processes, like the Trainer's own `loss`; in evaluation with the prefix of its `*_loss` key (`eval_`, or `test_`
-    for `evaluate(metric_key_prefix="test")`). Returns the averages by term. Shared by hf_kd's trainers."""
-    window = {
-        key: accelerator.reduce(torch.stack(values).mean(), reduction="mean").item()
-        for key, values in terms.items()
-        if values
-    }
-    prefix = next((key[: -len("loss")] for key in logs if key.endswith("_loss")), "eval_") if mode == "eval" else ""
-    logs.update({f"{prefix}{key}": value for key, value in window.items()})
-    return window
 
 
 def _collate_keeping(features, keep: frozenset, row_collator: Callable):
@@ -71,7 +49,7 @@ def _named_eval_datasets(eval_dataset) -> list[tuple[str, Any]]:
     return [] if eval_dataset is None else [("eval_dataset", eval_dataset)]
 
 
-class DistillationTrainer(FeatureDistillationMixin, Trainer):
+class DistillationTrainer(HfKdTrainer):
     """A [`~transformers.Trainer`] whose loss distils a frozen teacher into the model being trained.
 
     The loss is `(1 - alpha) * CE(student, labels) + alpha * T**2 * KL(softmax(teacher / T) || softmax(student / T))`
@@ -94,11 +72,6 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
     elsewhere): the teacher is then not run for that batch. Columns prefixed `teacher_` (e.g. `teacher_input_ids`)
     are the teacher's own inputs, for a teacher with another tokenizer.
     """
-
-    _tag_names = ["hf_kd", "knowledge-distillation"]
-
-    # `compute_loss` returns a batch mean; the Trainer must divide it by the accumulation steps.
-    loss_is_scaled_for_ga = False
 
     def __init__(
         self,
@@ -132,15 +105,6 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
         if teacher_model is not None:
             check_compatible(model, teacher_model)
             check_same_inputs(model, teacher_model, processing_class, getattr(train_dataset, "column_names", None))
-        if data_collator is None:
-            # The Trainer's own default, plus the pass-through of batches that an InMemoryDataset built whole.
-            fallback = (
-                DataCollatorWithPadding(processing_class)
-                if isinstance(processing_class, PreTrainedTokenizerBase)
-                else default_data_collator
-            )
-            data_collator = partial(collate_batches, fallback=fallback)
-
         super().__init__(
             model=model,
             args=args,
@@ -155,18 +119,10 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
-        # The loss never goes through the student's forward, so the student's loss kwargs do not matter; this also
-        # skips the Trainer's per-step label counting for `num_items_in_batch`.
-        self.model_accepts_loss_kwargs = False
         with remove_if_left_empty(args.output_dir):  # a refused trainer leaves no empty output directory behind
             self._prepare_distillation(teacher_model)
         # Plain torch datasets cannot be read column-wise up front: their labels are checked batch by batch.
         self._check_batch_labels = getattr(self.train_dataset, "column_names", None) is None
-        # Unweighted loss parts, accumulated per step and averaged over each logging window (see `log`).
-        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
-            "train": defaultdict(list),
-            "eval": defaultdict(list),
-        }
         self._num_parameters: tuple[nn.Module, int] | None = None  # see `floating_point_ops`
 
     def _prepare_distillation(self, teacher_model: nn.Module | None) -> None:
@@ -176,7 +132,7 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
         if teacher_model is not None:
             dtype = getattr(torch, self.args.teacher_dtype) if self.args.teacher_dtype else None
             self.teacher_model = prepare_teacher(teacher_model, self.accelerator, dtype, self.args.teacher_sharding)
-        self._feature_term = self._build_feature_term()
+        self.feature_distillation = self._build_feature_distillation()
         self.train_dataset = self._with_teacher_logits(self.train_dataset)
         for name, dataset in _named_eval_datasets(self.eval_dataset):
             self._check_carried_logits(dataset, name)
@@ -185,6 +141,44 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
             check_dataset_labels(
                 [("train_dataset", self.train_dataset), *_named_eval_datasets(self.eval_dataset)], num_labels
             )
+
+    def _build_feature_distillation(self) -> FeatureDistillation | None:
+        """The feature term of `args.feature_pairs` (None without), its connectors trained with the student."""
+        if not self.args.feature_pairs:
+            return None
+        if self.teacher_model is None or self.train_dataset is None:
+            raise ValueError("feature_pairs need a teacher model and a train_dataset (the shape probe runs on it).")
+        features = FeatureDistillation.build(
+            self.args, self.model, self.accelerator.unwrap_model(self.teacher_model), self._probe_batch(),
+            self._teacher_input_batches, len(self.train_dataset),
+        )  # fmt: skip
+        connectors = features.connectors()
+        if connectors is not None:
+            features.term.connectors_forward = self.add_trainable_module(*connectors)
+        logger.info(features.describe(self.args, carries_logits(self.train_dataset)))
+        return features
+
+    def _probe_batch(self) -> DistillationBatch:
+        """The first few training examples, collated and placed as a training batch."""
+        dataset = self.train_dataset
+        indices = list(range(min(len(dataset), PROBE_EXAMPLES)))
+        rows = dataset.__getitems__(indices) if hasattr(dataset, "__getitems__") else [dataset[i] for i in indices]
+        collator = self._get_collator_with_removed_columns(self.data_collator, "training")
+        return split_batch(self._prepare_inputs(collator(rows)))
+
+    def _teacher_input_batches(self):
+        """The teacher's inputs over the whole train set, in order (the overhaul margins' one pass)."""
+        collator = self._get_collator_with_removed_columns(self.data_collator, "training")
+        size = self.args.teacher_batch_size
+        size = size if isinstance(size, int) else self.args.per_device_eval_batch_size  # "auto": the eval batch size
+        for batch in DataLoader(self.train_dataset, batch_size=size, collate_fn=collator):
+            yield split_batch(self._prepare_inputs(batch)).inputs_for_teacher()
+
+    def _teacher_features_to_cache(self) -> list[str]:
+        if self.feature_distillation is None:
+            return []
+        self._signature_columns = None  # listed by the shape probe before the feature columns existed
+        return self.feature_distillation.cache_teacher_features()
 
     def _with_teacher_logits(self, dataset):
         """Validate the train dataset's `teacher_logits`, computing them first when `precompute_teacher_logits`."""
@@ -242,7 +236,7 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
         with nullcontext() if together else args.main_process_first(desc="teacher logits"):
             return add_teacher_logits(
                 dataset, self.teacher_model, batch_size=batch_size, dtype=args.teacher_logits_dtype,
-                data_collator=self.data_collator, features=self._cache_teacher_features(),
+                data_collator=self.data_collator, features=self._teacher_features_to_cache(),
             )  # fmt: skip
 
     def _set_signature_columns_if_needed(self):
@@ -299,8 +293,8 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
             alpha=args.alpha,
             loss_type=args.loss_type,
         )
-        if self._feature_term is not None:  # white-box: args.feature_pairs (see hf_kd.training.feature_trainer)
-            terms["feature"] = self._feature_loss(batch)
+        if self.feature_distillation is not None:  # white-box: args.feature_pairs
+            terms["feature"] = self.feature_distillation.loss(batch, training=self.model.training)
             terms["loss"] = terms["loss"] + args.feature_weight * terms["feature"]
         return terms
 
@@ -321,12 +315,11 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
             )
         if self._check_batch_labels and batch.labels is not None and model.training:
             self._check_labels_of_batch(batch.labels)
-        outputs = model(**batch.student_inputs)
-        terms = self.compute_loss_terms(outputs, self.compute_teacher_outputs(batch), batch)
-        loss = terms.pop("loss")
-        metrics = self._metrics["train" if model.training else "eval"]
-        for name, value in terms.items():
-            metrics[f"loss_{name}"].append(value.detach())
+        features = self.feature_distillation
+        with features.collecting() if features is not None else nullcontext():  # hooks for the feature term
+            outputs = model(**batch.student_inputs)
+            terms = self.compute_loss_terms(outputs, self.compute_teacher_outputs(batch), batch)
+        loss = self.record_loss_terms(terms, training=model.training)
         return (loss, outputs) if return_outputs else loss
 
     def floating_point_ops(self, inputs: dict[str, torch.Tensor | Any]) -> int:
@@ -339,100 +332,8 @@ class DistillationTrainer(FeatureDistillationMixin, Trainer):
             self._num_parameters = (self.model, self.model.num_parameters(exclude_embeddings=True))
         return 6 * inputs[main_input].numel() * self._num_parameters[1]
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        window = log_loss_terms(self.accelerator, self._metrics[mode], logs, mode)
-        if mode == "train":
-            self._check_finite_loss(window)
-        super().log(logs, start_time)
-        self._metrics[mode].clear()
-
     def _check_labels_of_batch(self, labels: torch.Tensor) -> None:
         # Only for plain torch datasets, whose labels could not be read up front (a device sync per step).
         num_labels = getattr(getattr(self.model, "config", None), "num_labels", None)
         if num_labels and not labels.is_floating_point():
             check_label_range(labels.detach().cpu(), num_labels, f"The batch at step {self.state.global_step + 1}")
-
-    def _check_finite_loss(self, window: dict[str, float]) -> None:
-        """Stop a diverged run at the logging step where its loss terms stop being finite, before anything is saved,
-        measured or reported. Checked on the averages `log` already fetched: no extra device sync per step."""
-        if not all(math.isfinite(value) for value in window.values()):
-            terms = ", ".join(f"{key} {value}" for key, value in window.items())
-            raise FloatingPointError(
-                f"DistillationTrainer: non-finite training loss at step {self.state.global_step} ({terms}, averaged "
-                "since the previous log). The run is stopped: its model would be NaN. Lower the learning rate, check "
-                "temperature and alpha, the inputs (NaN pixels or features), and fp16 overflow (use bf16 or fp32)."
-            )
-
-    def predict(self, *args, **kwargs):
-        # `predict` does not log: drop the loss parts it accumulated so they do not leak into the next evaluation.
-        output = super().predict(*args, **kwargs)
-        self._metrics["eval"].clear()
-        return output
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        # Under FSDP2 the student is saved as its own class, not torch's generated `FSDP<Name>` (see
-        # `hf_kd.sharding.saved_as_own_class`): its config's auto_map must point at its own modeling file.
-        from ..placement import saved_as_own_class
-
-        with saved_as_own_class(self.model):
-            super()._save(output_dir, state_dict)
-
-    def push_to_hub(
-        self,
-        commit_message: str | None = "End of training",
-        blocking: bool = True,
-        token: str | None = None,
-        revision: str | None = None,
-        private: bool | None = None,
-        **kwargs,
-    ):
-        """[`~transformers.Trainer.push_to_hub`] (save the student, write the distillation card, upload the output
-        directory). If no token is found, or the Hub cannot be reached or refuses the push, the student and its card
-        are saved locally and a [`hf_kd.modelcard.HubPushError`] says what failed. `kwargs` go to the card (e.g.
-        `report=`, `dataset_tags=`, `license=`)."""
-        from ..report.modelcard import hub_push_errors
-
-        with hub_push_errors(self, token=token, card_kwargs=kwargs):
-            return super().push_to_hub(
-                commit_message=commit_message, blocking=blocking, token=token, revision=revision, private=private,
-                **kwargs,
-            )  # fmt: skip
-
-    def create_model_card(
-        self,
-        language: str | None = None,
-        license: str | None = None,
-        tags: str | list[str] | None = None,
-        model_name: str | None = None,
-        finetuned_from: str | None = None,
-        tasks: str | list[str] | None = None,
-        dataset_tags: str | list[str] | None = None,
-        dataset: str | list[str] | None = None,
-        dataset_args: str | list[str] | None = None,
-        report: Any = None,
-        **kwargs,
-    ) -> None:
-        """Write the distillation model card to `args.output_dir/README.md` (see [`hf_kd.report.modelcard`]).
-
-        `report` is a [`~hf_kd.report.DistillationReport`] (or its JSON path, directory or dict) whose results table,
-        notes and plot go into the card; it defaults to `distillation_report.json` in the output directory. `kwargs` go
-        to [`hf_kd.modelcard.create_model_card`] (`eval_split`, `repo_id`: the id the card's snippet loads). `license`
-        defaults to Apache-2.0. The other arguments are the Trainer's.
-        """
-        from ..report.modelcard import create_model_card
-
-        create_model_card(
-            self,
-            model_name=model_name,
-            report=report,
-            language=language,
-            license=license,
-            tags=tags,
-            finetuned_from=finetuned_from,
-            tasks=tasks,
-            dataset_tags=dataset_tags,
-            dataset=dataset,
-            dataset_args=dataset_args,
-            **kwargs,
-        )
