@@ -246,3 +246,24 @@ def test_streaming_reads_a_local_parquet_dataset_as_a_stream(tmp_path, images, m
     assert [int(row["labels"]) for row in rows] == images["label"][:20]
     with pytest.raises(ValueError, match="streaming"):
         DataArguments(dataset_name=str(root), streaming=True, data_path="memory")
+
+
+def test_ensemble_members_read_their_own_pixel_values_and_logits_meet_only_fixed_transforms(tmp_path, images, models):
+    from hf_kd.teacher.precompute import check_fixed_inputs
+
+    teacher_dir, student_dir = models
+    processor = MobileNetV2ImageProcessor.from_pretrained(student_dir)
+    own = teacher_processors([str(teacher_dir), str(student_dir)], processor)
+    assert list(own) == [0]  # member 1 shares the student's processor: it reads the student's pixel values
+    batch = ImageTransform(processor, "image", "label", own)(images[:3])
+    assert sorted(batch) == ["labels", "pixel_values", "teacher_0_pixel_values"]
+    member_0, member_1 = (OneModelCollator(lambda rows: rows, member=k)(batch) for k in (0, 1))
+    torch.testing.assert_close(member_0["pixel_values"], batch["teacher_0_pixel_values"])
+    torch.testing.assert_close(member_1["pixel_values"], batch["pixel_values"])
+
+    logits = Dataset.from_dict({"teacher_logits": [[0.0] * NUM_CLASSES] * len(images)})
+    fixed = with_stored_logits(images, logits, ImageTransform(processor, "image", "label"))
+    check_fixed_inputs(fixed, None, carries_logits=True)  # a deterministic decode: the logits match its inputs
+    flipping = with_stored_logits(images, logits, ImageTransform(processor, "image", "label", random_flip=True))
+    with pytest.raises(ValueError, match="on-the-fly transform"):
+        check_fixed_inputs(flipping, None, carries_logits=True)
