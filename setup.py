@@ -22,6 +22,8 @@ setup(
         "evaluate>=0.4.3,<0.5",
         "safetensors>=0.4.3",
         "huggingface_hub>=1.0,<3",
+        # One run per output directory (hf_kd.runs.lock); already installed with huggingface_hub / datasets.
+        "filelock>=3.12",
         "pillow>=10",
         "numpy>=1.26",
     ],

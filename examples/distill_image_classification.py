@@ -34,16 +34,16 @@ from hf_kd.runs.experiment import (
     compute_metrics_for,
     distil,
     distil_assistants,
-    prepare_run,
     report_run,
     run_stage,
     stage_args,
     train_baseline,
     train_teacher,
-    user_errors_as_messages,
 )
 from hf_kd.runs.image_data import check_on_the_fly_run, model_view, with_teacher_outputs
+from hf_kd.runs.input_checks import check_feature_outputs
 from hf_kd.runs.online import born_again, distil_from_ema, train_mutual
+from hf_kd.runs.preparation import prepare_run, user_errors_as_messages
 from hf_kd.runs.recipes import (
     build_image_model,
     fill_value,
@@ -58,13 +58,18 @@ from hf_kd.teacher.ensemble import ensemble_for
 def main(defaults=None, argv=None):
     # 1. Arguments: data, models and run (DataArguments, ExperimentArguments) + the DistillationConfig.
     data_args, experiment_args, config = parse_image_arguments(defaults, argv)
-    prepare_run(config, experiment_args)
+    with prepare_run(config, experiment_args):  # the output directory locked; SIGTERM -> a checkpoint, then stop
+        return distil_images(data_args, experiment_args, config)
+
+
+def distil_images(data_args, experiment_args, config):
+    """The run itself, inside `prepare_run`'s guards."""
     metric = load_metric(experiment_args.metric_name_or_path)
     compute_metrics = compute_metrics_for(metric)
 
     # 2. Data: decoded and normalised once and held in memory, or per batch (on the fly) when it would not fit
     #    (--data_path auto, logged). A loaded teacher with another image processor gets its own pixel values.
-    student_source, pretrained = experiment_args.student_source, experiment_args.student_is_pretrained
+    student_source, pretrained = experiment_args.student_source, bool(experiment_args.student_model_name_or_path)
     image_processor = image_processor_for(student_source)
     paths = config.teacher_model_name_or_path
     paths = [paths] if isinstance(paths, str) else paths or []
@@ -79,9 +84,10 @@ def main(defaults=None, argv=None):
 
     # 3. Teacher: a trained one loaded, or one trained here on the labels (with random shifts: Hinton et al.'s jitter).
     #    Several loaded (--teacher_model_name_or_path a b c) are distilled as one ensemble (--ensemble_method); each is
-    #    measured on its own pixel values.
+    #    measured on its own pixel values. The features --feature_pairs names are checked on every model first.
+    probe = build_student()
+    assistants = [build_image_model(name, label_names, config.seed) for name in experiment_args.assistants or []]
     if paths:
-        probe = build_student()
         names = [TEACHER_DIR] if len(paths) == 1 else [f"{TEACHER_DIR}_{k}" for k in range(len(paths))]
         members = [None] if len(paths) == 1 else range(len(paths))
         teachers = [
@@ -89,8 +95,10 @@ def main(defaults=None, argv=None):
                     model_view(data, member, own_processors.get(member, image_processor)))
             for name, path, member in zip(names, paths, members)
         ]  # fmt: skip
+        check_feature_outputs(config.feature_pairs, [probe, *assistants], [t.model for t in teachers] + assistants)
     else:
         model = build_image_model(experiment_args.teacher, label_names, config.seed)
+        check_feature_outputs(config.feature_pairs, [probe, *assistants], [model, *assistants])
         shift = experiment_args.teacher_max_shift
         augmentation = RandomShiftCollator(shift, fill=fill_value(image_processor), seed=config.seed) if shift else None
         teachers = [train_teacher(model, data, config, experiment_args, compute_metrics, augmentation)]
@@ -98,7 +106,6 @@ def main(defaults=None, argv=None):
 
     # 4. Teacher assistants (--assistants, Mirzadeh et al. 2020): teacher -> assistant 1 -> ..., each link an
     #    ordinary distillation from the previous one; the student then learns from the last link.
-    assistants = [build_image_model(name, label_names, config.seed) for name in experiment_args.assistants or []]
     assistants = distil_assistants(teacher, assistants, data, config, compute_metrics)
 
     # 5. The student, distilled: the teacher's logits computed once up front (--precompute_teacher_logits; data on the
@@ -141,7 +148,7 @@ def online_or_self_distillation(data, label_names, data_args, experiment_args, c
     architectures = {"teacher": experiment_args.teacher, "student": experiment_args.student_source}
 
     def build(architecture: str, seed_offset: int = 0):
-        pretrained = architecture == "student" and experiment_args.student_is_pretrained
+        pretrained = architecture == "student" and bool(experiment_args.student_model_name_or_path)
         name = architectures.get(architecture, architecture)
         return build_image_model(name, label_names, config.seed + seed_offset, pretrained)
 

@@ -29,13 +29,12 @@ from hf_kd.runs.experiment import (
     STUDENT_KD_DIR,
     Trained,
     compute_metrics_for,
-    prepare_run,
     report_run,
     run_stage,
     stage_args,
     train_baseline,
-    user_errors_as_messages,
 )
+from hf_kd.runs.preparation import prepare_run, user_errors_as_messages
 from hf_kd.runs.recipes import text_setup
 from hf_kd.runs.setups import prepare_teachers
 from hf_kd.teacher.ensemble import ensemble_for
@@ -70,7 +69,12 @@ DEFAULTS = {
 def main(argv=None):
     # 1. Arguments: data, run, text (columns, tokenization, student) + the DistillationConfig.
     data_args, experiment_args, text_args, config = parse_text_arguments(DEFAULTS, argv)
-    prepare_run(config, experiment_args)
+    with prepare_run(config, experiment_args):  # the output directory locked; SIGTERM -> a checkpoint, then stop
+        return distil_text(data_args, experiment_args, text_args, config)
+
+
+def distil_text(data_args, experiment_args, text_args, config):
+    """The run itself, inside `prepare_run`'s guards."""
     metric = load_metric(experiment_args.metric_name_or_path)
 
     # 2. Data and models: columns detected, each model's tokenization done once (the student's data carries the

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 # Tests never reach the Hub: a stray download fails fast instead of hanging on an offline machine. Set before the HF
@@ -108,3 +110,44 @@ def make_dataset(teacher: nn.Module, n: int, seed: int) -> Dataset:
 def tiny_task():
     teacher = make_teacher()
     return teacher, make_dataset(teacher, 512, seed=10), make_dataset(teacher, 256, seed=11)
+
+
+def accelerate_launch(num_processes: int, script: str, *args: str, env: dict | None = None, timeout: int = 400):
+    """Run `script` (relative to the repository) with `accelerate launch` on 1 or 2 CPU processes, one thread each.
+    `--multi_gpu` is accelerate's data-parallel launcher (torchrun); with `--use_cpu` (or `use_cpu=True` in the
+    script) the processes join a gloo group on a machine without GPUs. (`accelerate launch --cpu --num_processes 2`
+    would start a single process.)"""
+    launcher = ["--multi_gpu", "--num_processes", "2"] if num_processes == 2 else ["--num_processes", "1"]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / script), *args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def assert_trained(report: dict, names: list[str]) -> None:
+    """Each named model of a run's report trained: its logged training loss fell from its first log to its last (the
+    run must log at least twice, e.g. `--logging_steps 2`)."""
+    curves = report.get("training_curves") or {}
+    for name in names:
+        losses = curves.get(name, {}).get("loss", [])
+        assert len(losses) >= 2, f"{name}: {len(losses)} logged training losses (log more often to see it train)"
+        assert losses[-1] < losses[0], f"{name}: the training loss did not fall ({losses[0]} -> {losses[-1]})"
+
+
+def tiny_bert(cls=None, *, vocab_size: int, num_layers: int = 1, seed: int = 0, num_labels: int = 2,
+              hidden_size: int = 32, max_position_embeddings: int = 64, **config_kwargs):  # fmt: skip
+    """A small random BERT (2 heads, feed-forward 2x wide) built under `seed`: the text tests' real encoder. `cls`:
+    the head class (default `BertForSequenceClassification`); `config_kwargs` go to `BertConfig`."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=2,
+        intermediate_size=2 * hidden_size, max_position_embeddings=max_position_embeddings, num_labels=num_labels,
+        **config_kwargs,
+    )  # fmt: skip
+    return (cls or BertForSequenceClassification)(config)

@@ -87,6 +87,37 @@ CASES = [
      r"\['neg', 'pos'\]"),
     ("text-empty-train", TEXT, "text_empty", ["--teacher_model_name_or_path", "{bert}"], ValueError,
      r"train_split='train' of the dataset .*text_empty has no rows"),
+    # Issue 25, item 4: the second floor's inputs.
+    ("teacher-path-missing", IMAGE, "good", ["--teacher_model_name_or_path", "/path/that/does/not/exist"], ValueError,
+     r"--teacher_model_name_or_path '/path/that/does/not/exist': the directory /path/that/does/not/exist does not "
+     r"exist, and it is not a Hub id .*neither a local model nor one on the Hub"),
+    ("text-teacher-path-missing", TEXT, "text_unseen", ["--teacher_model_name_or_path", "./no/such/bert"],
+     ValueError, r"--teacher_model_name_or_path './no/such/bert': the directory .*no/such/bert does not exist"),
+    ("text-student-path-missing", TEXT, "text_unseen", ["--teacher_model_name_or_path", "{bert}",
+     "--student_model_name_or_path", "/no/such/student"], ValueError,
+     r"--student_model_name_or_path '/no/such/student': the directory .* does not exist"),
+    ("assistant-not-a-preset", IMAGE, "good", ["--assistants", "no-such-preset"], ValueError,
+     r"--assistants 'no-such-preset' is not a preset \(mnist-mlp-teacher, mnist-mlp-student, cifar10-cnn-teacher, "
+     r"cifar10-cnn-student\), nor an existing directory holding a model config"),
+    ("student-not-a-preset", IMAGE, "good", ["--student", "mnist-mlp"], ValueError,
+     r"--student 'mnist-mlp' is not a preset \(mnist-mlp-teacher"),
+    ("attention-pairs-on-mlp", IMAGE, "good", ["--feature_pairs", "attentions.0:attentions.0", "--feature_loss",
+     "attention_mse"], ValueError,
+     r"--feature_pairs attentions.0:attentions.0: the student \(MLPForImageClassification\) returns no attention "
+     r"maps \(its forward takes no output_attentions\).*Its features: hidden_states.<i>; module outputs: "
+     r"hidden_layers"),
+    ("ema-decay", IMAGE, "good", ["--distillation_mode", "ema", "--ema_decay", "1.5"], ValueError,
+     r"--ema_decay must be a number in \[0, 1\), got 1.5"),
+    ("generations-zero", IMAGE, "good", ["--distillation_mode", "born_again", "--generations", "0"], ValueError,
+     r"--generations must be >= 1"),
+    ("one-peer", IMAGE, "good", ["--distillation_mode", "mutual", "--peers", "student"], ValueError,
+     r"--peers must name at least two comma-separated architectures.*got 'student'"),
+    ("peer-not-a-preset", IMAGE, "good", ["--distillation_mode", "mutual", "--peers", "student,nosuch"], ValueError,
+     r"--peers 'nosuch' is not a preset"),
+    ("weights-for-one-teacher", IMAGE, "good", ["--teacher_weights", "1", "2"], ValueError,
+     r"--teacher_weights 1.0 2.0 weighs the teachers of an ensemble, but this run has one teacher"),
+    ("latency-examples-zero", IMAGE, "good", ["--latency_examples", "0"], ValueError,
+     r"--latency_examples must be >= 1, got 0"),
 ]
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import accelerate_launch, assert_trained
 from datasets import DatasetDict
 from safetensors.torch import load_file
 from test_examples_image import LOCAL_ACCURACY, make_image_dataset
@@ -17,22 +15,6 @@ from test_examples_image import LOCAL_ACCURACY, make_image_dataset
 pytestmark = pytest.mark.slow  # launches and whole-example runs
 
 GLOBAL_BATCH = 16
-
-
-def accelerate_launch(num_processes: int, script: str, *args: str, env: dict | None = None, timeout: int = 400):
-    """Run `script` (relative to the repository) with `accelerate launch` on 1 or 2 CPU processes, one thread each.
-    `--multi_gpu` is accelerate's data-parallel launcher (torchrun); with `--use_cpu` (or `use_cpu=True` in the
-    script) the processes join a gloo group on a machine without GPUs. (`accelerate launch --cpu --num_processes 2`
-    would start a single process.)"""
-    launcher = ["--multi_gpu", "--num_processes", "2"] if num_processes == 2 else ["--num_processes", "1"]
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / script), *args,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
 
 
 def launch(num_processes: int, data_dir, output_dir, tmp_path) -> subprocess.CompletedProcess:
@@ -47,6 +29,7 @@ def launch(num_processes: int, data_dir, output_dir, tmp_path) -> subprocess.Com
         "--metric_name_or_path", LOCAL_ACCURACY,
         "--latency_examples", "5",
         "--no_plot",
+        "--logging_steps", "2",  # training curves in the report: each model's loss must fall
         env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")},
     )  # fmt: skip
 
@@ -63,6 +46,8 @@ def test_two_cpu_processes_train_like_one_with_the_same_global_batch(tmp_path):
     reports = {name: json.loads((path / "distillation_report.json").read_text()) for name, path in
                (("one", single), ("two", double))}
     assert reports["one"]["settings"]["world_size"] == 1
+    for report in reports.values():  # both runs trained every model: equal weights alone could be two no-ops
+        assert_trained(report, ["teacher", "student_ce", "student_kd"])
     assert reports["two"]["settings"]["world_size"] == 2
     # Written once, by the main process: one printed report, one complete file set, no temp leftovers.
     assert result.stdout.count("# Distillation report") == 1

@@ -204,13 +204,15 @@ def test_gradient_checkpointing_switches_on_and_off(family):
     assert type(model).supports_gradient_checkpointing
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable()
-    assert model.gradient_checkpointing
+    # Through transformers' `GradientCheckpointingLayer`: one per block, all switched on.
+    assert model.is_activation_checkpointing
+    assert len(model.blocks) > 0 and all(block.gradient_checkpointing for block in model.blocks)
     model.eval()  # no backward pass to prepare for: no checkpoint, same logits
     with torch.no_grad():
         checkpointed = model(_pixels(family)).logits
     disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
     disable()
-    assert not model.gradient_checkpointing
+    assert not model.is_activation_checkpointing
     with torch.no_grad():
         assert torch.equal(model(_pixels(family)).logits, checkpointed)
     # The base models support it as well.

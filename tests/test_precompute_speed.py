@@ -9,8 +9,9 @@ import re
 
 import pytest
 import torch
+from conftest import tiny_bert
 from datasets import Dataset, load_from_disk
-from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification, HfArgumentParser
+from transformers import BertForSequenceClassification, BertForTokenClassification, HfArgumentParser
 
 from hf_kd import DistillationConfig
 from hf_kd.data import InMemoryDataset
@@ -29,11 +30,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_bert(cls=BertForSequenceClassification, num_labels: int = 3):
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=MAX_LEN, num_labels=num_labels, pad_token_id=0)
-    return cls(config).eval()
+def bert(cls=BertForSequenceClassification, num_labels: int = 3):
+    return tiny_bert(cls, vocab_size=VOCAB, num_layers=2, num_labels=num_labels, max_position_embeddings=MAX_LEN,
+                     pad_token_id=0).eval()  # fmt: skip
 
 
 def token_rows(n: int = 200, seed: int = 0) -> Dataset:
@@ -71,7 +70,7 @@ class SeenShapes:
 
 
 def test_length_sorted_precompute_equals_the_live_teacher_for_every_example():
-    teacher, data = tiny_bert(), token_rows()
+    teacher, data = bert(), token_rows()
     seen = SeenShapes(teacher)
     result = add_teacher_logits(data, teacher, batch_size=16, data_collator=pad_collator)
     tokens, lengths = seen.tokens, [length for _, length in seen.shapes]
@@ -83,7 +82,7 @@ def test_length_sorted_precompute_equals_the_live_teacher_for_every_example():
 
 
 def test_pre_padded_tensors_run_at_their_own_length_and_keep_their_order():
-    teacher, data = tiny_bert(), token_rows(seed=1)
+    teacher, data = bert(), token_rows(seed=1)
     padded = InMemoryDataset({k: v for k, v in pad_collator(list(data)).items()})  # every row padded to MAX_LEN
     seen = SeenShapes(teacher)
     result = add_teacher_logits(padded, teacher, batch_size=16)
@@ -95,7 +94,7 @@ def test_pre_padded_tensors_run_at_their_own_length_and_keep_their_order():
 
 
 def test_token_level_logits_keep_each_rows_length_and_order():
-    teacher, data = tiny_bert(BertForTokenClassification, num_labels=4), token_rows(60, seed=2)
+    teacher, data = bert(BertForTokenClassification, num_labels=4), token_rows(60, seed=2)
     result = add_teacher_logits(data, teacher, batch_size=8, data_collator=pad_collator)
     with torch.no_grad():
         for ids, row in zip(data["input_ids"], result.with_format("torch")["teacher_logits"]):
@@ -131,7 +130,7 @@ def test_auto_batch_size_of_images_is_timed_per_example(caplog):
 
 
 def test_auto_batch_size_is_measured_and_logged(caplog):
-    teacher, data = tiny_bert(), token_rows(1200, seed=3)
+    teacher, data = bert(), token_rows(1200, seed=3)
     seen = SeenShapes(teacher)
     with caplog.at_level(logging.INFO, logger="hf_kd.teacher.precompute"):
         result = add_teacher_logits(data, teacher, batch_size="auto", data_collator=pad_collator)
@@ -157,7 +156,7 @@ def test_auto_batch_size_is_measured_and_logged(caplog):
 
 
 def test_cache_separates_precisions_but_not_batch_sizes(tmp_path):
-    teacher = tiny_bert()
+    teacher = bert()
     token_rows(seed=4).save_to_disk(tmp_path / "data")
     data = load_from_disk(str(tmp_path / "data"))
     seen = SeenShapes(teacher)

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_dataset, make_student, make_teacher
+from conftest import make_dataset, make_student, make_teacher, tiny_bert
 from datasets import Dataset
-from transformers import BertConfig, BertForSequenceClassification
 
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.data import InMemoryDataset, RandomShiftCollator
@@ -32,12 +31,8 @@ def task():
     return teacher, make_dataset(teacher, 128, seed=10), make_dataset(teacher, 64, seed=11)
 
 
-def tiny_bert(vocab_size: int, seed: int = 0, num_labels: int = 2):
-    torch.manual_seed(seed)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=32, num_labels=num_labels,
-    ))  # fmt: skip
+def small_bert(vocab_size: int, seed: int = 0, num_labels: int = 2):
+    return tiny_bert(vocab_size=vocab_size, seed=seed, num_labels=num_labels, hidden_size=16, max_position_embeddings=32)
 
 
 def token_dataset(n: int = 32, vocab: int = 50, teacher_columns: bool = False) -> Dataset:
@@ -84,7 +79,7 @@ def test_zero_epochs_or_steps_are_refused(tmp_path, overrides, message):
 
 
 def test_teacher_with_another_vocabulary_needs_its_own_input_ids(tmp_path):
-    student, teacher = tiny_bert(vocab_size=50), tiny_bert(vocab_size=300, seed=1)
+    student, teacher = small_bert(vocab_size=50), small_bert(vocab_size=300, seed=1)
     for precompute in (False, True):
         expected = r"vocab.*300.*50.*teacher_input_ids.*tokenize_dataset\(.*teacher_tokenizer"
         with pytest.raises(ValueError, match=expected):
@@ -98,7 +93,7 @@ def test_teacher_with_another_vocabulary_needs_its_own_input_ids(tmp_path):
 
 def test_teacher_reading_other_inputs_than_the_student_is_refused(tmp_path, task):
     _, train, _ = task
-    student, teacher = make_student(), tiny_bert(50, num_labels=4)  # the student reads `features`, a BERT `input_ids`
+    student, teacher = make_student(), small_bert(50, num_labels=4)  # the student reads `features`, a BERT `input_ids`
     with pytest.raises(ValueError, match=r"take different inputs.*'features'.*'input_ids'"):
         DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=train)
 

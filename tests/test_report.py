@@ -14,7 +14,7 @@ from hf_kd.data import InMemoryDataset
 from hf_kd.models import model_from_preset
 from hf_kd.report.measure import ModelResult, measure_model
 from hf_kd.report.report import REPORT_JSON, REPORT_MD, DistillationReport
-from hf_kd.runs.experiment import check_output_dir
+from hf_kd.runs.preparation import check_output_dir
 
 SETTINGS = {
     "temperature": 4.0,

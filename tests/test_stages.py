@@ -11,7 +11,7 @@ from test_examples_image import make_image_dataset
 
 from hf_kd.report.metrics import load_metric
 from hf_kd.runs.arguments import parse_image_arguments
-from hf_kd.runs.experiment import prepare_run
+from hf_kd.runs.preparation import prepare_run
 from hf_kd.runs.recipes import image_setup
 from hf_kd.runs.setups import run_distillation
 
@@ -27,9 +27,10 @@ def test_run_distillation_composes_the_stages(tmp_path):
         "--report_to", "none", "--use_cpu", "--logging_steps", "1", "--metric_name_or_path", str(REPO_ROOT / "tests/metrics/accuracy"),
     ]  # fmt: skip
     data_args, experiment_args, config = parse_image_arguments(None, argv)
-    prepare_run(config, experiment_args)
-    setup = image_setup(data_args, experiment_args, config)
-    report = run_distillation(setup, load_metric(experiment_args.metric_name_or_path), data_args, experiment_args, config)
+    with prepare_run(config, experiment_args):
+        setup = image_setup(data_args, experiment_args, config)
+        metric = load_metric(experiment_args.metric_name_or_path)
+        report = run_distillation(setup, metric, data_args, experiment_args, config)
 
     assert [m.name for m in report.models] == ["teacher", "student_ce", "student_kd"]
     assert report.settings["teacher_logits"] == "precomputed"

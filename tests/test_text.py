@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from conftest import tiny_bert
 from datasets import ClassLabel, Dataset, Features, Value
 from transformers import (
     BertConfig,
@@ -77,20 +78,10 @@ def sentiment_dataset(n: int, seed: int, pair: bool = False, counts=SENTIMENT_CO
     return Dataset.from_dict(rows, features=Features(features))
 
 
-def tiny_bert(cls, tokenizer, num_layers: int, seed: int, num_labels: int = 2, **kwargs):
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=num_layers,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        num_labels=num_labels,
-        **kwargs,
-    )
-    return cls(config)
+def text_bert(cls, tokenizer, num_layers: int, seed: int, num_labels: int = 2, **kwargs):
+    """A tiny BERT sized for `tokenizer`'s vocabulary, padded with its pad id."""
+    return tiny_bert(cls, vocab_size=len(tokenizer), num_layers=num_layers, seed=seed, num_labels=num_labels,
+                     pad_token_id=tokenizer.pad_token_id, **kwargs)  # fmt: skip
 
 
 def distill_args(tmp_path, **overrides) -> DistillationConfig:
@@ -221,10 +212,10 @@ def test_distillation_feeds_the_teacher_its_own_tokenization(tmp_path, student_t
     """End to end: the trainer runs the teacher on `teacher_*` inputs, the student on its own, and learns."""
     train = sentiment_dataset(192, seed=1)
     encoded = tokenize_dataset(train, student_tokenizer, ["text"], "label", teacher_tokenizer=teacher_tokenizer)
-    teacher = tiny_bert(BertForSequenceClassification, teacher_tokenizer, num_layers=2, seed=0)
+    teacher = text_bert(BertForSequenceClassification, teacher_tokenizer, num_layers=2, seed=0)
     with torch.no_grad():
         teacher.classifier.weight.mul_(20.0)  # confident, input-dependent targets from a random teacher
-    student = tiny_bert(BertForSequenceClassification, student_tokenizer, num_layers=1, seed=1)
+    student = text_bert(BertForSequenceClassification, student_tokenizer, num_layers=1, seed=1)
     seen = []
     teacher.bert.embeddings.word_embeddings.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
 
@@ -319,7 +310,7 @@ def test_ensemble_reads_each_teachers_own_tokenization(tmp_path, student_tokeniz
 
     dataset = sentiment_dataset(24, seed=4)
     tokenizers = [teacher_tokenizer, other_tokenizer]
-    teachers = [tiny_bert(BertForSequenceClassification, t, num_layers=1, seed=k) for k, t in enumerate(tokenizers)]
+    teachers = [text_bert(BertForSequenceClassification, t, num_layers=1, seed=k) for k, t in enumerate(tokenizers)]
     for teacher in teachers:
         with torch.no_grad():
             teacher.classifier.weight.mul_(20.0)  # distinct, confident teachers
@@ -348,7 +339,7 @@ def test_ensemble_reads_each_teachers_own_tokenization(tmp_path, student_tokeniz
 
 
 def test_derive_student_copies_teacher_layers(student_tokenizer):
-    teacher = tiny_bert(BertForSequenceClassification, student_tokenizer, num_layers=6, seed=0)
+    teacher = text_bert(BertForSequenceClassification, student_tokenizer, num_layers=6, seed=0)
     assert spread_layers(12, 6) == [0, 2, 4, 7, 9, 11]  # DistilBERT's choice
     assert spread_layers(6, 2) == [0, 5]
     student = derive_student(teacher, num_layers=2)
@@ -396,8 +387,8 @@ def test_token_classification_masks_ignored_positions(tmp_path, student_tokenize
     ]
     dataset = Dataset.from_dict({**encoded, "labels": tags})
 
-    teacher = tiny_bert(BertForTokenClassification, student_tokenizer, num_layers=2, seed=0)
-    student = tiny_bert(BertForTokenClassification, student_tokenizer, num_layers=1, seed=1)
+    teacher = text_bert(BertForTokenClassification, student_tokenizer, num_layers=2, seed=0)
+    student = text_bert(BertForTokenClassification, student_tokenizer, num_layers=1, seed=1)
     collator = DataCollatorWithTeacherPadding(student_tokenizer)
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=distill_args(tmp_path), train_dataset=dataset, data_collator=collator
@@ -476,7 +467,7 @@ def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
 
     data = _save_text_data(tmp_path / "data")
     encoder = tmp_path / "encoder"
-    tiny_bert(BertModel, teacher_tokenizer, num_layers=2, seed=0).save_pretrained(encoder)  # no classifier.*
+    text_bert(BertModel, teacher_tokenizer, num_layers=2, seed=0).save_pretrained(encoder)  # no classifier.*
     teacher_tokenizer.save_pretrained(encoder)
     common = [
         "--dataset_name", str(data), "--max_length", "32", "--per_device_train_batch_size", "16",
@@ -539,7 +530,7 @@ def test_example_end_to_end(tmp_path, student_tokenizer, teacher_tokenizer):
     example = util.module_from_spec(spec)
     spec.loader.exec_module(example)
     student_dir = tmp_path / "pretrained_student"
-    tiny_bert(BertForSequenceClassification, student_tokenizer, num_layers=1, seed=5).save_pretrained(student_dir)
+    text_bert(BertForSequenceClassification, student_tokenizer, num_layers=1, seed=5).save_pretrained(student_dir)
     student_tokenizer.save_pretrained(student_dir)
     second = example.main(
         [*common, "--teacher_model_name_or_path", str(out / "teacher"), "--output_dir", str(tmp_path / "run2"),
@@ -567,9 +558,9 @@ def test_example_with_two_teachers_of_different_tokenizers(tmp_path, teacher_tok
     data = _save_text_data(tmp_path / "data", n_train=64, n_test=32)
     first, second = tmp_path / "classifier", tmp_path / "encoder"
     labels = {"id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
-    tiny_bert(BertForSequenceClassification, teacher_tokenizer, num_layers=2, seed=0, **labels).save_pretrained(first)
+    text_bert(BertForSequenceClassification, teacher_tokenizer, num_layers=2, seed=0, **labels).save_pretrained(first)
     teacher_tokenizer.save_pretrained(first)
-    tiny_bert(BertModel, other_tokenizer, num_layers=1, seed=1).save_pretrained(second)  # no classifier.*
+    text_bert(BertModel, other_tokenizer, num_layers=1, seed=1).save_pretrained(second)  # no classifier.*
     other_tokenizer.save_pretrained(second)
     argv = [
         "--dataset_name", str(data), "--teacher_model_name_or_path", str(first), str(second),
@@ -687,7 +678,7 @@ def test_student_derived_from_the_pretrained_encoder(tmp_path, teacher_tokenizer
 
     data = _save_text_data(tmp_path / "data", n_train=32, n_test=16)
     encoder = tmp_path / "encoder"
-    tiny_bert(BertModel, teacher_tokenizer, num_layers=2, seed=0).save_pretrained(encoder)
+    text_bert(BertModel, teacher_tokenizer, num_layers=2, seed=0).save_pretrained(encoder)
     teacher_tokenizer.save_pretrained(encoder)
     argv = [
         "--dataset_name", str(data), "--teacher_model_name_or_path", str(encoder), "--output_dir", str(tmp_path / "o"),

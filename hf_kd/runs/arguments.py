@@ -8,6 +8,7 @@ The distillation itself (temperature, alpha, loss_type, the teacher to load) and
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -18,6 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from ..data import DATA_PATHS
 from ..models import PRESET_NAMES
 from ..training.configuration_distillation import DistillationConfig
+from .input_checks import check_architecture, check_model_source
 
 
 @dataclass
@@ -53,40 +55,27 @@ class DataArguments:
     data_path: str = field(
         default="auto",
         metadata={
-            "help": "Images: 'memory' decodes and normalises every image once and holds the tensors in memory "
-            "(fastest, for small sets); 'on_the_fly' decodes, augments and normalises per batch in the DataLoader's "
-            "workers (--dataloader_num_workers), memory flat in the dataset's size; 'auto' picks memory when the "
-            "decoded tensors fit in --in_memory_limit_gb. The choice is logged.",
+            "help": "Images: 'memory' decodes every image once and holds the tensors (fastest, small sets); "
+            "'on_the_fly' decodes and augments per batch in the DataLoader's workers (--dataloader_num_workers), "
+            "memory flat in the size; 'auto' picks memory when the decoded tensors fit --in_memory_limit_gb. Logged.",
             "choices": list(DATA_PATHS),
         },
     )
-    in_memory_limit_gb: float | None = field(
-        default=None,
-        metadata={"help": "--data_path auto: the most decoded GiB held in memory (default: a tenth of the machine's RAM)."},
-    )
+    in_memory_limit_gb: float | None = field(default=None, metadata={"help": "--data_path auto: GiB held decoded at most (default: RAM/10)."})
     streaming: bool = field(
         default=False,
         metadata={
-            "help": "Read the training split as a stream (datasets streaming=True): for a Hub dataset too big to "
-            "download whole. Implies --data_path on_the_fly; the test split (--max_eval_samples) is downloaded. Set "
-            "--max_steps, or --max_train_samples for the epochs to be counted."
+            "help": "Stream the training split (datasets streaming=True; data on the fly), for a Hub dataset too big "
+            "to download; the test split is downloaded. Set --max_steps, or --max_train_samples to count epochs."
         },
     )
-    random_flip: bool = field(
-        default=False,
-        metadata={
-            "help": "Images: flip training images left-right at random (per batch, on the fly). The teacher then "
-            "runs live: logits stored once would not match the flipped inputs."
-        },
-    )
+    random_flip: bool = field(default=False, metadata={"help": "Images: random left-right flips, on the fly (teacher live)."})
 
     def __post_init__(self):
         if self.data_path not in DATA_PATHS:
             raise ValueError(f"data_path must be one of {', '.join(DATA_PATHS)}, got {self.data_path!r}.")
-        if self.streaming and self.data_path == "memory":
-            raise ValueError("--streaming reads the data as it trains: it cannot be held in memory (--data_path memory).")
-        if self.random_flip and self.data_path == "memory":
-            raise ValueError("--random_flip augments per batch, on the fly: use --data_path on_the_fly (or auto).")
+        if self.data_path == "memory" and (self.streaming or self.random_flip):
+            raise ValueError("--streaming and --random_flip work on the fly: not with --data_path memory.")
         if self.in_memory_limit_gb is not None and self.in_memory_limit_gb < 0:
             raise ValueError(f"in_memory_limit_gb must be >= 0, got {self.in_memory_limit_gb}.")
 
@@ -184,6 +173,25 @@ class ExperimentArguments:
         default=0.99, metadata={"help": "--distillation_mode ema: the teacher's decay per optimizer step."}
     )
 
+    def __post_init__(self):
+        if not (isinstance(self.ema_decay, (int, float)) and math.isfinite(self.ema_decay) and 0 <= self.ema_decay < 1):
+            raise ValueError(
+                f"--ema_decay must be a number in [0, 1), got {self.ema_decay!r}: the weight the moving-average "
+                "teacher keeps at each step (0.99: each step moves it 1% of the way to the student)."
+            )
+        if self.generations < 1:
+            raise ValueError(f"--generations must be >= 1 (born-again generations to train), got {self.generations}.")
+        peers = [name.strip() for name in self.peers.split(",")]
+        if len(peers) < 2 or not all(peers):
+            raise ValueError(
+                f"--peers must name at least two comma-separated architectures ('teacher', 'student', presets or "
+                f"config directories), got {self.peers!r}."
+            )
+        if self.latency_examples < 1:
+            raise ValueError(f"--latency_examples must be >= 1, got {self.latency_examples}.")
+        if self.torch_num_threads is not None and self.torch_num_threads < 1:
+            raise ValueError(f"--torch_num_threads must be >= 1 (or left out), got {self.torch_num_threads}.")
+
 
 @dataclass
 class ImageExperimentArguments(ExperimentArguments):
@@ -192,27 +200,20 @@ class ImageExperimentArguments(ExperimentArguments):
     student_model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "A pretrained image classifier as the student (Hub id or directory, e.g. "
-            "google/mobilenet_v2_1.0_224), with its image processor: its weights are loaded and its classification "
+            "help": "A pretrained image classifier as the student (Hub id or directory) with its image processor, its "
             "head resized to the dataset's classes. Instead of --student (an architecture trained from scratch)."
         },
     )
 
     def __post_init__(self):
+        super().__post_init__()
         if self.student and self.student_model_name_or_path:
-            raise ValueError(
-                "Give --student (an architecture trained from scratch) or --student_model_name_or_path (a pretrained "
-                "student), not both."
-            )
+            raise ValueError("Give --student or --student_model_name_or_path (a pretrained student), not both.")
 
     @property
     def student_source(self) -> str | None:
-        """Where the student comes from: `--student_model_name_or_path` or `--student`."""
+        """Where the student comes from: `--student_model_name_or_path` (pretrained) or `--student`."""
         return self.student_model_name_or_path or self.student
-
-    @property
-    def student_is_pretrained(self) -> bool:
-        return bool(self.student_model_name_or_path)
 
 
 @dataclass
@@ -384,7 +385,32 @@ def parse_image_arguments(
         raise ValueError(
             "Give --teacher (an architecture to train) or --teacher_model_name_or_path (a trained teacher)."
         )
+    _check_teacher_sources(config)
+    architectures = [("--student", experiment_args.student), ("--teacher", experiment_args.teacher)]
+    architectures += [("--assistants", name) for name in experiment_args.assistants or []]
+    if experiment_args.distillation_mode == "mutual":
+        peers = [name.strip() for name in experiment_args.peers.split(",")]
+        architectures += [("--peers", name) for name in peers if name not in ("teacher", "student")]
+    for argument, value in architectures:
+        if value:
+            check_architecture(value, argument)
+    if experiment_args.student_model_name_or_path:
+        check_model_source(experiment_args.student_model_name_or_path, "--student_model_name_or_path")
     return data_args, experiment_args, config
+
+
+def _check_teacher_sources(config: DistillationConfig) -> None:
+    """Each teacher to load exists; ensemble weights only come with an ensemble (one teacher would ignore them)."""
+    sources = config.teacher_model_name_or_path
+    sources = [sources] if isinstance(sources, str) else sources or []
+    for source in sources:
+        check_model_source(source, "--teacher_model_name_or_path")
+    if config.teacher_weights and len(sources) < 2:
+        raise ValueError(
+            f"--teacher_weights {' '.join(str(w) for w in config.teacher_weights)} weighs the teachers of an ensemble, "
+            f"but this run has one teacher ({sources[0] if sources else 'trained here'}): give several with "
+            "--teacher_model_name_or_path a b ..., or leave --teacher_weights out."
+        )
 
 
 # ExperimentArguments fields that only mean something for images.
@@ -417,4 +443,7 @@ def parse_text_arguments(
     for name, unset in (("data_path", "auto"), ("streaming", False), ("random_flip", False), ("in_memory_limit_gb", None)):
         if getattr(data_args, name) != unset:
             raise ValueError(f"--{name} applies to image runs only.")
+    _check_teacher_sources(config)
+    if text_args.student_model_name_or_path:
+        check_model_source(text_args.student_model_name_or_path, "--student_model_name_or_path")
     return data_args, experiment_args, text_args, config

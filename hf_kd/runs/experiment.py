@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
-import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import PartialState
 from transformers import PreTrainedModel, ProgressCallback, Trainer, set_seed
 from transformers.trainer_utils import IntervalStrategy
@@ -42,7 +38,6 @@ from ..report.report import (
     REPORT_MD,
     REPORT_PNG,
     DistillationReport,
-    has_finished_report,
     lineage_of,
     run_settings,
     teacher_recipe,
@@ -51,8 +46,8 @@ from ..report.report import (
 from ..training.configuration_distillation import DistillationConfig
 from ..training.trainer import DistillationTrainer
 from .arguments import DataArguments, ExperimentArguments
-from .resume import check_resume_argument, finished_stage, train_or_resume
-from .sharding import allow_another_trainer, check_sharded_saving, gather_sharded_runs
+from .resume import finished_stage, train_or_resume
+from .sharding import allow_another_trainer, gather_sharded_runs
 
 logger = logging.get_logger(__name__)
 
@@ -90,61 +85,8 @@ class Trained:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Before training
+# Before training (the checks of a run's start: hf_kd.runs.preparation)
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> None:
-    """A run's output directory holds that run alone. A finished run is only replaced when asked: with `overwrite`
-    the previous contents, finished or not, are moved aside first (to `<output_dir>.previous-<time>`), so no old
-    file is measured, reported or pushed with the new run. Without it, an unfinished run is resumed (see
-    [`hf_kd.runs.resume`])."""
-    output_dir = Path(output_dir)
-    if overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
-        aside = Path(f"{output_dir.absolute()}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
-        while aside.exists():
-            aside = aside.with_name(aside.name + "-1")
-        os.replace(output_dir, aside)
-        logger.warning(f"--overwrite_output_dir: the previous contents of {output_dir.absolute()} moved to {aside}.")
-    elif has_finished_report(output_dir):
-        raise FileExistsError(
-            f"The output directory {os.path.abspath(output_dir)} already holds a finished run "
-            f"({REPORT_JSON}). Choose another --output_dir, or pass --overwrite_output_dir to replace its results."
-        )
-    elif output_dir.is_dir() and any(output_dir.iterdir()):
-        logger.warning(
-            f"{output_dir.absolute()} holds an unfinished run: its finished stages are kept and the others resume "
-            "from their last complete checkpoint (--overwrite_output_dir starts afresh)."
-        )
-
-
-@contextmanager
-def user_errors_as_messages():
-    """For an example's `__main__`: an output directory that already holds a finished run is the user's choice to
-    make, not a bug, so its message is printed alone (no traceback) and the command exits with status 1."""
-    try:
-        yield
-    except FileExistsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-
-
-def prepare_run(config: DistillationConfig, experiment_args: ExperimentArguments) -> None:
-    """Checks before anything is trained (sharding, a finished run in `output_dir`), and the torch thread count."""
-    check_sharded_saving(config)  # ZeRO-3 and FSDP: every process saves (hf_kd.runs.sharding); refuse what cannot
-    if config.resume_from_checkpoint and experiment_args.overwrite_output_dir:
-        raise ValueError(
-            "--resume_from_checkpoint and --overwrite_output_dir contradict each other: overwriting moves the "
-            "previous run, and its checkpoints, aside. Pass one of them."
-        )
-    stage_dirs = [Path(config.output_dir) / name for name in (TEACHER_DIR, STUDENT_KD_DIR, STUDENT_CE_DIR)]
-    check_resume_argument(config, stage_dirs)
-    state = PartialState()
-    if state.is_main_process:
-        check_output_dir(config.output_dir, experiment_args.overwrite_output_dir)
-    state.wait_for_everyone()
-    if experiment_args.torch_num_threads:
-        torch.set_num_threads(experiment_args.torch_num_threads)
 
 
 def stage_args(config: DistillationConfig, name: str, train_dataset: Any = None, **changes) -> DistillationConfig:

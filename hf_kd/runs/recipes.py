@@ -191,7 +191,7 @@ def image_setup(
     to be trained here (with random shifts when `teacher_max_shift > 0`). On-the-fly data gets the loaded teacher's
     logits stored once ([`with_teacher_outputs`])."""
     seed, student = config.seed, getattr(experiment_args, "student_source", experiment_args.student)
-    pretrained = getattr(experiment_args, "student_is_pretrained", False)
+    pretrained = bool(getattr(experiment_args, "student_model_name_or_path", None))
     image_processor = image_processor_for(student)
     teacher_source = config.teacher_model_name_or_path
     if isinstance(teacher_source, list):

@@ -42,6 +42,10 @@ class MLPConfig(PreTrainedConfig):
             Width of each hidden layer, in order. At least one.
         dropout (`float`, *optional*, defaults to 0.0):
             Dropout probability applied after every hidden activation (not to the input or the logits).
+        initializer_factor (`float`, *optional*, defaults to 1.0):
+            Scale of the standard deviation of the initial weights (He initialisation: the default, 1.0, is plain
+            `torch.nn.init.kaiming_normal_`). Keep it at 1; transformers' common model tests set it near 0 to check
+            that every weight goes through the model's initialisation.
         num_labels (`int`, *optional*, defaults to 10):
             Number of classes. Stored through `id2label`, as for every `transformers` config.
         problem_type (`str`, *optional*):
@@ -72,6 +76,7 @@ class MLPConfig(PreTrainedConfig):
     # Tuples, as in `transformers`' own configs: a dataclass field cannot default to a (mutable) list.
     hidden_sizes: list[int] | tuple[int, ...] = (400, 100)
     dropout: float | int = 0.0
+    initializer_factor: float | int = 1.0
 
     def __post_init__(self, **kwargs):
         # `PreTrainedConfig` defaults to 2 labels; the reference datasets (MNIST, CIFAR-10) have 10.
@@ -112,6 +117,8 @@ class MLPConfig(PreTrainedConfig):
             _check_positive_int(f"hidden_sizes[{index}]", value)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}.")
+        if isinstance(self.initializer_factor, bool) or not self.initializer_factor > 0:
+            raise ValueError(f"`initializer_factor` must be a positive number, got {self.initializer_factor!r}.")
         # Checked here rather than at the first forward with labels, where the loss would fail on an unknown value.
         if self.problem_type not in _PROBLEM_TYPES:
             raise ValueError(f"`problem_type` must be one of {_PROBLEM_TYPES}, got {self.problem_type!r}.")

@@ -6,18 +6,36 @@ with `trust_remote_code=True` where `hf_kd` is not installed: it imports only `t
 configuration file.
 """
 
+import math
+from collections.abc import Callable
 from functools import partial
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithNoAttention,
     ImageClassifierOutputWithNoAttention,
 )
 
 from .configuration_mlp import MLPConfig, _image_height_width
+
+
+class MLPBlock(GradientCheckpointingLayer):
+    """
+    The unit that gradient checkpointing recomputes: one `Linear -> ReLU -> Dropout` block, returning the
+    pre-activation and the output.
+
+    It holds no layer of its own: the weights stay where checkpoints and feature names find them
+    (`hidden_layers.{i}`), and the model hands the block its computation at each call. (A layer passed as an argument
+    would not do: accelerate's device hooks send every argument that has a `.to` method to the block's device, modules
+    included.)
+    """
+
+    def forward(self, hidden_states: torch.Tensor, compute: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+        return compute(hidden_states)
 
 
 class MLPPreTrainedModel(PreTrainedModel):
@@ -38,11 +56,8 @@ class MLPPreTrainedModel(PreTrainedModel):
     # only for models that do not accept loss kwargs. It reads this attribute first, else looks for `**kwargs` in
     # `forward`: stating it keeps the division if `forward` ever grows `**kwargs`.
     accepts_loss_kwargs = False
-    # Each `Linear -> ReLU -> Dropout` block is checkpointed as a whole (see `_run_block`). The blocks are not modules
-    # of their own (that would rename the saved parameters), so the switch is this model-level flag, which
-    # `gradient_checkpointing_enable()` sets on every module that has one, the model included.
+    # Each `Linear -> ReLU -> Dropout` block is checkpointed as a whole, through its `MLPBlock` (see `_run_block`).
     supports_gradient_checkpointing = True
-    gradient_checkpointing = False
     # Empty, not `None`, which `transformers` reads as "no `device_map='auto'` support" (its common model tests
     # skip their offload and model-parallel checks; 4.x refused to load): the layers are leaf modules, each called
     # through its own `__call__`, so accelerate's hooks move the activations between any two of them, and
@@ -51,13 +66,16 @@ class MLPPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        # The `PreTrainedModel` default, N(0, 0.02), starves deep ReLU stacks of signal; He initialisation keeps the
-        # activation variance constant. The classifier is not followed by a ReLU, hence its linear gain. The
-        # `transformers.initialization` functions skip tensors flagged as loaded, so `from_pretrained` keeps the
-        # checkpoint's values.
+        # The `PreTrainedModel` default, N(0, 0.02), starves deep ReLU stacks of signal; He initialisation (fan-in)
+        # keeps the activation variance constant. The classifier is not followed by a ReLU, hence its linear gain.
+        # `config.initializer_factor` scales the standard deviation; at its default, 1.0, the draw is bit for bit
+        # `torch.nn.init.kaiming_normal_`'s. The `transformers.initialization` functions skip tensors flagged as
+        # loaded, so `from_pretrained` keeps the checkpoint's values.
         if isinstance(module, nn.Linear):
             nonlinearity = "linear" if module is getattr(self, "classifier", None) else "relu"
-            init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity=nonlinearity)
+            fan_in = module.weight[0].numel()
+            std = nn.init.calculate_gain(nonlinearity) / math.sqrt(fan_in) * self.config.initializer_factor
+            init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
 
@@ -72,6 +90,8 @@ class MLPPreTrainedModel(PreTrainedModel):
         self.hidden_layers = nn.ModuleList(nn.Linear(sizes[i], sizes[i + 1]) for i in range(len(config.hidden_sizes)))
         self.activation = nn.ReLU()
         self.dropout = nn.Dropout(config.dropout)
+        # No parameters: the keys of saved models do not change.
+        self.blocks = nn.ModuleList(MLPBlock() for _ in config.hidden_sizes)
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         height, width = _image_height_width(self.config.image_size)
@@ -87,20 +107,19 @@ class MLPPreTrainedModel(PreTrainedModel):
         pre_activation = layer(hidden)
         return pre_activation, self.dropout(self.activation(pre_activation))
 
-    def _run_block(self, layer: nn.Module, block, hidden: torch.Tensor):
-        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
-            return block(hidden)
-        if not hidden.requires_grad:
+    def _run_block(self, index: int, layer: nn.Module, compute, hidden: torch.Tensor):
+        block = self.blocks[index]
+        if block.gradient_checkpointing and self.training and torch.is_grad_enabled() and not hidden.requires_grad:
             if not any(parameter.requires_grad for parameter in layer.parameters()):
                 # Nothing to differentiate here (frozen block on a constant input): autograd keeps nothing anyway.
-                return block(hidden)
+                return compute(hidden)
             # The reentrant checkpoint (`use_reentrant=True`) only back-propagates through blocks whose inputs require
             # gradients, and would silently leave this block's weights without any (the first block, fed with
             # `pixel_values`). A detached copy that requires them costs one unused input gradient.
             hidden = hidden.detach().requires_grad_()
         # Dropout draws the same mask when the backward pass recomputes the block: `torch.utils.checkpoint` restores
         # the random state by default.
-        return self._gradient_checkpointing_func(block, hidden)
+        return block(hidden, compute=compute)
 
     def _features(
         self, pixel_values: torch.Tensor, output_hidden_states: bool
@@ -109,8 +128,8 @@ class MLPPreTrainedModel(PreTrainedModel):
         self._check_pixel_values(pixel_values)
         hidden = pixel_values.flatten(start_dim=1)
         all_hidden_states = (hidden,) if output_hidden_states else None
-        for layer in self.hidden_layers:
-            pre_activation, hidden = self._run_block(layer, partial(self._hidden_block, layer), hidden)
+        for index, layer in enumerate(self.hidden_layers):
+            pre_activation, hidden = self._run_block(index, layer, partial(self._hidden_block, layer), hidden)
             if output_hidden_states:
                 all_hidden_states += (pre_activation, hidden)
         return hidden, all_hidden_states
@@ -246,4 +265,4 @@ class MLPForImageClassification(MLPPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["MLPForImageClassification", "MLPModel", "MLPPreTrainedModel"]
+__all__ = ["MLPBlock", "MLPForImageClassification", "MLPModel", "MLPPreTrainedModel"]
