@@ -4,10 +4,18 @@
     accelerate launch examples/distill_image_classification.py --dataset_name ylecun/mnist \
         --teacher mnist-mlp-teacher --student mnist-mlp-student --output_dir distill-mnist
 
-The run, top to bottom: arguments -> data (decoded once, served from memory) -> teacher (trained here, or loaded with
---teacher_model_name_or_path) -> the student distilled by a `DistillationTrainer` -> the CE-only baseline -> the
-report (`distillation_report.{md,json,png}`) and the distilled student's model card (pushed with --push_to_hub).
+The run, top to bottom: arguments -> data (decoded once and served from memory, or decoded per batch for data that does
+not fit: --data_path, --streaming) -> teacher (trained here, or loaded with --teacher_model_name_or_path; a teacher
+with another image processor reads its own pixel values) -> the student (an architecture, --student, or a pretrained
+classifier, --student_model_name_or_path) distilled by a `DistillationTrainer` -> the CE-only baseline -> the report
+(`distillation_report.{md,json,png}`) and the distilled student's model card (pushed with --push_to_hub).
 `distill_mnist.py` and `distill_cifar10.py` run this script with their datasets' tuned defaults.
+
+The transformers guide's recipe (a ViT teacher fine-tuned on beans -> a pretrained MobileNetV2 student):
+
+    python examples/distill_image_classification.py --dataset_name AI-Lab-Makerere/beans --eval_split validation \
+        --teacher_model_name_or_path merve/vit-mobilenet-beans-224 \
+        --student_model_name_or_path google/mobilenet_v2_1.0_224 --output_dir distill-beans
 
 Many teachers: `--teacher_model_name_or_path a b c` distils an ensemble of trained teachers (`--ensemble_method`,
 `--teacher_weights`); `--assistants ARCH ...` distils through teacher assistants (and the student directly from the
@@ -41,6 +49,7 @@ from hf_kd.runs.experiment import (
     train_baseline,
     train_teacher,
 )
+from hf_kd.runs.image_data import check_on_the_fly_run, model_view, with_teacher_outputs
 from hf_kd.runs.input_checks import check_feature_outputs
 from hf_kd.runs.online import born_again, distil_from_ema, train_mutual
 from hf_kd.runs.preparation import prepare_run, user_errors_as_messages
@@ -50,6 +59,7 @@ from hf_kd.runs.recipes import (
     image_processor_for,
     load_image_data,
     load_image_teacher,
+    teacher_processors,
 )
 from hf_kd.teacher.ensemble import ensemble_for
 
@@ -66,32 +76,41 @@ def distil_images(data_args, experiment_args, config):
     metric = load_metric(experiment_args.metric_name_or_path)
     compute_metrics = compute_metrics_for(metric)
 
-    # 2. Data: every image decoded and normalised once with the student's image processor, then held in memory.
-    image_processor = image_processor_for(experiment_args.student)
+    # 2. Data: decoded and normalised once and held in memory, or per batch (on the fly) when it would not fit
+    #    (--data_path auto, logged). A loaded teacher with another image processor gets its own pixel values.
+    student_source, pretrained = experiment_args.student_source, bool(experiment_args.student_model_name_or_path)
+    image_processor = image_processor_for(student_source)
     if experiment_args.distillation_mode == "data_free":  # the teacher alone: the training split is never read
         return run_data_free(data_args, experiment_args, config, metric, image_processor)
-    data, label_names = load_image_data(data_args, image_processor)
+    paths = config.teacher_model_name_or_path
+    paths = [paths] if isinstance(paths, str) else paths or []
+    own_processors = teacher_processors(paths, image_processor)
+    data, label_names = load_image_data(data_args, image_processor, own_processors, config.seed)
+    check_on_the_fly_run(data, data_args, config, experiment_args)
     if experiment_args.teacher_url:  # black box: the teacher's answers over HTTP, few labels, transfer sets
         column = image_column_of(data_args)
         bb = black_box_data(data, label_names, data_args, experiment_args, column, image_transfer_inputs(image_processor, column))  # fmt: skip
-        build = lambda: build_image_model(experiment_args.student, label_names, config.seed)  # noqa: E731
+        build = lambda: build_image_model(student_source, label_names, config.seed, pretrained)  # noqa: E731
         return distil_black_box(bb, build, "image-classification", metric, compute_metrics, data_args, experiment_args, config)  # fmt: skip
     if experiment_args.distillation_mode != "offline":  # online / self distillation: no teacher trained first
         return online_or_self_distillation(data, label_names, data_args, experiment_args, config, metric)
 
+    def build_student():
+        return build_image_model(student_source, label_names, config.seed, pretrained)
+
     # 3. Teacher: a trained one loaded, or one trained here on the labels (with random shifts: Hinton et al.'s jitter).
-    #    Several loaded (--teacher_model_name_or_path a b c) are distilled as one ensemble (--ensemble_method).
-    paths = config.teacher_model_name_or_path
-    paths = [paths] if isinstance(paths, str) else paths or []
-    #    The features --feature_pairs names are checked on every model first, before anything trains.
-    probe = build_image_model(experiment_args.student, label_names, config.seed)
+    #    Several loaded (--teacher_model_name_or_path a b c) are distilled as one ensemble (--ensemble_method); each is
+    #    measured on its own pixel values. The features --feature_pairs names are checked on every model first.
+    probe = build_student()
     assistants = [build_image_model(name, label_names, config.seed) for name in experiment_args.assistants or []]
     if paths:
         names = [TEACHER_DIR] if len(paths) == 1 else [f"{TEACHER_DIR}_{k}" for k in range(len(paths))]
+        members = [None] if len(paths) == 1 else range(len(paths))
         teachers = [
-            Trained(name, load_image_teacher(path, probe, image_processor, config.teacher_model_init_kwargs), data)
-            for name, path in zip(names, paths)
-        ]
+            Trained(name, load_image_teacher(path, probe, config.teacher_model_init_kwargs),
+                    model_view(data, member, own_processors.get(member, image_processor)))
+            for name, path, member in zip(names, paths, members)
+        ]  # fmt: skip
         check_feature_outputs(config.feature_pairs, [probe, *assistants], [t.model for t in teachers] + assistants)
     else:
         model = build_image_model(experiment_args.teacher, label_names, config.seed)
@@ -105,31 +124,31 @@ def distil_images(data_args, experiment_args, config):
     #    ordinary distillation from the previous one; the student then learns from the last link.
     assistants = distil_assistants(teacher, assistants, data, config, compute_metrics)
 
-    # 5. The student, distilled: the teacher's logits are computed once up front (--precompute_teacher_logits).
-    student = build_image_model(experiment_args.student, label_names, config.seed)
+    # 5. The student, distilled: the teacher's logits computed once up front (--precompute_teacher_logits; data on the
+    #    fly: stored on disk once, or the teacher live when the images are augmented per batch).
+    #    An assistant reads the student's pixel values, not a teacher's own.
+    distilled_data = model_view(data) if assistants else with_teacher_outputs(data, teacher, config)
     trainer = DistillationTrainer(
-        model=student,
+        model=build_student(),
         teacher_model=assistants[-1].model if assistants else teacher,
-        args=stage_args(config, STUDENT_KD_DIR, data.train_dataset),
-        train_dataset=data.train_dataset,
-        eval_dataset=data.eval_dataset,
-        data_collator=data.data_collator,
+        args=stage_args(config, STUDENT_KD_DIR, distilled_data.train_dataset),
+        train_dataset=distilled_data.train_dataset,
+        eval_dataset=distilled_data.eval_dataset,
+        data_collator=distilled_data.data_collator,
         processing_class=image_processor,
         compute_metrics=compute_metrics,
     )
     distilled = run_stage(STUDENT_KD_DIR, trainer, data)
 
-    # 6. The baseline: the same student (same seed, so the same initial weights and data order), labels only; with
-    #    assistants, the same student distilled directly from the teacher too. The ensemble, when it can predict
-    #    without the labels, is measured first: the others' agreement is with it.
-    ensemble = [Trained("ensemble", teacher, data)] if len(teachers) > 1 and not teacher.needs_labels else []
+    # 6. The baseline: the same student (same seed, so the same initial weights and data order), labels only, on the
+    #    student's own inputs; with assistants, the same student distilled directly from the teacher too. The
+    #    ensemble, when it can predict without the labels, is measured first: the others' agreement is with it.
+    ensemble = [Trained("ensemble", teacher, data, role="teacher")] if len(teachers) > 1 and not teacher.needs_labels else []
     runs = [*ensemble, *teachers, *assistants]
     if not experiment_args.skip_baseline:
-        baseline = build_image_model(experiment_args.student, label_names, config.seed)
-        runs.append(train_baseline(baseline, data, config, compute_metrics))
+        runs.append(train_baseline(build_student(), model_view(data), config, compute_metrics))
     if assistants:
-        direct = build_image_model(experiment_args.student, label_names, config.seed)
-        runs.append(distil(direct, teacher, data, config, compute_metrics, name=STUDENT_KD_DIRECT_DIR))
+        runs.append(distil(build_student(), teacher, data, config, compute_metrics, name=STUDENT_KD_DIRECT_DIR))
     runs.append(distilled)
 
     # 7. Report and model card, on the main process: every model saved and measured (size, accuracy, latency).
@@ -142,10 +161,12 @@ def online_or_self_distillation(data, label_names, data_args, experiment_args, c
     then the peers trained together, the born-again generations, or the student distilled from its own moving
     average; the report lists each beside the baseline."""
     mode, compute_metrics = experiment_args.distillation_mode, compute_metrics_for(metric)
-    architectures = {"teacher": experiment_args.teacher, "student": experiment_args.student}
+    architectures = {"teacher": experiment_args.teacher, "student": experiment_args.student_source}
 
     def build(architecture: str, seed_offset: int = 0):
-        return build_image_model(architectures.get(architecture, architecture), label_names, config.seed + seed_offset)
+        pretrained = architecture == "student" and bool(experiment_args.student_model_name_or_path)
+        name = architectures.get(architecture, architecture)
+        return build_image_model(name, label_names, config.seed + seed_offset, pretrained)
 
     baseline = None  # born-again needs it: it is generation 0
     if mode == "born_again" or not experiment_args.skip_baseline:

@@ -1,10 +1,12 @@
-"""Datasets to model inputs, prepared once: loading from any source ([`loading`]), images ([`image`]), text
-([`text`]), and serving from memory ([`memory`])."""
+"""Datasets to model inputs: loading from any source ([`loading`]), images prepared once ([`image`]) or per batch
+([`on_the_fly`]), text ([`text`]), and serving from memory ([`memory`])."""
 
 from .image import (
+    ImageSplits,
     RandomShiftCollator,
     detect_image_columns,
     load_image_classification_dataset,
+    load_image_splits,
     preprocess_image_dataset,
 )
 from .loading import (
@@ -18,6 +20,14 @@ from .loading import (
     select_split,
 )
 from .memory import InMemoryDataset, collate_batches, read_column
+from .on_the_fly import (
+    DATA_PATHS,
+    ImageTransform,
+    OneModelCollator,
+    choose_data_path,
+    estimate_decoded_bytes,
+    is_on_the_fly,
+)
 from .text import (
     DataCollatorWithTeacherPadding,
     detect_label_column,
@@ -29,7 +39,15 @@ from .text import (
 )
 
 __all__ = [
+    "DATA_PATHS",
     "DataCollatorWithTeacherPadding",
+    "ImageSplits",
+    "ImageTransform",
+    "OneModelCollator",
+    "choose_data_path",
+    "estimate_decoded_bytes",
+    "is_on_the_fly",
+    "load_image_splits",
     "InMemoryDataset",
     "RandomShiftCollator",
     "check_dataset_labels",

@@ -5,14 +5,31 @@ decodes a PNG."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from datasets import (
+    Array3D,
+    ClassLabel,
+    Dataset,
+    DatasetDict,
+    Features,
+    Image,
+    IterableDataset,
+    Value,
+)
 
-from .loading import check_split_labels, is_string, label_names, load_raw_dataset, select_split
+from .loading import (
+    check_split_labels,
+    is_string,
+    label_names,
+    load_raw_dataset,
+    select_split,
+)
 from .memory import collate_batches
+from .on_the_fly import ImageTransform
 
 # Tried in order when a column is not named and no feature type identifies it (the names popular Hub datasets use).
 IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "pixel_values")
@@ -73,26 +90,30 @@ def preprocess_image_dataset(
     num_proc: int | None = None,
     desc: str | None = None,
     label2id: dict[str, int] | None = None,
+    teacher_processors: Mapping[int | None, Callable] | None = None,
 ) -> Dataset:
     """
     Decode and normalise every image of `dataset` once: `pixel_values` (a fixed-shape `float32` `Array3D`) and
-    `labels`, served as torch tensors.
+    `labels`, served as torch tensors. With `teacher_processors` (by member index, see
+    [`hf_kd.data.on_the_fly.ImageTransform`]), each teacher's own `teacher_pixel_values` /
+    `teacher_<k>_pixel_values` from the same decoded image.
 
     `Dataset.map` caches the result under the dataset's cache directory, keyed by its fingerprint (the dataset, this
-    function and the processor's settings), so later runs skip the work. The fixed-shape feature matters: stored as
+    function and the processors' settings), so later runs skip the work. The fixed-shape feature matters: stored as
     nested float lists the MNIST cache weighs 189 MB more in offsets and is slower to read back.
     """
-    sample = image_processor(dataset[:1][image_column], return_tensors="np")["pixel_values"]
-    shape = tuple(int(d) for d in sample.shape[1:])
-    features = Features({"pixel_values": Array3D(shape=shape, dtype="float32"), "labels": Value("int64")})
+    transform = ImageTransform(image_processor, image_column, label_column, teacher_processors, label2id)
+    sample = transform(dataset[:1])
+    features = Features({
+        name: Array3D(shape=tuple(value.shape[1:]), dtype="float32") if name != "labels" else Value("int64")
+        for name, value in sample.items()
+    })  # fmt: skip
 
-    def transform(batch: dict[str, list]) -> dict[str, Any]:
-        pixel_values = image_processor(batch[image_column], return_tensors="np")["pixel_values"]
-        labels = batch[label_column]
-        return {"pixel_values": pixel_values, "labels": [label2id[v] for v in labels] if label2id else labels}
+    def decode(batch: dict[str, list]) -> dict[str, Any]:
+        return {name: value.numpy() for name, value in transform(batch).items()}
 
     processed = dataset.map(
-        transform,
+        decode,
         batched=True,
         batch_size=batch_size,
         remove_columns=dataset.column_names,
@@ -101,6 +122,99 @@ def preprocess_image_dataset(
         desc=desc or "Decoding and normalising images",
     )
     return processed.with_format("torch")
+
+
+@dataclass
+class ImageSplits:
+    """The raw training and test splits of an image-classification dataset (images still encoded), their columns,
+    class names (in label-id order) and, for string labels, the `label -> id` mapping."""
+
+    train: Dataset | IterableDataset
+    eval: Dataset | IterableDataset
+    image_column: str
+    label_column: str
+    names: list[str]
+    label2id: dict[str, int] | None
+
+
+def load_image_splits(
+    dataset_name: str | Dataset | DatasetDict,
+    dataset_config_name: str | None = None,
+    train_split: str = "train",
+    eval_split: str = "test",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    cache_dir: str | None = None,
+    streaming: bool = False,
+) -> ImageSplits:
+    """Load the two splits (cut to `max_*_samples`), find their image and label columns and name the classes.
+
+    `streaming=True` (a Hub dataset too big to download whole): the training split is a `datasets.IterableDataset`
+    read shard by shard as training goes; the test split, read by every evaluation and the report, is downloaded (its
+    first `max_eval_samples` examples) into a `datasets.Dataset`."""
+    if streaming:
+        return _streamed_splits(
+            dataset_name, dataset_config_name, train_split, eval_split, image_column, label_column,
+            max_train_samples, max_eval_samples, cache_dir,
+        )  # fmt: skip
+    raw = load_raw_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+    name = dataset_name if isinstance(dataset_name, str) else None
+    train = select_split(raw, train_split, "train_split", name)
+    evaluation = select_split(raw, eval_split, "eval_split", name)
+    image_column, label_column = detect_image_columns(train, image_column, label_column)
+    names = label_names(train, label_column)
+    check_split_labels(evaluation, label_column, names, f"eval_split={eval_split!r}")
+    # String labels are encoded here, in the order of `names`, instead of asking for `class_encode_column`.
+    label2id = {name: i for i, name in enumerate(names)} if is_string(train.features[label_column]) else None
+    train = _limited(train, max_train_samples, "max_train_samples")
+    evaluation = _limited(evaluation, max_eval_samples, "max_eval_samples")
+    return ImageSplits(train, evaluation, image_column, label_column, names, label2id)
+
+
+def _streamed_splits(
+    dataset_name, dataset_config_name, train_split, eval_split, image_column, label_column, max_train_samples,
+    max_eval_samples, cache_dir,
+) -> ImageSplits:  # fmt: skip
+    from datasets import load_dataset
+
+    if not isinstance(dataset_name, str):
+        raise TypeError("streaming=True reads a dataset by name (a Hub id or a local directory), not an object.")
+
+    def stream(split: str) -> IterableDataset:
+        loaded = load_dataset(dataset_name, dataset_config_name, split=split, streaming=True, cache_dir=cache_dir)
+        return loaded if loaded.features is not None else loaded._resolve_features()
+
+    train, evaluation = stream(train_split), stream(eval_split)
+    image_column, label_column = detect_image_columns(train, image_column, label_column)
+    if is_string(train.features[label_column]):
+        raise ValueError(
+            f"streaming=True needs class ids (a ClassLabel or integer label column); {label_column!r} holds strings, "
+            "whose classes cannot be listed without reading the whole split. Load it without streaming."
+        )
+    names = label_names(train, label_column) if isinstance(train.features[label_column], ClassLabel) else None
+    if names is None:
+        raise ValueError(f"streaming=True needs a ClassLabel label column to name the classes; {label_column!r} is not.")
+    if max_train_samples is not None:
+        train = train.take(max_train_samples)
+    if max_eval_samples is not None:
+        evaluation = evaluation.take(max_eval_samples)
+    features = evaluation.features
+    evaluation = Dataset.from_generator(_rows, gen_kwargs={"dataset": evaluation}, features=features)
+    return ImageSplits(train, evaluation, image_column, label_column, names, None)
+
+
+def _rows(dataset):
+    yield from dataset
+
+
+def _limited(split: Dataset, limit: int | None, argument: str) -> Dataset:
+    if limit is None:
+        return split
+    if limit < 1:
+        raise ValueError(f"{argument} must be a positive integer, got {limit}.")
+    return split.select(range(min(limit, len(split))))
 
 
 def load_image_classification_dataset(
@@ -115,13 +229,15 @@ def load_image_classification_dataset(
     max_eval_samples: int | None = None,
     preprocessing_num_workers: int | None = None,
     cache_dir: str | None = None,
+    teacher_processors: Mapping[int | None, Callable] | None = None,
 ) -> tuple[DatasetDict, list[str]]:
     """
     Load an image-classification dataset and turn it into model inputs once.
 
     Returns:
         `(datasets, label_names)`: a [`~datasets.DatasetDict`] with `"train"` and `"eval"` splits holding
-        `pixel_values` and `labels` (torch format), and the class names in label-id order.
+        `pixel_values` and `labels` (torch format), and the class names in label-id order. With
+        `teacher_processors`, each teacher's own pixel values too (see [`preprocess_image_dataset`]).
 
     Example:
 
@@ -134,35 +250,24 @@ def load_image_classification_dataset(
     torch.Size([1, 28, 28])
     ```
     """
-    raw = load_raw_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
-    name = dataset_name if isinstance(dataset_name, str) else None
-    train = select_split(raw, train_split, "train_split", name)
-    evaluation = select_split(raw, eval_split, "eval_split", name)
-    image_column, label_column = detect_image_columns(train, image_column, label_column)
-    names = label_names(train, label_column)
-    check_split_labels(evaluation, label_column, names, f"eval_split={eval_split!r}")
-    # String labels are encoded here, in the order of `names`, instead of asking for `class_encode_column`.
-    label2id = {name: i for i, name in enumerate(names)} if is_string(train.features[label_column]) else None
-
-    splits = {}
-    for key, split, limit, argument in (
-        ("train", train, max_train_samples, "max_train_samples"),
-        ("eval", evaluation, max_eval_samples, "max_eval_samples"),
-    ):
-        if limit is not None:
-            if limit < 1:
-                raise ValueError(f"{argument} must be a positive integer, got {limit}.")
-            split = split.select(range(min(limit, len(split))))
-        splits[key] = preprocess_image_dataset(
+    splits = load_image_splits(
+        dataset_name, dataset_config_name, train_split, eval_split, image_column, label_column, max_train_samples,
+        max_eval_samples, cache_dir,
+    )  # fmt: skip
+    processed = {
+        key: preprocess_image_dataset(
             split,
             image_processor,
-            image_column,
-            label_column,
+            splits.image_column,
+            splits.label_column,
             num_proc=preprocessing_num_workers,
             desc=f"Decoding and normalising the {key} images",
-            label2id=label2id,
+            label2id=splits.label2id,
+            teacher_processors=teacher_processors,
         )
-    return DatasetDict(splits), names
+        for key, split in (("train", splits.train), ("eval", splits.eval))
+    }
+    return DatasetDict(processed), splits.names
 
 
 class RandomShiftCollator:

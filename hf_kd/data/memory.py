@@ -85,8 +85,9 @@ def collate_batches(features, fallback: Callable | None = None):
 
 def read_column(dataset, name: str):
     """One column of a `datasets.Dataset` or an [`InMemoryDataset`], read whole (a tensor, or an array with one
-    array per row when ragged); `None` when it has no such column or is a plain torch dataset (no columns)."""
-    if name not in (getattr(dataset, "column_names", None) or []):
+    array per row when ragged); `None` when it has no such column, or is a plain torch dataset or a stream
+    (`datasets.IterableDataset`: no column to read whole)."""
+    if name not in (getattr(dataset, "column_names", None) or []) or not isinstance(dataset, (Dataset, InMemoryDataset)):
         return None
     if isinstance(dataset, InMemoryDataset):
         return dataset.columns[name]

@@ -21,8 +21,8 @@ from transformers import (
 )
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
-from .generator import GeneratorConfig, GeneratorModel
 from .cnn import CNNConfig, CNNForImageClassification, CNNModel, CNNPreTrainedModel
+from .generator import GeneratorConfig, GeneratorModel
 from .image_processing_hf_kd import HfKdImageProcessor
 from .mlp import MLPConfig, MLPForImageClassification, MLPModel, MLPPreTrainedModel
 from .presets import (

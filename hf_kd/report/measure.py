@@ -98,10 +98,14 @@ def _on(device: torch.device, inputs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def dataset_labels(dataset) -> np.ndarray:
-    """The `labels` column of a [`~datasets.Dataset`] or an in-memory dataset, as an array."""
+    """The `labels` column of a [`~datasets.Dataset`] or an in-memory dataset, as an array (for data decoded on the
+    fly, what its transform's `labels_of` reads off the raw rows without decoding them)."""
     columns = getattr(dataset, "columns", None)  # hf_kd.data.InMemoryDataset
     if isinstance(columns, dict):
         return columns["labels"].numpy()
+    transform = getattr(dataset, "format", {}).get("format_kwargs", {}).get("transform")
+    if "labels" not in dataset.column_names and hasattr(transform, "labels_of"):
+        return np.asarray(transform.labels_of(dataset))  # made on the fly: read off the raw label column
     return np.asarray(dataset.with_format("numpy", columns=["labels"])[:]["labels"])
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..data import DATA_PATHS
 from ..models import PRESET_NAMES
 from ..training.configuration_distillation import DistillationConfig
 from .input_checks import check_architecture, check_model_source
@@ -69,6 +70,32 @@ class DataArguments:
             "are transfer examples, taught by the teacher's answers alone. The baseline trains on the N."
         },
     )
+    data_path: str = field(
+        default="auto",
+        metadata={
+            "help": "Images: 'memory' decodes every image once and holds the tensors (fastest, small sets); "
+            "'on_the_fly' decodes and augments per batch in the DataLoader's workers (--dataloader_num_workers), "
+            "memory flat in the size; 'auto' picks memory when the decoded tensors fit --in_memory_limit_gb. Logged.",
+            "choices": list(DATA_PATHS),
+        },
+    )
+    in_memory_limit_gb: float | None = field(default=None, metadata={"help": "--data_path auto: GiB held decoded at most (default: RAM/10)."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the training split (datasets streaming=True; data on the fly), for a Hub dataset too big "
+            "to download; the test split is downloaded. Set --max_steps, or --max_train_samples to count epochs."
+        },
+    )
+    random_flip: bool = field(default=False, metadata={"help": "Images: random left-right flips, on the fly (teacher live)."})
+
+    def __post_init__(self):
+        if self.data_path not in DATA_PATHS:
+            raise ValueError(f"data_path must be one of {', '.join(DATA_PATHS)}, got {self.data_path!r}.")
+        if self.data_path == "memory" and (self.streaming or self.random_flip):
+            raise ValueError("--streaming and --random_flip work on the fly: not with --data_path memory.")
+        if self.in_memory_limit_gb is not None and self.in_memory_limit_gb < 0:
+            raise ValueError(f"in_memory_limit_gb must be >= 0, got {self.in_memory_limit_gb}.")
 
 
 @dataclass
@@ -228,9 +255,33 @@ class ExperimentArguments:
             raise ValueError(f"--torch_num_threads must be >= 1 (or left out), got {self.torch_num_threads}.")
 
 
+@dataclass
+class ImageExperimentArguments(ExperimentArguments):
+    """[`ExperimentArguments`] of an image run, with a pretrained student as an alternative to `--student`."""
+
+    student_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A pretrained image classifier as the student (Hub id or directory) with its image processor, its "
+            "head resized to the dataset's classes. Instead of --student (an architecture trained from scratch)."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.student and self.student_model_name_or_path:
+            raise ValueError("Give --student or --student_model_name_or_path (a pretrained student), not both.")
+
+    @property
+    def student_source(self) -> str | None:
+        """Where the student comes from: `--student_model_name_or_path` (pretrained) or `--student`."""
+        return self.student_model_name_or_path or self.student
+
+
 _GROUP_TITLES = {
     "DataArguments": "data (hf_kd)",
     "ExperimentArguments": "experiment (hf_kd): the models, and the trainings around the distillation",
+    "ImageExperimentArguments": "experiment (hf_kd): the models, and the trainings around the distillation",
     "TextArguments": "text (hf_kd): columns, tokenization, student",
     "DistillationConfig": "distillation (hf_kd)",
 }
@@ -285,14 +336,15 @@ def parse_arguments(dataclass_types: tuple, defaults: dict[str, Any] | None = No
 
 def parse_image_arguments(
     defaults: dict[str, Any] | None = None, argv: list[str] | None = None
-) -> tuple[DataArguments, ExperimentArguments, DistillationConfig]:
-    """The image examples' arguments: `(DataArguments, ExperimentArguments, DistillationConfig)`."""
+) -> tuple[DataArguments, ImageExperimentArguments, DistillationConfig]:
+    """The image examples' arguments: `(DataArguments, ImageExperimentArguments, DistillationConfig)`."""
     data_args, experiment_args, config = parse_arguments(
-        (DataArguments, ExperimentArguments, DistillationConfig), defaults, argv
+        (DataArguments, ImageExperimentArguments, DistillationConfig), defaults, argv
     )
-    for name, value in (("dataset_name", data_args.dataset_name), ("student", experiment_args.student)):
-        if not value:
-            raise ValueError(f"--{name} is required.")
+    if not data_args.dataset_name:
+        raise ValueError("--dataset_name is required.")
+    if not experiment_args.student_source:
+        raise ValueError("--student (an architecture) or --student_model_name_or_path (a pretrained student) is required.")
     check_black_box_arguments(data_args, experiment_args)
     needs_teacher = (experiment_args.distillation_mode == "offline" and not experiment_args.teacher_url) or (
         experiment_args.distillation_mode == "mutual" and "teacher" in experiment_args.peers.split(",")
@@ -315,6 +367,8 @@ def parse_image_arguments(
     for argument, value in architectures:
         if value:
             check_architecture(value, argument)
+    if experiment_args.student_model_name_or_path:
+        check_model_source(experiment_args.student_model_name_or_path, "--student_model_name_or_path")
     return data_args, experiment_args, config
 
 
@@ -379,6 +433,9 @@ def parse_text_arguments(
             )
     if data_args.image_column is not None:
         raise ValueError("--image_column applies to image runs only; for text use --text_column_names.")
+    for name, unset in (("data_path", "auto"), ("streaming", False), ("random_flip", False), ("in_memory_limit_gb", None)):
+        if getattr(data_args, name) != unset:
+            raise ValueError(f"--{name} applies to image runs only.")
     _check_teacher_sources(config)
     if text_args.student_model_name_or_path:
         check_model_source(text_args.student_model_name_or_path, "--student_model_name_or_path")

@@ -158,13 +158,14 @@ def run_data_free(
     compute_metrics = compute_metrics_for(metric)
     data, names = load_evaluation_data(data_args, image_processor)
     path = config.teacher_model_name_or_path
-    probe = build_image_model(experiment_args.student, names, config.seed)
-    teacher = load_image_teacher(path, probe, image_processor, config.teacher_model_init_kwargs).eval()
+    source, pretrained = experiment_args.student_source, bool(experiment_args.student_model_name_or_path)
+    probe = build_image_model(source, names, config.seed, pretrained)
+    teacher = load_image_teacher(path, probe, config.teacher_model_init_kwargs).eval()
     runs = [Trained(TEACHER_DIR, teacher, data)]
     if data.train_dataset is not None and not experiment_args.skip_baseline:
-        runs.append(train_baseline(build_image_model(experiment_args.student, names, config.seed), data, config,
+        runs.append(train_baseline(build_image_model(source, names, config.seed, pretrained), data, config,
                                    compute_metrics))  # fmt: skip
-    student = build_image_model(experiment_args.student, names, config.seed)
+    student = build_image_model(source, names, config.seed, pretrained)
     runs.append(distil_data_free(student, teacher, data, config, experiment_args, compute_metrics))
     state, report = PartialState(), None
     if state.is_main_process:

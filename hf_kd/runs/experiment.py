@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, ProgressCallback, Trainer, set_seed
 from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
-from ..data import InMemoryDataset
+from ..data import InMemoryDataset, is_on_the_fly
 from ..report.measure import (
     ModelResult,
     batch1_examples,
@@ -95,13 +95,14 @@ def stage_args(config: DistillationConfig, name: str, train_dataset: Any = None,
     No training of the run creates a repository or pushes checkpoints: with --push_to_hub, the distilled student
     alone is published, once, by [`publish`]. The teacher's init kwargs were applied when it was loaded. Data served
     from memory keeps its columns (the Trainer's column removal iterates over rows; the in-memory columns are exactly
-    the model's inputs)."""
+    the model's inputs), and so does data decoded on the fly (the removal would drop the image before the transform
+    reads it)."""
     allow_another_trainer()  # under DeepSpeed, each stage's Trainer builds its own Accelerator
     args = copy.deepcopy(config)
     args.output_dir = str(Path(config.output_dir) / name)
     args.push_to_hub = False
     args.teacher_model_init_kwargs = None
-    if isinstance(train_dataset, InMemoryDataset):
+    if isinstance(train_dataset, InMemoryDataset) or is_on_the_fly(train_dataset):
         args.remove_unused_columns = False
     for key, value in changes.items():
         setattr(args, key, value)

@@ -1,8 +1,9 @@
 """What each modality prepares for a run: its data (read once), its teacher (loaded, or built to be trained here) and
 how to build its student, as a [`hf_kd.experiment.DistillationSetup`].
 
-- [`image_setup`]: images decoded and normalised once with the student's image processor and served from memory; the
-  teacher is a preset / config trained here (with random shifts) or a trained model loaded by path.
+- [`image_setup`]: images decoded and normalised once and served from memory, or per batch (on the fly, for data that
+  does not fit: [`load_image_data`] picks); the teacher is a preset / config trained here (with random shifts) or a
+  trained model loaded by path, reading pixel values of its own when its image processor differs from the student's.
 - [`text_setup`]: text and label columns detected, each model's tokenization done once; the teacher fine-tuned here
   when its head is new; the student pretrained, or derived from the teacher ([`hf_kd.student.derive_student`]).
   Several teachers ([`text_ensemble_setup`]): each prepared so, each reading its own tokenization.
@@ -28,6 +29,7 @@ from transformers.utils import logging
 
 from ..data import (
     DataCollatorWithTeacherPadding,
+    ImageTransform,
     InMemoryDataset,
     RandomShiftCollator,
     check_split_labels,
@@ -37,20 +39,23 @@ from ..data import (
     generic_labels,
     label_mapping,
     label_names,
-    load_image_classification_dataset,
+    load_image_splits,
     load_raw_dataset,
+    preprocess_image_dataset,
     same_tokenizer,
     select_split,
     teacher_encoders,
     tokenize_dataset,
 )
+from ..data.on_the_fly import choose_data_path, estimate_decoded_bytes
 from ..models import PRESET_NAMES, image_processor_for_preset, model_from_preset
 from ..models.student import derive_student
 from ..report.metrics import load_metric
 from ..teacher.loading import load_teacher, resolve_init_kwargs
 from ..training.configuration_distillation import DistillationConfig
-from .arguments import DataArguments, ExperimentArguments, TextArguments
+from .arguments import DataArguments, ImageExperimentArguments, TextArguments
 from .experiment import TEACHER_DIR, ModelData
+from .image_data import model_view, on_the_fly_data, with_teacher_outputs
 from .setups import DistillationSetup, TeacherSetup
 
 logger = logging.get_logger(__name__)
@@ -69,19 +74,22 @@ def _labels_kwargs(label_names: list[str]) -> dict[str, Any]:
     }
 
 
-def build_image_model(name_or_path: str, label_names: list[str], seed: int) -> PreTrainedModel:
-    """A freshly initialised classifier (seeded) for the dataset's classes, from a preset or a config directory."""
+def build_image_model(name_or_path: str, label_names: list[str], seed: int, pretrained: bool = False) -> PreTrainedModel:
+    """A classifier for the dataset's classes: freshly initialised (seeded) from a preset or a config directory, or,
+    `pretrained`, a Hub id / directory's weights loaded with its classification head resized to these classes (the
+    head's new weights drawn from `seed`)."""
     set_seed(seed)
     if name_or_path in PRESET_NAMES:
         return model_from_preset(name_or_path, **_labels_kwargs(label_names))
-    from transformers import AutoConfig
-
+    if pretrained:
+        labels = {k: v for k, v in _labels_kwargs(label_names).items() if k != "num_labels"}  # set by id2label
+        return AutoModelForImageClassification.from_pretrained(name_or_path, ignore_mismatched_sizes=True, **labels)
     config = AutoConfig.from_pretrained(name_or_path, **_labels_kwargs(label_names))
     return AutoModelForImageClassification.from_config(config)
 
 
 def image_processor_for(name_or_path: str):
-    """The image processor of a preset, or the one saved in a model directory."""
+    """The image processor of a preset, or the one saved in a model directory (or Hub repository)."""
     if name_or_path in PRESET_NAMES:
         return image_processor_for_preset(name_or_path)
     return AutoImageProcessor.from_pretrained(name_or_path)
@@ -100,62 +108,104 @@ def fill_value(image_processor) -> list[float]:
     return [-m / s for m, s in zip(mean, std)]
 
 
-def load_image_teacher(name_or_path: str, student_probe: PreTrainedModel, image_processor, init_kwargs=None):
-    """A trained image teacher, loaded with the Auto class of the student's task. Both models are fed the student's
-    preprocessing: a teacher saved with another image processor gets a warning."""
-    teacher = load_teacher(name_or_path, student_probe, init_kwargs)
-    try:
-        teacher_processor = image_processor_for(name_or_path)
-    except (OSError, ValueError):  # a teacher saved without its processor: nothing to compare
-        return teacher
-    if teacher_processor.to_dict() != image_processor.to_dict():
-        logger.warning(
-            f"The teacher {name_or_path} comes with a different image processor than the student's; both models "
-            "are fed the student's preprocessing."
-        )
-    return teacher
+def teacher_processors(paths: Sequence[str], student_processor) -> dict[int | None, Any]:
+    """The loaded teachers whose image processor differs from the student's, by member index (`None` for a lone
+    teacher, `k` for ensemble member `k`): each gets its own pixel values, prepared from the same decoded image
+    (`teacher_pixel_values`, `teacher_<k>_pixel_values`), as text teachers get their own tokenization. A teacher
+    saved without a processor reads the student's inputs."""
+    own = {}
+    for index, path in enumerate(paths):
+        try:
+            processor = image_processor_for(path)
+        except (OSError, ValueError):  # saved without its processor: it reads the student's inputs
+            logger.warning(f"The teacher {path} has no image processor saved: it reads the student's pixel values.")
+            continue
+        if processor.to_dict() != student_processor.to_dict():
+            own[None if len(paths) == 1 else index] = processor
+    if own:
+        logger.info(f"Teachers with their own image processor ({sorted(own, key=str)}) get their own pixel values.")
+    return own
 
 
-def load_image_data(data_args: DataArguments, image_processor) -> tuple[ModelData, list[str]]:
-    """The dataset decoded and normalised once (one process fills the datasets cache, the others read it), both
-    splits served from memory, and the class names."""
+def load_image_teacher(name_or_path: str, student_probe: PreTrainedModel, init_kwargs=None):
+    """A trained image teacher, loaded with the Auto class of the student's task (its inputs: see
+    [`teacher_processors`])."""
+    return load_teacher(name_or_path, student_probe, init_kwargs)
+
+
+def load_image_data(
+    data_args: DataArguments, image_processor, teacher_processors: Mapping[int | None, Any] | None = None,
+    seed: int | None = None,
+) -> tuple[ModelData, list[str]]:  # fmt: skip
+    """The dataset as model inputs, by the path `--data_path` picks (logged): decoded and normalised once and held in
+    memory, or decoded per batch ([`hf_kd.runs.image_data.OnTheFlyData`]); and the class names.
+    `teacher_processors`: teachers that get pixel values of their own (see [`teacher_processors`])."""
+    with PartialState().main_process_first():  # one process fills the datasets cache, the others read it
+        splits = load_image_splits(
+            data_args.dataset_name, data_args.dataset_config_name, data_args.train_split, data_args.eval_split,
+            data_args.image_column, data_args.label_column, data_args.max_train_samples, data_args.max_eval_samples,
+            data_args.dataset_cache_dir, streaming=data_args.streaming,
+        )  # fmt: skip
+    transform = ImageTransform(
+        image_processor, splits.image_column, splits.label_column, teacher_processors, splits.label2id,
+        random_flip=data_args.random_flip, seed=seed,
+    )  # fmt: skip
+    path, reason = _data_path(data_args, splits, transform)
+    PartialState().print(f"[hf_kd] Image data: {path.replace('_', ' ')} ({reason}).")
+    if path == "on_the_fly":
+        source = [data_args.dataset_name, data_args.dataset_config_name, data_args.train_split,
+                  data_args.max_train_samples]  # fmt: skip
+        return on_the_fly_data(splits, transform, image_processor, source_key=source), splits.names
     with PartialState().main_process_first():
-        splits, names = load_image_classification_dataset(
-            data_args.dataset_name,
-            image_processor,
-            dataset_config_name=data_args.dataset_config_name,
-            train_split=data_args.train_split,
-            eval_split=data_args.eval_split,
-            image_column=data_args.image_column,
-            label_column=data_args.label_column,
-            max_train_samples=data_args.max_train_samples,
-            max_eval_samples=data_args.max_eval_samples,
-            preprocessing_num_workers=data_args.preprocessing_num_workers,
-            cache_dir=data_args.dataset_cache_dir,
-        )
+        processed = [
+            preprocess_image_dataset(
+                split, image_processor, splits.image_column, splits.label_column, label2id=splits.label2id,
+                num_proc=data_args.preprocessing_num_workers, teacher_processors=teacher_processors,
+                desc=f"Decoding and normalising the {key} images",
+            )
+            for key, split in (("train", splits.train), ("test", splits.eval))
+        ]
     # Every training reads the training set many times: tensors, read once. InMemoryDataset serves whole batches,
     # which `collate_batches` passes through.
-    train, test = InMemoryDataset.from_dataset(splits["train"]), InMemoryDataset.from_dataset(splits["eval"])
-    return ModelData(train, test, collate_batches, image_processor), names
+    train, test = (InMemoryDataset.from_dataset(split) for split in processed)
+    return ModelData(train, test, collate_batches, image_processor), splits.names
+
+
+def _data_path(data_args: DataArguments, splits, transform: ImageTransform) -> tuple[str, str]:
+    """Which path the data takes, and why: a stream or augmentation per batch go on the fly; otherwise the decoded
+    size of both splits decides under `auto`."""
+    if data_args.streaming:
+        return "on_the_fly", "--streaming"
+    if data_args.random_flip:
+        return "on_the_fly", "--random_flip augments per batch"
+    decoded = estimate_decoded_bytes(splits.train, transform) + estimate_decoded_bytes(splits.eval, transform)
+    limit = None if data_args.in_memory_limit_gb is None else int(data_args.in_memory_limit_gb * 2**30)
+    return choose_data_path(data_args.data_path, decoded, limit)
 
 
 def image_setup(
-    data_args: DataArguments, experiment_args: ExperimentArguments, config: DistillationConfig
+    data_args: DataArguments, experiment_args: ImageExperimentArguments, config: DistillationConfig
 ) -> DistillationSetup:
-    """Images: the data read once, the teacher loaded from `config.teacher_model_name_or_path` or built from
-    `experiment_args.teacher` to be trained here (with random shifts when `teacher_max_shift > 0`)."""
-    seed = config.seed
-    image_processor = image_processor_for(experiment_args.student)
-    data, names = load_image_data(data_args, image_processor)
+    """Images: the data by the path `--data_path` picks; the teacher loaded from `config.teacher_model_name_or_path`
+    (reading pixel values from its own image processor when it has another) or built from `experiment_args.teacher`
+    to be trained here (with random shifts when `teacher_max_shift > 0`). On-the-fly data gets the loaded teacher's
+    logits stored once ([`with_teacher_outputs`])."""
+    seed, student = config.seed, getattr(experiment_args, "student_source", experiment_args.student)
+    pretrained = bool(getattr(experiment_args, "student_model_name_or_path", None))
+    image_processor = image_processor_for(student)
     teacher_source = config.teacher_model_name_or_path
-    augmentation = None
     if isinstance(teacher_source, list):
         raise ValueError(
             "image_setup loads one teacher; several (an ensemble) are run by examples/distill_image_classification.py."
         )
+    own = teacher_processors([teacher_source], image_processor) if teacher_source else {}
+    data, names = load_image_data(data_args, image_processor, own, seed)
+    augmentation, teacher_data = None, data
     if teacher_source:
-        probe = build_image_model(experiment_args.student, names, seed)
-        teacher = load_image_teacher(teacher_source, probe, image_processor, config.teacher_model_init_kwargs)
+        probe = build_image_model(student, names, seed, pretrained)
+        teacher = load_image_teacher(teacher_source, probe, config.teacher_model_init_kwargs)
+        teacher_data = model_view(data, None, own.get(None, image_processor))
+        data = with_teacher_outputs(data, teacher, config)
     else:
         teacher = build_image_model(experiment_args.teacher, names, seed)
         if experiment_args.teacher_max_shift:
@@ -165,11 +215,11 @@ def image_setup(
     return DistillationSetup(
         task="image-classification",
         student_data=data,
-        teacher_data=data,
+        teacher_data=teacher_data,
         teacher=teacher,
         teacher_name=teacher_source or "trained here",
         teacher_needs_training=not teacher_source,
-        build_student=lambda teacher: build_image_model(experiment_args.student, names, seed),
+        build_student=lambda teacher: build_image_model(student, names, seed, pretrained),
         teacher_augmentation=augmentation,
     )
 
@@ -273,7 +323,7 @@ def _tokenized(tokenizer, label2id, splits, text_columns, label_column, text_arg
             tokenize_dataset(
                 split, tokenizer, text_columns, label_column, label2id, max_length=text_args.max_length,
                 teacher_tokenizer=teacher_tokenizer, num_proc=data_args.preprocessing_num_workers,
-            )  # fmt: skip
+            )
             for split in splits
         ]
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-
-
 @dataclass
 class TextArguments:
     """The text side of a run: columns, tokenization, and where the student comes from.

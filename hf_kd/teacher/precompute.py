@@ -32,7 +32,12 @@ from ..batch import teacher_feature_column
 from ..data import InMemoryDataset
 from ..features.names import FeatureCollector, parse_feature
 from ..placement import freeze, is_fsdp1, own_class, whole_state
-from .loading import TEACHER_LOGITS_DTYPES, columns_teacher_reads, logits_of, run_teacher
+from .loading import (
+    TEACHER_LOGITS_DTYPES,
+    columns_teacher_reads,
+    logits_of,
+    run_teacher,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -393,13 +398,23 @@ def check_fixed_inputs(dataset, data_collator, carries_logits: bool) -> None:
             f"but the teacher's logits are {source}: they were computed on the unchanged inputs. Use a collator "
             "without augmentation, or keep the teacher live (precompute_teacher_logits=False, no teacher_logits)."
         )
-    if carries_logits and has_transform(dataset):
+    if carries_logits and augments_on_the_fly(dataset):
         raise ValueError(
             "The train dataset has both a teacher_logits column and an on-the-fly transform (set_transform / "
             "with_transform, e.g. random augmentation): the logits were computed before the transform and would "
             "not match the inputs the student trains on. Drop the transform, or remove the teacher_logits "
             "column and keep the teacher live."
         )
+
+
+def augments_on_the_fly(dataset) -> bool:
+    """True when the transform set on `dataset` may change its rows at random: any transform except one marked
+    `augments_inputs=False` (a deterministic decode, [`hf_kd.data.on_the_fly.ImageTransform`] without flips, whose
+    stored teacher logits match what the student sees)."""
+    if not has_transform(dataset):
+        return False
+    transform = dataset.format.get("format_kwargs", {}).get("transform")
+    return getattr(transform, "augments_inputs", True)
 
 
 def teacher_fingerprint(teacher: nn.Module) -> str:
