@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,27 +50,6 @@ def saved_teacher(directory: Path) -> Path:
     return directory
 
 
-def start_server(model_dir, threads: int):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": str(threads)}
-    command = [sys.executable, "-m", "hf_kd.serve", str(model_dir), "--port", str(port), "--torch_num_threads", str(threads)]  # fmt: skip
-    server = subprocess.Popen(command, env=env)
-    from hf_kd.teacher.remote import http_module
-
-    httpx2 = http_module()
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
-    while True:
-        try:
-            httpx2.get(f"{url}/health", timeout=2).raise_for_status()
-            return server, url
-        except Exception:  # noqa: BLE001 (not up yet: any error means try again)
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError("the server did not start")
-            time.sleep(0.3)
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,6 +65,7 @@ def main():
     import torch
     from datasets.utils.logging import disable_progress_bar
 
+    from hf_kd.serve import serving
     from hf_kd.teacher.annotate import annotate_with_teacher
     from hf_kd.teacher.classifier import teacher_from_model
     from hf_kd.teacher.remote import teacher_from_url
@@ -101,19 +78,15 @@ def main():
     data, source = images(args.examples, args.dataset_dir)
     data = data.map(lambda row: row)  # decoded once by datasets' cache, alike for both sides
     local = teacher_from_model(model_dir, args.answers, 3)
-    server, url = start_server(model_dir, args.threads)
-    remote = teacher_from_url(url, local.label_names, args.answers, 3)
     times = {"in process": [], "HTTP": []}
-    try:
+    with serving(model_dir, threads=args.threads) as url:
+        remote = teacher_from_url(url, local.label_names, args.answers, 3)
         for round_index in range(args.rounds):
             for name, teacher in (("in process", local), ("HTTP", remote)):
                 began = time.perf_counter()
                 annotate_with_teacher(data, teacher, "image", work / f"{name}-{round_index}",
                                       batch_size=args.batch_size, max_in_flight=args.max_in_flight)  # fmt: skip
                 times[name].append(time.perf_counter() - began)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     in_process, http = statistics.median(times["in process"]), statistics.median(times["HTTP"])
     print(f"\n{len(data)} {source}, batch size {args.batch_size}, {args.max_in_flight} requests in flight, "
           f"answers={args.answers}, {args.threads} torch thread(s), {args.rounds} interleaved rounds (medians)")  # fmt: skip

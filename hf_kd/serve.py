@@ -19,10 +19,17 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import io
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -133,6 +140,41 @@ def build_app(classifier: ClassifierAnswers, enable_fault_injection: bool = Fals
             return {"fail_status": state.fail_status, "fail_count": state.fail_count, "hold": state.hold}
 
     return app
+
+
+@contextlib.contextmanager
+def serving(model_dir: str | os.PathLike, *extra_args: str, threads: int = 1, startup_timeout_s: float = 180.0,
+            stderr=None):  # fmt: skip
+    """`python -m hf_kd.serve model_dir` in a subprocess on a free loopback port, for as long as the block runs:
+    yields the URL once `GET /health` answers, then stops the server. `extra_args` go to the command line (e.g.
+    `"--enable_fault_injection"`); `threads` is the server's torch and OpenMP threads."""
+    from .teacher.remote import http_module
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "hf_kd.serve", str(model_dir), "--port", str(port),
+               "--torch_num_threads", str(threads), *extra_args]  # fmt: skip
+    server = subprocess.Popen(command, env=env, stderr=stderr)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + startup_timeout_s
+    try:
+        while True:
+            try:
+                http_module().get(f"{url}/health", timeout=2).raise_for_status()
+                break
+            except Exception:  # noqa: BLE001 (not up yet: any error means try again)
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{' '.join(command)} did not start (exit code {server.poll()}).") from None
+                time.sleep(0.3)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def main(argv=None) -> None:

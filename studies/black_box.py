@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from hf_kd.serve import serving
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
@@ -70,28 +69,6 @@ def train_headline_teacher(teacher_dir: Path, dataset: str, epochs: int, threads
     trained.model.save_pretrained(teacher_dir)
     processor.save_pretrained(teacher_dir)
 
-
-def serve(teacher_dir: Path, threads: int):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": str(threads)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hf_kd.serve", str(teacher_dir), "--port", str(port), "--torch_num_threads", str(threads)],
-        env=env,
-    )  # fmt: skip
-    from hf_kd.teacher.remote import http_module
-
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
-    while True:
-        try:
-            http_module().get(f"{url}/health", timeout=2).raise_for_status()
-            return server, url
-        except Exception:  # noqa: BLE001 (not up yet: any error means try again)
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError("the teacher server did not start")
-            time.sleep(0.5)
 
 
 def summarise(results: list[dict], teacher: dict) -> str:
@@ -139,9 +116,8 @@ def main():
     if not (teacher_dir / "config.json").is_file():
         train_headline_teacher(teacher_dir, options.dataset, options.teacher_epochs, options.threads)
         description = f"the MNIST MLP teacher trained here ({options.teacher_epochs} epochs, 1-pixel jitter)"
-    server, url = serve(teacher_dir, options.threads)
-    example, results, teacher = load_example("distill_mnist.py"), [], {"description": description, "url": url}
-    try:
+    with serving(teacher_dir, threads=options.threads) as url:
+        example, results, teacher = load_example("distill_mnist.py"), [], {"description": description, "url": url}
         for seed in options.seeds:
             for variant in options.variants:
                 run_dir = out / f"{variant.replace(' ', '_').replace('+', 'plus')}-seed{seed}"
@@ -161,9 +137,6 @@ def main():
                 })  # fmt: skip
                 (out / "results.json").write_text(json.dumps({"teacher": teacher, "runs": results}, indent=1))
                 (out / "results.md").write_text(summarise(results, teacher))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     print(summarise(results, teacher))
 
 

@@ -26,6 +26,7 @@ from datasets import Image as ImageFeature
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.batch import TEACHER_TOP_K_INDICES, TEACHER_TOP_K_PROBS
 from hf_kd.models import image_processor_for_preset, model_from_preset
+from hf_kd.serve import serving
 from hf_kd.teacher.annotate import annotate_with_teacher
 from hf_kd.teacher.classifier import teacher_from_model
 from hf_kd.teacher.remote import (
@@ -59,24 +60,8 @@ def served(tmp_path_factory):
     id2label = dict(enumerate(LABELS))
     model_from_preset("mnist-mlp-student", id2label=id2label, label2id={v: k for k, v in id2label.items()}).save_pretrained(model_dir)  # fmt: skip
     image_processor_for_preset("mnist-mlp-student").save_pretrained(model_dir)
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "hf_kd.serve", str(model_dir), "--port", str(port), "--enable_fault_injection"]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            httpx.get(f"{url}/health", timeout=2).raise_for_status()
-            break
-        except Exception:  # noqa: BLE001 (not up yet: any error means try again)
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"the server did not start: {server.stderr.read().decode()[-2000:]}")
-            time.sleep(0.3)
-    yield url, model_dir
-    server.terminate()
-    server.wait(timeout=30)
+    with serving(model_dir, "--enable_fault_injection") as url:
+        yield url, model_dir
 
 
 def _stats(url):
