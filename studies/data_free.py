@@ -82,7 +82,9 @@ def load_data(dataset: str):
 
 def run_one(method: str, seed: int, teacher, validation, test, cli, options: dict) -> dict:
     torch.manual_seed(seed)
-    student = model_from_preset("mnist-mlp-student")
+    # The student knows only the teacher: it takes the teacher's class names (Fashion-MNIST's are not digits).
+    labels = teacher.config.id2label
+    student = model_from_preset("mnist-mlp-student", id2label=labels, label2id={v: k for k, v in labels.items()})
     args = DataFreeConfig(
         output_dir=f"/tmp/data-free-study/{method}-{seed}", data_free_method=method, seed=seed,
         max_steps=cli.max_steps, per_device_train_batch_size=cli.batch_size, learning_rate=cli.learning_rate,
