@@ -7,13 +7,16 @@ Stages (each writes `<stage>.md` / `<stage>.json` in `--output_dir`; the teacher
 so a second run reuses them):
 
 - `full`: every label; CE only vs logit KD (temperature and alpha chosen on the validation split from a small grid),
-  then, when listed in `--extras`, mutual learning of two MLPs (no teacher) and an ensemble of two CNN teachers
-  (logits averaged; the second teacher is trained when first needed).
+  then, when listed in `--extras`, mutual learning of two MLPs (no teacher), an ensemble of two CNN teachers
+  (logits averaged; the second teacher is trained when first needed) and a white-box term on the penultimate
+  features (RKD or a hint, term and weight chosen on validation; the teacher's features cached once), the last two
+  also paired against single-teacher logit KD.
 - `few_labels`: 1% / 10% of the training labels; the rest of the training images answered by the teacher
   (its logits, computed in this process): CE on the labelled images only, CE on labels + the teacher's hard answers,
   logit KD on all images.
 
-    nice -n 19 python studies/fashion_cnn_to_mlp.py --stages full --output_dir outputs/fashion_cnn_to_mlp
+    nice -n 10 python studies/fashion_cnn_to_mlp.py --stages full --extras mutual ensemble whitebox \
+        --output_dir outputs/fashion_cnn_to_mlp
     nice -n 19 python studies/fashion_cnn_to_mlp.py --stages few_labels --output_dir outputs/fashion_cnn_to_mlp
 
 (`few_labels` reuses the setting `full` chose on validation, so it starts once `full.json` records it.)
@@ -149,9 +152,10 @@ def student():
 
 
 def distil(train, validation, seed: int, epochs: int, output_dir: Path, teacher=None, **settings) -> tuple:
-    """One student: `alpha=0` is CE only; returns the student, its starting fingerprint, its validation curve and the
-    training losses averaged over the run (`loss_ce`, `loss_kd`, `loss_feature`...). `teacher` is given only for a
-    feature term (its shape probe); its features and logits are the columns `train` carries, it never runs."""
+    """One student: `alpha=0` is CE only; returns the student, its starting fingerprint, its validation curve and its
+    training losses at the end (`loss_ce`, `loss_kd`, `loss_feature`: means over the last logging window).
+    `teacher` is given only for a feature term (its shape probe); its features and logits are the columns `train`
+    carries, it never runs."""
     model = seeded(seed, student)
     start = weights_fingerprint(model)
     curve = ValidationCurve(validation, lambda: [model])
@@ -285,7 +289,7 @@ def white_box(study: Study, teacher, data, validation, test, options, best: dict
         return curve[-1]
 
     chosen, _ = choose_on_validation(candidates, validation_score)
-    study.notes["white-box grid (seed 0: validation curve, losses averaged over training)"] = tried
+    study.notes["white-box grid (seed 0: validation curve, losses over the last logging window)"] = tried
     study.notes["white-box chosen"] = chosen
     study.notes["white-box"] = (
         f"a feature term on student {STUDENT_FEATURE} (100, after ReLU) vs teacher {TEACHER_FEATURE} (128, its FC "
