@@ -7,13 +7,16 @@ Stages (each writes `<stage>.md` / `<stage>.json` in `--output_dir`; the teacher
 so a second run reuses them):
 
 - `full`: every label; CE only vs logit KD (temperature and alpha chosen on the validation split from a small grid),
-  then, when listed in `--extras`, mutual learning of two MLPs (no teacher) and an ensemble of two CNN teachers
-  (logits averaged; the second teacher is trained when first needed).
+  then, when listed in `--extras`, mutual learning of two MLPs (no teacher), an ensemble of two CNN teachers
+  (logits averaged; the second teacher is trained when first needed) and a white-box term on the penultimate
+  features (RKD or a hint, term and weight chosen on validation; the teacher's features cached once), the last two
+  also paired against single-teacher logit KD.
 - `few_labels`: 1% / 10% of the training labels; the rest of the training images answered by the teacher
   (its logits, computed in this process): CE on the labelled images only, CE on labels + the teacher's hard answers,
   logit KD on all images.
 
-    nice -n 19 python studies/fashion_cnn_to_mlp.py --stages full --output_dir outputs/fashion_cnn_to_mlp
+    nice -n 10 python studies/fashion_cnn_to_mlp.py --stages full --extras mutual ensemble whitebox \
+        --output_dir outputs/fashion_cnn_to_mlp
     nice -n 19 python studies/fashion_cnn_to_mlp.py --stages few_labels --output_dir outputs/fashion_cnn_to_mlp
 
 (`few_labels` reuses the setting `full` chose on validation, so it starts once `full.json` records it.)
@@ -35,12 +38,27 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import load_dataset
+from harness import (
+    SHARED_DATA,
+    Study,
+    carve_validation,
+    choose_on_validation,
+    paired_difference,
+    seeded,
+    verdict,
+    weights_fingerprint,
+)
 from PIL import Image
 from transformers import AutoModelForImageClassification, Trainer, TrainerCallback, TrainingArguments
 
-from harness import SHARED_DATA, Study, carve_validation, choose_on_validation, seeded, weights_fingerprint
-from hf_kd import DistillationConfig, DistillationTrainer, MutualLearningConfig, MutualLearningTrainer
-from hf_kd import add_teacher_logits, model_from_preset
+from hf_kd import (
+    DistillationConfig,
+    DistillationTrainer,
+    MutualLearningConfig,
+    MutualLearningTrainer,
+    add_teacher_logits,
+    model_from_preset,
+)
 from hf_kd.data import InMemoryDataset, collate_batches
 
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set statistics
@@ -51,6 +69,10 @@ VALIDATION = 5000
 TEACHER = {"num_channels": 1, "image_size": 28, "conv_channels": [32, 32], "classifier_hidden_sizes": [128],
            "dropout": 0.25}  # fmt: skip
 GRID = [{"temperature": t, "alpha": a} for t in (2.0, 4.0, 8.0) for a in (0.5, 0.9)]
+# White-box: the penultimate features (hidden_states: pixels, then per layer its pre-ReLU output and its block output;
+# the teacher's are 2 convs then its FC layer, so .6 is the FC block's output, the classifier's input).
+TEACHER_FEATURE, STUDENT_FEATURE = "hidden_states.6", "hidden_states.2"
+WHITE_BOX_GRID = [{"feature_loss": loss, "feature_weight": w} for loss in ("rkd", "hint") for w in (0.1, 1.0, 10.0)]
 
 
 def load_split(split: str, cache: Path) -> InMemoryDataset:
@@ -129,23 +151,30 @@ def student():
     return model_from_preset("mnist-mlp-student")
 
 
-def distil(train, validation, seed: int, epochs: int, output_dir: Path, **settings) -> tuple:
-    """One student: `alpha=0` is CE only; returns the student, its starting fingerprint, its validation curve."""
+def distil(train, validation, seed: int, epochs: int, output_dir: Path, teacher=None, **settings) -> tuple:
+    """One student: `alpha=0` is CE only; returns the student, its starting fingerprint, its validation curve and its
+    training losses at the end (`loss_ce`, `loss_kd`, `loss_feature`: means over the last logging window).
+    `teacher` is given only for a feature term (its shape probe); its features and logits are the columns `train`
+    carries, it never runs."""
     model = seeded(seed, student)
     start = weights_fingerprint(model)
     curve = ValidationCurve(validation, lambda: [model])
     args = arguments(DistillationConfig, output_dir, seed, epochs, **settings)
-    DistillationTrainer(model=model, args=args, train_dataset=train, callbacks=[curve]).train()
-    return model, start, curve.curve
+    trainer = DistillationTrainer(model=model, teacher_model=teacher, args=args, train_dataset=train,
+                                  callbacks=[curve])  # fmt: skip
+    trainer.train()
+    losses = {k: round(v, 4) for k, v in trainer.state.log_history[-1].items() if k.startswith("loss")}
+    return model, start, curve.curve, losses
 
 
-def run_method(study: Study, method: str, train, validation, test, options, **settings) -> None:
+def run_method(study: Study, method: str, train, validation, test, options, teacher=None, **settings) -> None:
     for seed in options.seeds:
         begun = time.time()
-        model, start, curve = distil(train, validation, seed, options.epochs, options.output_dir, **settings)
-        study.record(method, seed, accuracy(model, test), validation_curve=curve, start=start,
+        model, start, curve, losses = distil(train, validation, seed, options.epochs, options.output_dir, teacher,
+                                             **settings)  # fmt: skip
+        study.record(method, seed, accuracy(model, test), validation_curve=curve, start=start, losses=losses,
                      seconds=round(time.time() - begun), settings=settings)  # fmt: skip
-        print(method, seed, study.runs[method][seed]["score"], curve, flush=True)
+        print(method, seed, study.runs[method][seed]["score"], curve, losses, flush=True)
 
 
 def mutual(study: Study, train, validation, test, options) -> None:
@@ -191,11 +220,86 @@ def full_study(options, train, validation, test, teacher) -> None:
         study.notes["mutual"] = "two MLP students trained together (DML, T=1, kl_weight 1), no teacher; peer 0 scored"
         mutual(study, train, validation, test, options)
     if "ensemble" in options.extras:
-        second = train_teacher(1, train, validation, options.teacher_epochs, options.output_dir)
-        teacher_notes(study, [teacher, second], test, options.output_dir)
-        both = with_logits(train, [teacher, second], options.output_dir, "train-ensemble")
-        study.notes["ensemble"] = "the two CNN teachers' logits averaged; the same temperature and alpha as logit KD"
-        run_method(study, "logit KD, ensemble of 2 CNNs", both, validation, test, options, **best)
+        ensemble(study, teacher, train, validation, test, options, best)
+    if "whitebox" in options.extras:
+        white_box(study, teacher, data, validation, test, options, best)
+
+
+def versus_logit_kd(study: Study, method: str) -> None:
+    """A note: `method` against single-teacher logit KD, paired on the same seeds (the table pairs against CE only)."""
+    pair = paired_difference(study.scores(method), study.scores("logit KD"))
+    study.notes[f"{method} vs logit KD"] = (
+        f"{100 * pair['mean']:+.2f} ± {100 * pair['se']:.2f} (paired, ± SE, seeds {pair['seeds']}): "
+        f"{verdict(pair['mean'], pair['se'])}"
+    )
+    study.write()
+
+
+def ensemble(study: Study, teacher, train, validation, test, options, best: dict) -> None:
+    """Logit KD from two CNN teachers' averaged logits (the second teacher trained here when first needed), and how
+    much the second teacher adds: the two teachers' agreement and the averaged logits' accuracy (test, report only)."""
+    second = train_teacher(1, train, validation, options.teacher_epochs, options.output_dir)
+    teacher_notes(study, [teacher, second], test, options.output_dir)
+    both = with_logits(train, [teacher, second], options.output_dir, "train-ensemble")
+    with torch.no_grad():
+        pixels = test.columns["pixel_values"]
+        logits = [torch.cat([t(pixel_values=pixels[i : i + 2000]).logits for i in range(0, len(test), 2000)])
+                  for t in (teacher, second)]  # fmt: skip
+    labels, answers = test.columns["labels"], [t.argmax(-1) for t in logits]
+    agreement = (answers[0] == answers[1]).float().mean().item()
+    averaged = (torch.stack(logits).mean(0).argmax(-1) == labels).float().mean().item()
+    study.notes["teachers' agreement (test, same top-1)"] = round(agreement, 4)
+    study.notes["averaged logits' accuracy (test)"] = round(averaged, 4)
+    study.notes["ensemble"] = (
+        f"the two CNN teachers' logits averaged; the same temperature and alpha as logit KD; the teachers agree on "
+        f"{agreement:.2%} of the test images, their averaged logits score {averaged:.2%}"
+    )
+    run_method(study, "logit KD, ensemble of 2 CNNs", both, validation, test, options, **best)
+    versus_logit_kd(study, "logit KD, ensemble of 2 CNNs")
+
+
+def with_features(data: InMemoryDataset, teacher, cache: Path) -> InMemoryDataset:
+    """`data` (carrying the teacher's logits) with its penultimate feature as `teacher_feature_0`, computed once and
+    cached: the trainer then reads it like its own cache, and the teacher never runs while the students train."""
+    path = cache / "features-train-0.pt"
+    if not path.is_file():
+        plain = InMemoryDataset({k: v for k, v in data.columns.items() if k != "teacher_logits"})
+        torch.save(add_teacher_logits(plain, teacher, batch_size=1000, features=[TEACHER_FEATURE]).columns[
+            "teacher_feature_0"], path)  # fmt: skip
+    return data.with_column("teacher_feature_0", torch.load(path))
+
+
+def white_box(study: Study, teacher, data, validation, test, options, best: dict) -> None:
+    """A feature term on the penultimate features added to logit KD at its chosen T and alpha: the term and its
+    weight chosen on validation (seed 0), then the seeds. A CNN and an MLP share no spatial map: the teacher's 128-d
+    FC feature against the student's 100-d hidden layer, by relations (RKD, no connector) or a hint (Linear)."""
+    # Both models were trained on Fashion-MNIST's label ids; their presets name the classes after their own datasets
+    # (CIFAR-10's, MNIST's), which the trainer would refuse as two class orders once it is given the teacher.
+    teacher.config.id2label, teacher.config.label2id = student().config.id2label, student().config.label2id
+    begun = time.time()
+    data = with_features(data, teacher, options.output_dir)
+    cached_in = round(time.time() - begun)
+    pair = {"feature_pairs": [f"{STUDENT_FEATURE}:{TEACHER_FEATURE}"]}
+    candidates = [{**best, **pair, **term} for term in WHITE_BOX_GRID]
+    tried = []
+
+    def validation_score(settings):
+        _, _, curve, losses = distil(data, validation, 0, options.epochs, options.output_dir, teacher, **settings)
+        tried.append({"setting": settings, "validation_curve": curve, "losses": losses})
+        return curve[-1]
+
+    chosen, _ = choose_on_validation(candidates, validation_score)
+    study.notes["white-box grid (seed 0: validation curve, losses over the last logging window)"] = tried
+    study.notes["white-box chosen"] = chosen
+    study.notes["white-box"] = (
+        f"a feature term on student {STUDENT_FEATURE} (100, after ReLU) vs teacher {TEACHER_FEATURE} (128, its FC "
+        f"layer after ReLU), added to logit KD {best}; term and weight chosen on validation from "
+        f"{[(t['feature_loss'], t['feature_weight']) for t in WHITE_BOX_GRID]}: {chosen['feature_loss']}, weight "
+        f"{chosen['feature_weight']}; the teacher's features cached in one pass ({cached_in} s, or read from its cache)"
+    )
+    method = f"logit KD + {chosen['feature_loss']} (penultimate)"
+    run_method(study, method, data, validation, test, options, teacher, **chosen)
+    versus_logit_kd(study, method)
 
 
 def chosen_setting(output_dir: Path) -> dict:
@@ -239,7 +343,8 @@ def main():
     parser.add_argument("--teacher_epochs", type=int, default=6)
     parser.add_argument("--train_examples", type=int, default=None, help="a subset, for a quick check of the script")
     parser.add_argument("--stages", nargs="+", default=["full", "few_labels"], choices=["full", "few_labels"])
-    parser.add_argument("--extras", nargs="*", default=["mutual", "ensemble"], choices=["mutual", "ensemble"])
+    extras = ["mutual", "ensemble", "whitebox"]
+    parser.add_argument("--extras", nargs="*", default=extras, choices=extras)
     parser.add_argument("--label_fractions", type=float, nargs="+", default=[0.01, 0.1])
     options = parser.parse_args()
     torch.set_num_threads(1)

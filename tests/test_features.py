@@ -312,6 +312,33 @@ def test_vector_features_cached_with_the_logits_train_the_student_the_live_teach
         torch.testing.assert_close(cached.feature_distillation.term.connectors.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
+def test_features_a_dataset_already_carries_are_read_and_the_teacher_does_not_run(tmp_path):
+    """`add_teacher_logits(..., features=...)` run beforehand (a study's cache): the trainer reads the columns as its
+    own cache, the same student bit for bit as `precompute_teacher_logits=True`; a column of another shape is refused."""
+    from hf_kd import add_teacher_logits
+
+    data = images(128)
+    pairs = ["hidden_states.2:hidden_states.2"]
+    settings = dict(feature_loss="rkd", feature_pairs=pairs, num_train_epochs=1, teacher_batch_size=32)
+    teacher, student = mlps()
+    trainer_for(tmp_path, teacher, student, data, precompute_teacher_logits=True, **settings).train()
+    carried_teacher, carried_student = mlps()
+    carried = add_teacher_logits(data.with_format("torch"), carried_teacher, batch_size=32,
+                                 features=["hidden_states.2"])  # fmt: skip
+    trainer = DistillationTrainer(model=carried_student, teacher_model=carried_teacher,
+                                  args=config(tmp_path, **settings), train_dataset=carried)  # fmt: skip
+    calls = CountCalls(carried_teacher)
+    trainer.train()
+    assert calls.count == 0
+    for key, value in student.state_dict().items():
+        torch.testing.assert_close(carried_student.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    wrong = add_teacher_logits(data.with_format("torch"), carried_teacher, batch_size=32, features=["hidden_states.1"])
+    with pytest.raises(ValueError, match="teacher_feature_0 holds features of shape"):
+        DistillationTrainer(model=mlps()[1], teacher_model=carried_teacher,
+                            args=config(tmp_path, **{**settings, "feature_pairs": ["hidden_states.2:hidden_states.3"]}),
+                            train_dataset=wrong)  # fmt: skip
+
+
 def test_cached_features_are_restored_to_the_datasets_order_and_keyed_by_which_are_cached(tmp_path):
     from hf_kd import add_teacher_logits
     from hf_kd.data import InMemoryDataset

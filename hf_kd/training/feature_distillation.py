@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from ..batch import TEACHER_LOGITS, DistillationBatch
+from ..batch import TEACHER_LOGITS, DistillationBatch, teacher_feature_column
+from ..data import read_column
 from ..teacher.loading import run_teacher
 from .feature_term import CONNECTORS_NAME, FeatureTerm
 
@@ -98,6 +99,29 @@ class FeatureDistillation:
         """The teacher features to compute with the precomputed logits; from then on the term reads them from the
         batches instead of running the teacher."""
         return self.term.use_cached()
+
+    def read_carried_features(self, dataset) -> bool:
+        """Read the teacher's features from the `teacher_feature_<i>` columns a train dataset already carries
+        (`add_teacher_logits(..., features=term.teacher_features())` run beforehand, in that order), as from the
+        trainer's own cache: the teacher then does not run for them. Each column must hold the per-example shape the
+        probe measured; returns whether the columns are read."""
+        names = self.term.teacher_features()
+        columns = [teacher_feature_column(index) for index in range(len(names))]
+        if not set(columns) <= set(getattr(dataset, "column_names", None) or []):
+            return False
+        for name, column in zip(names, columns):
+            values = read_column(dataset, column)
+            if values is None:  # a stream: its columns cannot be read whole, the teacher runs
+                return False
+            if tuple(values.shape[1:]) != self.term.teacher_shapes[name]:
+                raise ValueError(
+                    f"the train dataset's {column} holds features of shape {tuple(values.shape[1:])} per example, but "
+                    f"the feature term's teacher feature {name} has shape {self.term.teacher_shapes[name]}: cache the "
+                    f"features in the term's order, {names}."
+                )
+        self.term.use_cached()
+        logger.info(f"The teacher's features {names}: read from the train dataset's columns {columns}.")
+        return True
 
     def collecting(self):
         return self.term.collecting()

@@ -195,6 +195,8 @@ class DistillationTrainer(HfKdTrainer):
             return dataset
         if TEACHER_LOGITS in columns:
             self._check_carried_logits(dataset, "train_dataset")
+            if self.feature_distillation is not None and self.feature_distillation.read_carried_features(dataset):
+                self._signature_columns = None  # listed by the shape probe before the feature columns were read
         elif self.teacher_model is None and not answer_columns(columns):  # black box: the answers are the teacher
             raise ValueError(
                 "DistillationTrainer needs a teacher: pass teacher_model (or args.teacher_model_name_or_path), or a "
