@@ -112,11 +112,15 @@ def _with_transfer(train, transfer, answers: dict[str, torch.Tensor]):
     labels = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
     if isinstance(train, InMemoryDataset):
         extra = {**transfer, **answers, LABELS: labels}
+        if not len(train):  # --max_train_samples 0: the transfer set alone (the empty split was never answered)
+            return InMemoryDataset({name: extra[name] for name in [*train.columns, *answers]})
         return InMemoryDataset({name: torch.cat([v, extra[name].to(v.dtype)]) for name, v in train.columns.items()})
     from datasets import concatenate_datasets
 
     for name, values in {**answers, LABELS: labels}.items():
         transfer = transfer.add_column(name, values.tolist())
+    if not len(train):  # --max_train_samples 0: the transfer set alone (an empty map keeps no tokenized column)
+        return transfer.with_format(train.format["type"])
     transfer = transfer.cast(train.features)
     return concatenate_datasets([train, transfer.select_columns(train.column_names)]).with_format(train.format["type"])
 
@@ -139,7 +143,9 @@ def black_box_data(
     train, n_train = data.train_dataset, len(data.train_dataset)
     raw_train = raw_split(data_args.dataset_name, data_args.train_split, data_args.max_train_samples, data_args, "train_split")  # fmt: skip
     labeled = n_train if data_args.max_labeled_samples is None else min(data_args.max_labeled_samples, n_train)
-    distil_train = _join_answers(train, answers_of(teacher, raw_train, input_column(raw_train), experiment_args, "train", counts), labeled)  # fmt: skip
+    distil_train = train  # no training example (--max_train_samples 0): nothing to ask, the transfer set teaches
+    if n_train:
+        distil_train = _join_answers(train, answers_of(teacher, raw_train, input_column(raw_train), experiment_args, "train", counts), labeled)  # fmt: skip
     n_transfer = 0
     if data_args.transfer_dataset:
         raw = raw_split(data_args.transfer_dataset, data_args.transfer_split, data_args.max_transfer_samples, data_args, "transfer_split")  # fmt: skip
