@@ -1,16 +1,25 @@
 #!/usr/bin/env python
 """Black-box distillation on MNIST: the headline MLP teacher (784-400-100-10, 10 epochs with 1-pixel jitter) served
-over loopback HTTP by `python -m hf_kd.serve`, the 60,000 training images as an unlabeled transfer set (no label
-kept: `--max_labeled_samples 0`), and the MLP student (784-100-10) distilled from its answers alone: labels only vs
-top-3 + tail bucket, 3 seeds each, on the full 10,000-image test split.
+over loopback HTTP by `python -m hf_kd.serve`, no label kept (`--max_labeled_samples 0`, alpha = 1), and the MLP
+student (784-100-10) distilled from the teacher's answers alone, 3 seeds, on the full 10,000-image test split.
+`--study` picks what is compared:
 
-Each student is a run of `examples/distill_mnist.py --teacher_url ...`; the teacher answers each kind of answer
-once (the annotation job is cached by fingerprint: the later seeds reuse it, and the report says so).
+- `answers` (default): labels only vs top-3 + tail bucket, the 60,000 training images as the transfer set, 10 epochs;
+- `budget`: the query budget, the first 1k / 5k / 10k / 60k training images answered, every budget trained for the
+  same `--max_steps` (4,690: 60,000 images x 10 epochs at batch 128), so that the curve measures the queries and
+  not the length of training; paired against 60k;
+- `ood`: Fashion-MNIST's 60,000 training images as the only transfer set (`--max_train_samples 0`: the student never
+  sees an MNIST training image) against the 60,000 MNIST training images, the same steps (the budget's 60k point).
+
+Each student is a run of `examples/distill_mnist.py --teacher_url ...`; the teacher answers each set once per
+process (the annotation job is cached by fingerprint and teacher URL: the later seeds reuse it, and the report
+says so). A run already made with the same flags is read back from its directory (`study_run.json`).
 
     nice -n 19 python studies/black_box.py --output_dir /tmp/black_box_study
-    python studies/black_box.py --teacher_dir distill-mnist/teacher --epochs 10 --seeds 0 1 2
+    nice -n 10 python studies/black_box.py --study budget ood --output_dir /tmp/bb_study --teacher_dir T
 
-Writes `results.json` (rewritten after every run) and `results.md` in the output directory.
+Writes `results.json` and `results.md` (answers), `budget/results-<answers>.{md,json}` and `ood/results.{md,json}`
+(through studies/harness.py) in the output directory, rewritten after every run.
 """
 
 from __future__ import annotations
