@@ -200,7 +200,54 @@ def ood_study(example, url: str, options, out: Path, teacher: dict) -> None:
         for arm, (run_dir, flags) in arms.items():
             run_dir = run_dir.with_name(f"{run_dir.name}-seed{seed}")
             record(study, arm, seed, student_run(example, url, options, run_dir, flags, seed))
+    why_ood(options, out, study, Path(teacher["dir"]), variant)
     print(f"\n{(study.output_dir / 'results.md').read_text()}")
+
+
+def images_of(dataset: str, split: str):
+    from hf_kd.data.loading import load_raw_dataset, select_split
+
+    return select_split(load_raw_dataset(dataset, None), split, "split", dataset)
+
+
+def class_profile(model_dir: Path, images, labels=None) -> dict:
+    """What a saved classifier answers about `images`, in process (the classifier the server runs): the share of
+    each class among its top-1 answers and the mean top-1 score; with `labels`, its recall per class."""
+    import torch
+
+    from hf_kd.teacher.classifier import ClassifierAnswers
+
+    classifier = ClassifierAnswers.from_pretrained(model_dir)
+    probs = torch.cat([classifier.probabilities(images[i : i + 2048]) for i in range(0, len(images), 2048)])
+    score, top = probs.max(-1)
+    profile = {"top1_share_by_class": [round(v, 4) for v in (torch.bincount(top, minlength=probs.shape[1]) / len(top)).tolist()],
+               "mean_top1_score": round(score.mean().item(), 4)}  # fmt: skip
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+        profile["recall_by_class"] = [round((top[labels == c] == c).float().mean().item(), 4) for c in range(probs.shape[1])]  # fmt: skip
+    return profile
+
+
+def why_ood(options, out: Path, study: Study, teacher_dir: Path, variant: str) -> None:
+    """Why the out-of-distribution transfer set teaches less, measured: which classes the teacher answers about
+    Fashion-MNIST (against MNIST), and each seed-0 student's recall per class on the MNIST test split."""
+    mnist_train, mnist_test = images_of(options.dataset, "train"), images_of(options.dataset, "test")
+    fashion = images_of(options.transfer_dataset, "train")
+    profiles = {
+        "teacher's top-1 answers about the MNIST training images": class_profile(teacher_dir, mnist_train["image"]),
+        "teacher's top-1 answers about the Fashion-MNIST training images": class_profile(teacher_dir, fashion["image"]),
+    }
+    for name, run_dir in (("in distribution", out / "budget" / f"{slug(variant)}-60000-seed0"),
+                          ("out of distribution", out / "ood" / f"fashion-{slug(variant)}-seed0")):  # fmt: skip
+        profiles[f"student ({name}, seed 0) on the MNIST test split"] = class_profile(
+            run_dir / "student_kd", mnist_test["image"], mnist_test["label"])  # fmt: skip
+    study.notes["class profiles"] = profiles  # the JSON's; the markdown's, in words:
+    for name, profile in profiles.items():
+        shares = ", ".join(f"{c}: {100 * v:.1f}%" for c, v in enumerate(profile["top1_share_by_class"]))
+        recall = profile.get("recall_by_class")
+        recall = "; recall by class " + ", ".join(f"{c}: {100 * v:.1f}%" for c, v in enumerate(recall)) if recall else ""
+        study.notes[name] = f"top-1 shares {shares}; mean top-1 score {profile['mean_top1_score']:.3f}{recall}"
+    study.write()
 
 
 STUDIES = {"answers": answers_study, "budget": budget_study, "ood": ood_study}
@@ -234,7 +281,7 @@ def main():
         for name in options.study:
             variants = options.variants or (list(VARIANTS) if name == "answers" else ["top-3 + tail"])
             study_options = argparse.Namespace(**{**vars(options), "variants": variants})
-            teacher = {"description": f"{description}, served over loopback HTTP", "url": url}
+            teacher = {"description": f"{description}, served over loopback HTTP", "url": url, "dir": str(teacher_dir)}
             STUDIES[name](example, url, study_options, out, teacher)
 
 
