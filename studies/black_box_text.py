@@ -31,10 +31,11 @@ from harness import SHARED_DATA, Study
 from hf_kd.serve import serving
 
 CE_ALONE = "CE on the labelled 10% alone"
-ARMS = {  # name -> the example's answer arguments
+ARMS = {  # name -> the example's answer arguments (the first run of a seed also trains CE alone: its baseline)
     "+ teacher probabilities": ["--teacher_answers", "probs"],
     "+ teacher top-1 label": ["--teacher_answers", "label"],
 }
+CE_LONGER = "CE on the labelled 10% alone, as many steps as the distilled students"
 
 
 def minilm_path() -> str:
@@ -85,21 +86,27 @@ def fine_tune_teacher(teacher_dir: Path, options) -> dict:
     return recipe
 
 
-def student_run(example, url: str, options, arm: str, seed: int) -> dict:
+def without_url(flags: list[str]) -> list[str]:
+    return [flag for i, flag in enumerate(flags) if i == 0 or flags[i - 1] != "--teacher_url"]
+
+
+def student_run(example, url: str, options, arm: str, seed: int, extra: list[str] = ()) -> dict:
     """One run of the text example against the served teacher; read back when already made with the same flags."""
-    run_dir = Path(options.output_dir) / f"{slug(arm.strip('+ '))}-seed{seed}"
+    name = "ce_longer" if arm == CE_LONGER else slug(arm.strip("+ "))
+    run_dir = Path(options.output_dir) / f"{name}-seed{seed}"
     flags = [
-        "--dataset_name", options.dataset_name, "--teacher_url", url, *ARMS[arm],
+        "--dataset_name", options.dataset_name, "--teacher_url", url, *ARMS.get(arm, ARMS["+ teacher top-1 label"]),
         "--student_model_name_or_path", minilm_path(), "--student_num_layers", "2",
         "--max_labeled_samples", str(options.labeled), "--num_train_epochs", str(options.epochs),
         "--max_length", str(options.max_length), "--torch_num_threads", str(options.threads), "--seed", str(seed),
-        "--latency_examples", "20", "--plot", "false", *([] if arm == next(iter(ARMS)) else ["--skip_baseline"]),
+        "--latency_examples", "20", "--plot", "false", *([] if arm in (next(iter(ARMS)), CE_LONGER) else ["--skip_baseline"]),
+        *extra,
     ]  # fmt: skip
     for name in ("max_train_samples", "max_eval_samples"):
         if getattr(options, name) is not None:
             flags += [f"--{name}", str(getattr(options, name))]
-    done = run_dir / "study_run.json"
-    if done.is_file() and json.loads(done.read_text())["flags"] == flags:
+    done, key = run_dir / "study_run.json", without_url(flags)  # the server's port changes from one study to the next
+    if done.is_file() and without_url(json.loads(done.read_text())["flags"]) == key:
         return json.loads(done.read_text())["run"]
     began = time.perf_counter()
     report = example.main([*flags, "--output_dir", str(run_dir), "--overwrite_output_dir"])
@@ -111,8 +118,16 @@ def student_run(example, url: str, options, arm: str, seed: int) -> dict:
         "labeled": bb["labeled_examples"], "answered": bb["teacher_answered_examples"],
         "teacher_accuracy": bb["teacher_test_accuracy"], "seconds": time.perf_counter() - began,
     }  # fmt: skip
-    done.write_text(json.dumps({"flags": flags, "run": run}, indent=1))
+    done.write_text(json.dumps({"flags": key, "run": run}, indent=1))
     return run
+
+
+def ce_longer_flags(options) -> list[str]:
+    """The control for the distilled students' longer training: CE on the labelled reviews alone for as many epochs
+    as make their steps (10,201 reviews x `--epochs` over the labelled count). The run's own distilled student sees
+    those reviews only (the teacher's labels on them) and is not reported."""
+    epochs = round(options.epochs * (options.max_train_samples or 10_201) / options.labeled)
+    return ["--max_train_samples", str(options.labeled), "--num_train_epochs", str(epochs)]
 
 
 def main():
@@ -127,6 +142,7 @@ def main():
     parser.add_argument("--max_length", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ce_steps_control", action="store_true", help=f"also: {CE_LONGER}")
     parser.add_argument("--max_train_samples", type=int, default=None, help="a quick check only: fewer reviews")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="a quick check only: fewer test reviews")
     options = parser.parse_args()
@@ -154,6 +170,9 @@ def main():
                 if "student_ce" in run["accuracies"]:
                     study.record(CE_ALONE, seed, run["accuracies"]["student_ce"], train_s=run["train_seconds"]["student_ce"])  # fmt: skip
                 study.record(arm, seed, run["accuracies"]["student_kd"], train_s=run["train_seconds"]["student_kd"])
+            if options.ce_steps_control:
+                run = student_run(example, url, options, CE_LONGER, seed, ce_longer_flags(options))
+                study.record(CE_LONGER, seed, run["accuracies"]["student_ce"], train_s=run["train_seconds"]["student_ce"])  # fmt: skip
     print(f"\n{(out / 'results.md').read_text()}")
 
 
