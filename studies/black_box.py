@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import Study
+from harness import Study, command, paired_difference, verdict
 
 from hf_kd.serve import serving
 
@@ -168,6 +168,7 @@ def record(study: Study, method: str, seed: int, run: dict) -> None:
 def budget_study(example, url: str, options, out: Path, teacher: dict) -> None:
     """The query budget: the first N training images answered (and no other input), every budget trained for the
     same `--max_steps` (the 60,000-image run's 10 epochs at batch 128), so that the curve measures the queries."""
+    studies = {}
     for variant in options.variants:
         sizes = {"transfer (queries)": max(options.budgets), "test": 10_000}
         study = Study(f"Query budget, MNIST, {variant}, {options.max_steps} steps", f"{max(options.budgets):,} queries",
@@ -179,6 +180,21 @@ def budget_study(example, url: str, options, out: Path, teacher: dict) -> None:
                 run_dir = out / "budget" / f"{slug(variant)}-{budget}-seed{seed}"
                 record(study, f"{budget:,} queries", seed, student_run(example, url, options, run_dir, flags, seed))
         print(f"\n{(study.output_dir / f'{study.stem}.md').read_text()}")
+        studies[variant] = study
+    if len(studies) == 2:
+        compare_answers(studies, out / "budget", options.budgets)
+
+
+def compare_answers(studies: dict[str, Study], out: Path, budgets: list[int]) -> None:
+    """The second kind of answer against the first at each budget: paired by seed (same start, same data order)."""
+    (first, base), (second, other) = studies.items()
+    lines = [f"Command: `{command()}`", "", f"| training queries | {second} vs {first} (paired, ± SE) | verdict |",
+             "|---|---|---|"]  # fmt: skip
+    for budget in budgets:
+        pair = paired_difference(other.scores(f"{budget:,} queries"), base.scores(f"{budget:,} queries"))
+        lines.append(f"| {budget:,} | {100 * pair['mean']:+.2f} ± {100 * pair['se']:.2f} | {verdict(pair['mean'], pair['se'])} |")  # fmt: skip
+    (out / "answers-compared.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def ood_study(example, url: str, options, out: Path, teacher: dict) -> None:
