@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from black_box import load_example, slug
-from harness import SHARED_DATA, Study
+from harness import SHARED_DATA, Study, paired_difference, verdict
 
 from hf_kd.serve import serving
 
@@ -173,6 +173,10 @@ def main():
             if options.ce_steps_control:
                 run = student_run(example, url, options, CE_LONGER, seed, ce_longer_flags(options))
                 study.record(CE_LONGER, seed, run["accuracies"]["student_ce"], train_s=run["train_seconds"]["student_ce"])  # fmt: skip
+    (probs, label), name = (study.scores(arm) for arm in ARMS), " vs ".join(arm.strip("+ ") for arm in ARMS)
+    pair = paired_difference(probs, label)
+    study.notes[f"{name} (paired, ± SE)"] = f"{100 * pair['mean']:+.2f} ± {100 * pair['se']:.2f}: {verdict(pair['mean'], pair['se'])}"  # fmt: skip
+    study.write()
     print(f"\n{(out / 'results.md').read_text()}")
 
 
