@@ -87,7 +87,8 @@ def fine_tune_teacher(teacher_dir: Path, options) -> dict:
 
 
 def without_url(flags: list[str]) -> list[str]:
-    return [flag for i, flag in enumerate(flags) if i == 0 or flags[i - 1] != "--teacher_url"]
+    """`flags` without the teacher's URL (a value after `--teacher_url`, where there is one)."""
+    return [flag for i, flag in enumerate(flags) if i == 0 or flags[i - 1] != "--teacher_url" or flag.startswith("--")]
 
 
 def student_run(example, url: str, options, arm: str, seed: int, extra: list[str] = ()) -> dict:
@@ -176,6 +177,9 @@ def main():
     (probs, label), name = (study.scores(arm) for arm in ARMS), " vs ".join(arm.strip("+ ") for arm in ARMS)
     pair = paired_difference(probs, label)
     study.notes[f"{name} (paired, ± SE)"] = f"{100 * pair['mean']:+.2f} ± {100 * pair['se']:.2f}: {verdict(pair['mean'], pair['se'])}"  # fmt: skip
+    for arm in ARMS if study.scores(CE_LONGER) else ():
+        pair = paired_difference(study.scores(arm), study.scores(CE_LONGER))
+        study.notes[f"{arm.strip('+ ')} vs CE alone as long (paired, ± SE)"] = f"{100 * pair['mean']:+.2f} ± {100 * pair['se']:.2f}: {verdict(pair['mean'], pair['se'])}"  # fmt: skip
     study.write()
     print(f"\n{(out / 'results.md').read_text()}")
 
