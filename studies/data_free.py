@@ -71,9 +71,9 @@ class Curve(TrainerCallback):
             control.should_training_stop = True
 
 
-def load_data():
+def load_data(dataset: str):
     processor = image_processor_for_preset("mnist-mlp-student")
-    splits, _ = load_image_classification_dataset("ylecun/mnist", processor)
+    splits, _ = load_image_classification_dataset(dataset, processor)
     train = InMemoryDataset.from_dataset(splits["train"])
     n = len(train)
     validation = InMemoryDataset({k: v[n - VALIDATION_SIZE :] for k, v in train.columns.items()})
@@ -113,9 +113,9 @@ def selected(result: dict) -> str:
     return f"{100 * result['best_validation_test_accuracy']:.2f} ({result['best_validation_step']})"
 
 
-def markdown(results: list[dict], teacher_test: float, command: str, total_s: float) -> str:
+def markdown(results: list[dict], teacher_test: float, command: str, total_s: float, dataset_title="MNIST") -> str:
     lines = [
-        "# Data-free distillation on MNIST (study)", "", f"Command: `{command}`", "",
+        f"# Data-free distillation on {dataset_title} (study)", "", f"Command: `{command}`", "",
         (f"Teacher (MNIST MLP 784-400-100-10) test accuracy: {100 * teacher_test:.2f}%. Student: MLP 784-100-10, "
          "never shown a training image. Test accuracy of the final student; time = training wall time on this "
          "machine's CPU (evaluation off the clock)."), "",
@@ -142,10 +142,11 @@ def merge(paths: list[str], output: Path) -> None:
     results = [result for part in parts for result in part["results"]]
     command = "\n".join(part["command"] for part in parts)
     wall = max(part["wall_time_s"] for part in parts)
-    summary = {"commands": [part["command"] for part in parts], "teacher_test_accuracy": parts[0]["teacher_test_accuracy"],
+    summary = {"commands": [part["command"] for part in parts], "dataset": parts[0].get("dataset", "ylecun/mnist"),
+               "teacher_test_accuracy": parts[0]["teacher_test_accuracy"],
                "results": results, "wall_time_s": wall, "note": "the commands ran in parallel"}  # fmt: skip
     output.with_suffix(".json").write_text(json.dumps(summary, indent=1))
-    text = markdown(results, summary["teacher_test_accuracy"], command, wall)
+    text = markdown(results, summary["teacher_test_accuracy"], command, wall, parts[0].get("dataset", "ylecun/mnist"))
     output.with_suffix(".md").write_text(text.replace("Command: `", "Commands (run in parallel): `"))
     plot_curves(results, output.with_suffix(".png"))
 
@@ -175,6 +176,8 @@ def plot_curves(results: list[dict], path: Path) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher_dir", required=True)
+    parser.add_argument("--dataset", default="ylecun/mnist", help="a 28x28 grey-scale dataset: a Hub id or a "
+                        "directory (e.g. ../shared/data/fashion_mnist); the teacher must have been trained on it")  # fmt: skip
     parser.add_argument("--methods", nargs="+", default=["noise", "dafl", "dfad", "statistics"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--max_steps", type=int, default=3000)
@@ -197,7 +200,7 @@ def main(argv=None):
     torch.set_num_threads(cli.threads)
     started = time.perf_counter()
     command = "python studies/data_free.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    train, validation, test = load_data()
+    train, validation, test = load_data(cli.dataset)
     teacher = AutoModelForImageClassification.from_pretrained(cli.teacher_dir).eval()
     if "statistics" in cli.methods and not (Path(cli.teacher_dir) / STATISTICS_FILE).is_file():
         record_activation_statistics(teacher, train).save_pretrained(cli.teacher_dir)
@@ -210,11 +213,11 @@ def main(argv=None):
             print(json.dumps({k: v for k, v in results[-1].items() if k != "curve"}), flush=True)
             output = Path(cli.output)
             output.parent.mkdir(parents=True, exist_ok=True)
-            summary = {"command": command, "teacher_test_accuracy": accuracy(teacher, test), "results": results,
-                       "wall_time_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+            summary = {"command": command, "dataset": cli.dataset, "teacher_test_accuracy": accuracy(teacher, test),
+                       "results": results, "wall_time_s": round(time.perf_counter() - started, 1)}  # fmt: skip
             output.with_suffix(".json").write_text(json.dumps(summary, indent=1))
             output.with_suffix(".md").write_text(
-                markdown(results, summary["teacher_test_accuracy"], command, summary["wall_time_s"])
+                markdown(results, summary["teacher_test_accuracy"], command, summary["wall_time_s"], cli.dataset)
             )
 
 

@@ -156,6 +156,33 @@ def test_dfad_steps_the_generator_once_per_five_student_steps(tmp_path):
     assert [entry["step"] for entry in generator_logs] == [1, 6]
 
 
+class LearningRates(TrainerCallback):
+    """The student's learning rate during each step, and the generator's after it."""
+
+    def __init__(self):
+        self.trainer, self.student, self.generator = None, [], []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.student.append(self.trainer.lr_scheduler.get_last_lr()[0])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.generator.append(self.trainer.generator_optimizer.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("follows", [True, False])
+def test_the_generator_follows_the_students_schedule(tmp_path, follows):
+    """DFAD's reference decays the generator's learning rate with the student's; a constant one is the option."""
+    rates = LearningRates()
+    args = data_free_args(tmp_path, "dfad", max_steps=6, student_steps_per_generator_step=1, lr_scheduler_type="linear",
+                          generator_learning_rate=0.5, generator_follows_schedule=follows)  # fmt: skip
+    trainer = DataFreeDistillationTrainer(model=tiny_mlp(1, (8,)), teacher_model=tiny_mlp(0), args=args, callbacks=[rates])
+    rates.trainer = trainer
+    trainer.train()
+    expected = [0.5 * lr / args.learning_rate for lr in rates.student] if follows else [0.5] * 6
+    assert rates.student[0] > rates.student[-1] > 0  # the student's rate decayed
+    assert rates.generator == pytest.approx(expected)
+
+
 class KillAt(TrainerCallback):
     def __init__(self, step: int):
         self.step = step

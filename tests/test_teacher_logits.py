@@ -183,3 +183,21 @@ def test_in_memory_tensor_dataset_trains_like_the_datasets_dataset(tmp_path, tin
     assert batch["features"].shape == (2, 16) and torch.equal(batch["labels"], train[[3, 1]]["labels"])
     with pytest.raises(ValueError, match="teacher_logits have 4 columns per example but the student has num_labels=3"):
         DistillationTrainer(model=make_student(num_labels=3), args=config(tmp_path), train_dataset=tensors)
+
+
+def test_a_reloaded_teacher_keeps_its_fingerprint(tmp_path):
+    """Saving and loading a teacher changes where it says it came from (`_name_or_path`, `architectures`,
+    `auto_map`), not its outputs: the logits computed before it was saved are still its logits. A setting that
+    changes the outputs still changes the fingerprint."""
+    from transformers import AutoModelForImageClassification
+
+    from hf_kd.models import model_from_preset
+
+    torch.manual_seed(0)
+    teacher = model_from_preset("mnist-mlp-teacher")
+    teacher.save_pretrained(tmp_path / "teacher")
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "teacher")
+    assert reloaded.config._name_or_path != teacher.config._name_or_path
+    assert teacher_fingerprint(reloaded) == teacher_fingerprint(teacher)
+    reloaded.config.dropout = 0.5
+    assert teacher_fingerprint(reloaded) != teacher_fingerprint(teacher)

@@ -16,6 +16,7 @@ What makes it fast, each measured with the real all-MiniLM-L6-v2 teacher on 1,28
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -417,6 +418,9 @@ def augments_on_the_fly(dataset) -> bool:
     return getattr(transform, "augments_inputs", True)
 
 
+_CONFIG_KEYS_WITHOUT_EFFECT = ("_name_or_path", "architectures", "auto_map", "transformers_version", "dtype", "torch_dtype")
+
+
 def teacher_fingerprint(teacher: nn.Module) -> str:
     """A hash of everything that decides the teacher's outputs: its class, config and every weight and buffer.
 
@@ -428,8 +432,11 @@ def teacher_fingerprint(teacher: nn.Module) -> str:
     digest = xxhash.xxh64()
     digest.update(own_class(model).__qualname__.encode())
     config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_json_string"):
-        digest.update(config.to_json_string(use_diff=False).encode())
+    if config is not None and hasattr(config, "to_dict"):
+        # Where the model was loaded from or how it would be saved does not change its outputs: the same teacher
+        # reloaded from its directory must find the logits computed before it was saved.
+        settings = {k: v for k, v in config.to_dict().items() if k not in _CONFIG_KEYS_WITHOUT_EFFECT}
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, tensor in whole_state(teacher if is_fsdp1(teacher) else model):
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())

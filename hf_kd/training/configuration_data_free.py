@@ -49,6 +49,10 @@ class DataFreeConfig(DistillationConfig):
             beside it ([`hf_kd.teacher.statistics`]).
         generator_learning_rate (`float`, *optional*):
             Adam learning rate of the generator (default: DAFL's 0.2, DFAD's 1e-3; 1e-3 for statistics).
+        generator_follows_schedule (`bool`, *optional*, defaults to `True`):
+            Scale the generator's learning rate by the student's schedule (`lr_scheduler_type`, warmup), as DFAD's
+            reference decays both optimizers together. Against a decaying student, a generator at a constant rate
+            runs away: it keeps finding inputs the student no longer learns from, and the student's accuracy falls.
         one_hot_weight, information_entropy_weight, activation_weight (`float`, *optional*):
             Weights of DAFL's generator terms (default: 1, 5, 0.1 for dafl; 0 for dfad, where they can be added).
         student_steps_per_generator_step (`int`, *optional*):
@@ -88,6 +92,10 @@ class DataFreeConfig(DistillationConfig):
     )
     generator_learning_rate: float | None = field(
         default=None, metadata={"help": "Adam lr of the generator (default: dafl 0.2, dfad 1e-3, statistics 1e-3)."}
+    )
+    generator_follows_schedule: bool = field(
+        default=True,
+        metadata={"help": "Scale the generator's learning rate by the student's schedule (DFAD decays both together)."},
     )
     one_hot_weight: float | None = field(
         default=None, metadata={"help": "DAFL's one-hot term CE(t, argmax t) (default: dafl 1, dfad 0)."}

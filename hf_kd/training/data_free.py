@@ -278,6 +278,10 @@ class DataFreeDistillationTrainer(HfKdTrainer):
                 gradient /= self.accelerator.num_processes
         for parameter, gradient in zip(parameters, gradients):
             parameter.grad = gradient
+        if self.args.generator_follows_schedule and self.lr_scheduler is not None and self.args.learning_rate > 0:
+            scale = self.lr_scheduler.get_last_lr()[0] / self.args.learning_rate
+            for group in self.generator_optimizer.param_groups:
+                group["lr"] = self.args.generator_learning_rate * scale
         self.generator_optimizer.step()
         self.generator_optimizer.zero_grad(set_to_none=True)
         self.record_loss_terms({"loss": loss, "generator": loss, **{f"generator_{k}": v for k, v in terms.items()}},
