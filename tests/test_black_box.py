@@ -256,8 +256,53 @@ def test_mnist_example_distils_from_the_served_teacher_with_few_labels(served, t
     assert black_box["labeled_examples"] == 32 and black_box["teacher_answered_examples"] == 256 + 48
     assert black_box["transfer_examples"] == 256 - 32 + 48
     assert black_box["queries"] == 256 + 48 + 64 == _stats(url)["examples"] - before["examples"]
+    assert black_box["queries_by_split"] == {"train": 256, "transfer": 48, "test": 64}
     assert 0.0 <= black_box["teacher_test_accuracy"] <= 1.0
     assert "Black-box teacher at" in (output_dir / "distillation_report.md").read_text()
+
+
+@pytest.mark.slow
+def test_transfer_set_alone_teaches_when_no_training_image_is_kept(served, tmp_path):
+    """`--max_train_samples 0 --transfer_dataset ...`: the student never sees a training image (the teacher is not
+    asked about any); it trains on the transfer set's answers alone and is scored on the test split."""
+    from datasets import DatasetDict
+    from test_examples_image import make_image_dataset, run_example
+
+    url, _ = served
+    data_dir, transfer_dir, output_dir = tmp_path / "data", tmp_path / "transfer", tmp_path / "run"
+    DatasetDict({"train": make_image_dataset(64, 28, "L", seed=0), "test": make_image_dataset(32, 28, "L", seed=1)}).save_to_disk(data_dir)  # fmt: skip
+    DatasetDict({"train": make_image_dataset(40, 28, "L", seed=3).remove_columns("label")}).save_to_disk(transfer_dir)
+    before = _stats(url)
+    run_example(
+        "distill_mnist.py", "--dataset_name", str(data_dir), "--output_dir", str(output_dir), "--teacher_url", url,
+        "--teacher_answers", "top_k", "--max_train_samples", "0", "--transfer_dataset", str(transfer_dir),
+        "--max_steps", "3", "--latency_examples", "8", "--plot", "false",
+        "--metric_name_or_path", str(REPO_ROOT / "tests" / "metrics" / "accuracy"),
+        env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    report = json.loads((output_dir / "distillation_report.json").read_text())
+    assert [model["name"] for model in report["models"]] == ["student_kd"]  # no label: no CE baseline
+    black_box = report["black_box"]
+    assert black_box["labeled_examples"] == 0 and black_box["teacher_answered_examples"] == 40
+    assert black_box["queries_by_split"] == {"transfer": 40, "test": 32}
+    assert _stats(url)["examples"] - before["examples"] == 40 + 32
+    assert report["num_test_examples"] == 32
+
+
+def test_no_training_example_needs_a_transfer_set():
+    """0 training examples is refused unless a black-box teacher answers a transfer set to train on."""
+    from hf_kd.runs.arguments import DataArguments, ExperimentArguments, check_black_box_arguments
+
+    for data, experiment in [
+        (DataArguments(dataset_name="d", max_train_samples=0), ExperimentArguments()),
+        (DataArguments(dataset_name="d", max_train_samples=0), ExperimentArguments(teacher_url="http://127.0.0.1:9")),
+        (DataArguments(dataset_name="d", max_train_samples=-1, transfer_dataset="t"),
+         ExperimentArguments(teacher_url="http://127.0.0.1:9")),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=r"max_train_samples must be a positive integer.*--transfer_dataset"):
+            check_black_box_arguments(data, experiment)
+    ok = DataArguments(dataset_name="d", max_train_samples=0, transfer_dataset="t")
+    check_black_box_arguments(ok, ExperimentArguments(teacher_url="http://127.0.0.1:9"))
 
 
 @pytest.fixture
@@ -316,6 +361,28 @@ def test_text_example_distils_from_a_served_text_classifier(text_server, tmp_pat
     assert black_box["teacher_answered_examples"] == 96 + 24 and black_box["transfer_examples"] == 80 + 24
     assert black_box["queries"] == 96 + 24 + 32 == _stats(url)["examples"] - before["examples"]
     assert [model.name for model in report.models] == ["student_ce", "student_kd"]
+
+
+@pytest.mark.slow
+def test_text_transfer_set_alone_teaches_when_no_training_text_is_kept(text_server, tmp_path):
+    from datasets import DatasetDict
+    from test_examples_image import load_example
+    from test_text import sentiment_dataset
+
+    url, student_dir = text_server
+    data_dir, transfer_dir, output_dir = tmp_path / "data", tmp_path / "transfer", tmp_path / "run"
+    DatasetDict({"train": sentiment_dataset(32, seed=0), "test": sentiment_dataset(16, seed=1)}).save_to_disk(data_dir)
+    DatasetDict({"train": sentiment_dataset(24, seed=2).remove_columns("label")}).save_to_disk(transfer_dir)
+    report = load_example("distill_text_classification.py").main([
+        "--dataset_name", str(data_dir), "--output_dir", str(output_dir), "--teacher_url", url,
+        "--teacher_answers", "label", "--student_model_name_or_path", str(student_dir), "--student_num_layers", "1",
+        "--max_train_samples", "0", "--transfer_dataset", str(transfer_dir), "--max_steps", "2",
+        "--latency_examples", "4", "--plot", "false", "--per_device_train_batch_size", "8",
+        "--metric_name_or_path", str(REPO_ROOT / "tests" / "metrics" / "accuracy"), "--report_to", "none",
+    ])  # fmt: skip
+    assert report.black_box["queries_by_split"] == {"transfer": 24, "test": 16}
+    assert report.black_box["teacher_answered_examples"] == 24 and report.black_box["labeled_examples"] == 0
+    assert [model.name for model in report.models] == ["student_kd"]
 
 
 def test_pipeline_teacher_answers_as_the_classifier_does(tmp_path):

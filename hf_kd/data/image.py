@@ -168,7 +168,8 @@ def load_image_splits(
     check_split_labels(evaluation, label_column, names, f"eval_split={eval_split!r}")
     # String labels are encoded here, in the order of `names`, instead of asking for `class_encode_column`.
     label2id = {name: i for i, name in enumerate(names)} if is_string(train.features[label_column]) else None
-    train = _limited(train, max_train_samples, "max_train_samples")
+    # 0 training images is a black-box run taught by its transfer set alone (the arguments allow it only there).
+    train = _limited(train, max_train_samples, "max_train_samples", minimum=0)
     evaluation = _limited(evaluation, max_eval_samples, "max_eval_samples")
     return ImageSplits(train, evaluation, image_column, label_column, names, label2id)
 
@@ -209,11 +210,11 @@ def _rows(dataset):
     yield from dataset
 
 
-def _limited(split: Dataset, limit: int | None, argument: str) -> Dataset:
+def _limited(split: Dataset, limit: int | None, argument: str, minimum: int = 1) -> Dataset:
     if limit is None:
         return split
-    if limit < 1:
-        raise ValueError(f"{argument} must be a positive integer, got {limit}.")
+    if limit < minimum:
+        raise ValueError(f"{argument} must be an integer >= {minimum}, got {limit}.")
     return split.select(range(min(limit, len(split))))
 
 

@@ -12,8 +12,8 @@ The JSON schema is shared with the text examples (keys marked `?` are optional: 
  "models": [{"name", "label", "path", "parameters", "size_mb", "train_time_s", "eval_time_s", "latency_ms",
              "accuracy", "agreement_with_teacher", "latency_ms_iqr"?}, ...],
  "plot", "num_test_examples"?, "majority_class_accuracy"?, "teacher_recipe"?, "training_curves"?,
- "black_box"?: {"teacher_url", "answers", "top_k", "labeled_examples", "teacher_answered_examples",
-                "transfer_examples", "transfer_dataset", "queries", "answers_reused_from_disk", "teacher_test_accuracy"}}
+ "black_box"?: {"teacher_url", "answers", "top_k", "labeled_examples", "teacher_answered_examples", "transfer_examples",
+                "transfer_dataset", "queries", "queries_by_split", "answers_reused_from_disk", "teacher_test_accuracy"}}
 ```
 """
 
@@ -156,7 +156,7 @@ class DistillationReport:
         lineage (`dict`, *optional*): Who taught the distilled student, from [`lineage_of`]: an ensemble's teachers
             and a chain's assistants.
         black_box (`dict`, *optional*): A black-box run's teacher URL and answers, the examples each student saw
-            (`labeled_examples`, `teacher_answered_examples`), the `queries` made, `teacher_test_accuracy`.
+            (`labeled_examples`, ...), the `queries` made (and `queries_by_split`), `teacher_test_accuracy`.
     """
 
     dataset: str

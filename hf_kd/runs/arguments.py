@@ -373,7 +373,14 @@ def parse_image_arguments(
 
 
 def check_black_box_arguments(data_args: DataArguments, experiment_args: ExperimentArguments) -> None:
-    """The black-box arguments need a teacher URL, and sizes that are positive."""
+    """The black-box arguments need a teacher URL, and sizes that are positive. `--max_train_samples 0` (no training
+    example) is a black-box run with `--transfer_dataset` only: the transfer set alone teaches the student."""
+    if data_args.max_train_samples is not None and data_args.max_train_samples < 1:
+        if not (data_args.max_train_samples == 0 and experiment_args.teacher_url and data_args.transfer_dataset):
+            raise ValueError(
+                f"max_train_samples must be a positive integer, got {data_args.max_train_samples} (0, no training "
+                "example, only with --teacher_url and --transfer_dataset: the transfer set alone is then trained on)."
+            )
     if not experiment_args.teacher_url:
         for name in ("transfer_dataset", "max_labeled_samples", "max_transfer_samples"):
             if getattr(data_args, name) is not None:

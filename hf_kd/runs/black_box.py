@@ -63,14 +63,16 @@ def raw_split(name: str, split: str, limit: int | None, data_args: DataArguments
     return raw.select(range(min(limit, len(raw)))) if limit is not None else raw
 
 
-def answers_of(teacher: RemoteTeacher, raw, input_column: str, experiment_args, desc: str, counts: dict):
-    """The teacher's answers about `raw` as tensors by column; the queries it took are added to `counts`."""
+def answers_of(teacher: RemoteTeacher, raw, input_column: str, experiment_args, split: str, counts: dict):
+    """The teacher's answers about `raw` (the `split`: train, transfer or test) as tensors by column; the queries it
+    took are added to `counts`, in total and by split (a query budget counts the training ones, not the test's)."""
     answered, stats = annotate_with_teacher(
         raw, teacher, input_column, batch_size=experiment_args.teacher_request_batch_size,
-        max_in_flight=experiment_args.teacher_max_in_flight, desc=desc, return_stats=True,
+        max_in_flight=experiment_args.teacher_max_in_flight, desc=f"Teacher answers ({split})", return_stats=True,
     )  # fmt: skip
     counts["queries"] += stats.queries
     counts["reused_answers"] += stats.reused
+    counts["queries_by_split"][split] = stats.queries
     names = answer_columns(answered.column_names)
     table = answered.select_columns(names).with_format("numpy")[:]
     return {name: torch.as_tensor(np.asarray(table[name])) for name in names}
@@ -110,11 +112,15 @@ def _with_transfer(train, transfer, answers: dict[str, torch.Tensor]):
     labels = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
     if isinstance(train, InMemoryDataset):
         extra = {**transfer, **answers, LABELS: labels}
+        if not len(train):  # --max_train_samples 0: the transfer set alone (the empty split was never answered)
+            return InMemoryDataset({name: extra[name] for name in [*train.columns, *answers]})
         return InMemoryDataset({name: torch.cat([v, extra[name].to(v.dtype)]) for name, v in train.columns.items()})
     from datasets import concatenate_datasets
 
     for name, values in {**answers, LABELS: labels}.items():
         transfer = transfer.add_column(name, values.tolist())
+    if not len(train):  # --max_train_samples 0: the transfer set alone (an empty map keeps no tokenized column)
+        return transfer.with_format(train.format["type"])
     transfer = transfer.cast(train.features)
     return concatenate_datasets([train, transfer.select_columns(train.column_names)]).with_format(train.format["type"])
 
@@ -133,18 +139,20 @@ def black_box_data(
     only), the transfer set (prepared by `prepare_transfer`: raw rows -> the student's inputs, as the training data
     holds them) and the test split, joined to the prepared training data (same row order as the raw split).
     `input_column(raw)` names the column a raw split sends to the teacher."""
-    teacher, counts = remote_teacher(experiment_args, label_names), {"queries": 0, "reused_answers": 0}
+    teacher, counts = remote_teacher(experiment_args, label_names), {"queries": 0, "reused_answers": 0, "queries_by_split": {}}
     train, n_train = data.train_dataset, len(data.train_dataset)
     raw_train = raw_split(data_args.dataset_name, data_args.train_split, data_args.max_train_samples, data_args, "train_split")  # fmt: skip
     labeled = n_train if data_args.max_labeled_samples is None else min(data_args.max_labeled_samples, n_train)
-    distil_train = _join_answers(train, answers_of(teacher, raw_train, input_column(raw_train), experiment_args, "Teacher answers (train)", counts), labeled)  # fmt: skip
+    distil_train = train  # no training example (--max_train_samples 0): nothing to ask, the transfer set teaches
+    if n_train:
+        distil_train = _join_answers(train, answers_of(teacher, raw_train, input_column(raw_train), experiment_args, "train", counts), labeled)  # fmt: skip
     n_transfer = 0
     if data_args.transfer_dataset:
         raw = raw_split(data_args.transfer_dataset, data_args.transfer_split, data_args.max_transfer_samples, data_args, "transfer_split")  # fmt: skip
-        answers = answers_of(teacher, raw, input_column(raw), experiment_args, "Teacher answers (transfer set)", counts)
+        answers = answers_of(teacher, raw, input_column(raw), experiment_args, "transfer", counts)
         distil_train, n_transfer = _with_transfer(distil_train, prepare_transfer(raw), answers), len(raw)
     raw_test = raw_split(data_args.dataset_name, data_args.eval_split, data_args.max_eval_samples, data_args, "eval_split")  # fmt: skip
-    predictions = best_class(answers_of(teacher, raw_test, input_column(raw_test), experiment_args, "Teacher answers (test)", counts))  # fmt: skip
+    predictions = best_class(answers_of(teacher, raw_test, input_column(raw_test), experiment_args, "test", counts))  # fmt: skip
     summary = {
         "teacher_url": experiment_args.teacher_url,
         "answers": experiment_args.teacher_answers,
@@ -154,6 +162,7 @@ def black_box_data(
         "transfer_examples": n_train - labeled + n_transfer,
         "transfer_dataset": data_args.transfer_dataset,
         "queries": counts["queries"],
+        "queries_by_split": counts["queries_by_split"],
         "answers_reused_from_disk": counts["reused_answers"],
         "teacher_test_accuracy": float(np.mean(predictions == _labels_of(data.eval_dataset))),
     }

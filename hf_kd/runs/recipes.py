@@ -156,19 +156,27 @@ def load_image_data(
         source = [data_args.dataset_name, data_args.dataset_config_name, data_args.train_split,
                   data_args.max_train_samples]  # fmt: skip
         return on_the_fly_data(splits, transform, image_processor, source_key=source), splits.names
-    with PartialState().main_process_first():
-        processed = [
-            preprocess_image_dataset(
-                split, image_processor, splits.image_column, splits.label_column, label2id=splits.label2id,
-                num_proc=data_args.preprocessing_num_workers, teacher_processors=teacher_processors,
-                desc=f"Decoding and normalising the {key} images",
-            )
-            for key, split in (("train", splits.train), ("test", splits.eval))
-        ]
     # Every training reads the training set many times: tensors, read once. InMemoryDataset serves whole batches,
     # which `collate_batches` passes through.
-    train, test = (InMemoryDataset.from_dataset(split) for split in processed)
+    with PartialState().main_process_first():
+        test = _in_memory(splits.eval, "test", splits, image_processor, data_args, teacher_processors)
+        train = _in_memory(splits.train, "train", splits, image_processor, data_args, teacher_processors)
+    if train is None:  # --max_train_samples 0 (a black-box run taught by its transfer set): no row, the same columns
+        train = InMemoryDataset({name: values[:0] for name, values in test.columns.items()})
     return ModelData(train, test, collate_batches, image_processor), splits.names
+
+
+def _in_memory(split, key: str, splits, image_processor, data_args: DataArguments, teacher_processors):
+    """One split decoded and normalised once, as tensors; `None` for an empty one (no image to learn the shapes of
+    its tensors from)."""
+    if not len(split):
+        return None
+    processed = preprocess_image_dataset(
+        split, image_processor, splits.image_column, splits.label_column, label2id=splits.label2id,
+        num_proc=data_args.preprocessing_num_workers, teacher_processors=teacher_processors,
+        desc=f"Decoding and normalising the {key} images",
+    )  # fmt: skip
+    return InMemoryDataset.from_dataset(processed)
 
 
 def _data_path(data_args: DataArguments, splits, transform: ImageTransform) -> tuple[str, str]:
