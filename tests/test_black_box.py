@@ -338,24 +338,32 @@ def text_server(tmp_path):
     thread.join(timeout=10)
 
 
-@pytest.mark.slow
-def test_text_example_distils_from_a_served_text_classifier(text_server, tmp_path):
+def _run_text_example(url, student_dir, tmp_path, train_size: int, test_size: int, *flags: str):
+    """The text example against the served teacher, on generated reviews and a 24-review unlabeled transfer set."""
     from datasets import DatasetDict
     from test_examples_image import load_example
     from test_text import sentiment_dataset
 
-    url, student_dir = text_server
-    data_dir, transfer_dir, output_dir = tmp_path / "data", tmp_path / "transfer", tmp_path / "run"
-    DatasetDict({"train": sentiment_dataset(96, seed=0), "test": sentiment_dataset(32, seed=1)}).save_to_disk(data_dir)
+    data_dir, transfer_dir = tmp_path / "data", tmp_path / "transfer"
+    splits = {"train": sentiment_dataset(train_size, seed=0), "test": sentiment_dataset(test_size, seed=1)}
+    DatasetDict(splits).save_to_disk(data_dir)
     DatasetDict({"train": sentiment_dataset(24, seed=2).remove_columns("label")}).save_to_disk(transfer_dir)
-    before = _stats(url)
-    report = load_example("distill_text_classification.py").main([
-        "--dataset_name", str(data_dir), "--output_dir", str(output_dir), "--teacher_url", url,
-        "--teacher_answers", "probs", "--student_model_name_or_path", str(student_dir), "--student_num_layers", "1",
-        "--max_labeled_samples", "16", "--transfer_dataset", str(transfer_dir), "--num_train_epochs", "1",
-        "--latency_examples", "4", "--plot", "false", "--per_device_train_batch_size", "16",
-        "--metric_name_or_path", str(REPO_ROOT / "tests" / "metrics" / "accuracy"), "--report_to", "none",
+    return load_example("distill_text_classification.py").main([
+        "--dataset_name", str(data_dir), "--output_dir", str(tmp_path / "run"), "--teacher_url", url,
+        "--student_model_name_or_path", str(student_dir), "--student_num_layers", "1",
+        "--transfer_dataset", str(transfer_dir), "--latency_examples", "4", "--plot", "false",
+        "--metric_name_or_path", str(REPO_ROOT / "tests" / "metrics" / "accuracy"), "--report_to", "none", *flags,
     ])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_text_example_distils_from_a_served_text_classifier(text_server, tmp_path):
+    url, student_dir = text_server
+    before = _stats(url)
+    report = _run_text_example(
+        url, student_dir, tmp_path, 96, 32, "--teacher_answers", "probs", "--max_labeled_samples", "16",
+        "--num_train_epochs", "1", "--per_device_train_batch_size", "16",
+    )  # fmt: skip
     black_box = report.black_box
     assert black_box["answers"] == "probs" and black_box["labeled_examples"] == 16
     assert black_box["teacher_answered_examples"] == 96 + 24 and black_box["transfer_examples"] == 80 + 24
@@ -365,21 +373,11 @@ def test_text_example_distils_from_a_served_text_classifier(text_server, tmp_pat
 
 @pytest.mark.slow
 def test_text_transfer_set_alone_teaches_when_no_training_text_is_kept(text_server, tmp_path):
-    from datasets import DatasetDict
-    from test_examples_image import load_example
-    from test_text import sentiment_dataset
-
     url, student_dir = text_server
-    data_dir, transfer_dir, output_dir = tmp_path / "data", tmp_path / "transfer", tmp_path / "run"
-    DatasetDict({"train": sentiment_dataset(32, seed=0), "test": sentiment_dataset(16, seed=1)}).save_to_disk(data_dir)
-    DatasetDict({"train": sentiment_dataset(24, seed=2).remove_columns("label")}).save_to_disk(transfer_dir)
-    report = load_example("distill_text_classification.py").main([
-        "--dataset_name", str(data_dir), "--output_dir", str(output_dir), "--teacher_url", url,
-        "--teacher_answers", "label", "--student_model_name_or_path", str(student_dir), "--student_num_layers", "1",
-        "--max_train_samples", "0", "--transfer_dataset", str(transfer_dir), "--max_steps", "2",
-        "--latency_examples", "4", "--plot", "false", "--per_device_train_batch_size", "8",
-        "--metric_name_or_path", str(REPO_ROOT / "tests" / "metrics" / "accuracy"), "--report_to", "none",
-    ])  # fmt: skip
+    report = _run_text_example(
+        url, student_dir, tmp_path, 32, 16, "--teacher_answers", "label", "--max_train_samples", "0",
+        "--max_steps", "2", "--per_device_train_batch_size", "8",
+    )  # fmt: skip
     assert report.black_box["queries_by_split"] == {"transfer": 24, "test": 16}
     assert report.black_box["teacher_answered_examples"] == 24 and report.black_box["labeled_examples"] == 0
     assert [model.name for model in report.models] == ["student_kd"]
