@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from harness import mean_std, paired_difference, verdict
 from transformers import AutoModelForImageClassification, TrainerCallback
 
 from hf_kd.data import InMemoryDataset, load_image_classification_dataset
@@ -118,7 +119,8 @@ def selected(result: dict) -> str:
 def markdown(results: list[dict], teacher_test: float, command: str, total_s: float, dataset_title="MNIST") -> str:
     lines = [
         f"# Data-free distillation on {dataset_title} (study)", "", f"Command: `{command}`", "",
-        (f"Teacher (MNIST MLP 784-400-100-10) test accuracy: {100 * teacher_test:.2f}%. Student: MLP 784-100-10, "
+        (f"Teacher (MLP 784-400-100-10, trained on {dataset_title}) test accuracy: {100 * teacher_test:.2f}%. "
+         "Student: MLP 784-100-10, "
          "never shown a training image. Test accuracy of the final student; time = training wall time on this "
          "machine's CPU (evaluation off the clock)."), "",
         ("| method | seed | steps | train time (s) | validation acc. | test acc. | test acc. of the best-on-validation "
@@ -126,17 +128,35 @@ def markdown(results: list[dict], teacher_test: float, command: str, total_s: fl
     ]  # fmt: skip
     for r in results:
         lines.append(
-            f"| {r['method']} | {r['seed']} | {r['steps']} | {r['train_time_s']} | {100 * r['validation_accuracy']:.2f} "
-            f"| {100 * r['test_accuracy']:.2f} | {selected(r)} | {r['collapses']} |"
+            f"| {r['method']} | {r['seed']} | {r['steps']} | {r['train_time_s']} "
+            f"| {100 * r['validation_accuracy']:.2f} | {100 * r['test_accuracy']:.2f} | {selected(r)} "
+            f"| {r['collapses']} |"
         )
-    lines += ["", "| method | seeds | mean test acc. | min | max | mean train time (s) |", "|---|---|---|---|---|---|"]
-    for method in dict.fromkeys(r["method"] for r in results):
-        accs = [r["test_accuracy"] for r in results if r["method"] == method]
-        times = [r["train_time_s"] for r in results if r["method"] == method]
-        lines.append(f"| {method} | {len(accs)} | {100 * sum(accs) / len(accs):.2f} | {100 * min(accs):.2f} | "
-                     f"{100 * max(accs):.2f} | {sum(times) / len(times):.0f} |")  # fmt: skip
+    lines += ["", *summary_table(results)]
     lines += ["", f"Total wall time of the study: {total_s / 60:.1f} min."]
     return "\n".join(lines) + "\n"
+
+
+def summary_table(results: list[dict]) -> list[str]:
+    """Each method over its seeds (mean ± sample standard deviation) and against the noise baseline, paired by seed."""
+    lines = [("| method | seeds | test acc. (mean ± sd) | best-on-validation student | vs noise (paired, ± SE) | "
+              "verdict | mean train time (s) |"), "|---|---|---|---|---|---|---|"]  # fmt: skip
+    noise = {r["seed"]: 100 * r["test_accuracy"] for r in results if r["method"] == "noise"}
+    for method in dict.fromkeys(r["method"] for r in results):
+        runs = [r for r in results if r["method"] == method]
+        test = {r["seed"]: 100 * r["test_accuracy"] for r in runs}
+        best = [100 * r["best_validation_test_accuracy"] for r in runs if r.get("best_validation_test_accuracy")]
+        mean, sd = mean_std(test.values())
+        paired, call = "", ""
+        if method != "noise" and set(test) & set(noise):
+            difference = paired_difference(test, noise)
+            paired = f"{difference['mean']:+.2f} ± {difference['se']:.2f}"
+            call = verdict(difference["mean"], difference["se"])
+        best_text = f"{mean_std(best)[0]:.2f} ({len(best)} seeds)" if best else "not recorded"
+        time_s = sum(r["train_time_s"] for r in runs) / len(runs)
+        cells = [method, len(runs), f"{mean:.2f} ± {sd:.2f}", best_text, paired, call, f"{time_s:.0f}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return lines
 
 
 def merge(paths: list[str], output: Path) -> None:
@@ -150,10 +170,10 @@ def merge(paths: list[str], output: Path) -> None:
     output.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     text = markdown(results, summary["teacher_test_accuracy"], command, wall, parts[0].get("dataset", "ylecun/mnist"))
     output.with_suffix(".md").write_text(text.replace("Command: `", "Commands (run in parallel): `"))
-    plot_curves(results, output.with_suffix(".png"))
+    plot_curves(results, output.with_suffix(".png"), summary["dataset"])
 
 
-def plot_curves(results: list[dict], path: Path) -> None:
+def plot_curves(results: list[dict], path: Path, dataset: str = "MNIST") -> None:
     """Validation accuracy against training time, one line per (method, seed)."""
     import matplotlib
 
@@ -167,7 +187,7 @@ def plot_curves(results: list[dict], path: Path) -> None:
         ax.plot(times, scores, color=colors.get(r["method"]), alpha=0.8, label=f"{r['method']} (seed {r['seed']})")
     ax.axhline(93, color="red", linestyle=":", label="target 93%")
     ax.set(xlabel="training time (min, this CPU)", ylabel="validation accuracy (%)", ylim=(40, 100),
-           title="Data-free MNIST student: accuracy vs time")  # fmt: skip
+           title=f"Data-free student ({Path(dataset).name}): accuracy vs time")  # fmt: skip
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     figure.tight_layout()
