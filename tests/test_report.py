@@ -352,8 +352,18 @@ def test_training_curves_and_teacher_recipe_in_the_report(tmp_path):
 
 
 def test_plot_ticks_are_plain_numbers():
-    from hf_kd.report.report import _plain_number
+    from hf_kd.report.plot import _plain_number
 
     assert [_plain_number(v) for v in (0.06, 0.2, 5.0, 80_000.0, 200_000.0, 1_500_000.0)] == [
         "0.06", "0.2", "5", "80k", "200k", "1.5M",
     ]  # fmt: skip
+
+
+def test_the_report_says_steps_when_max_steps_set_the_schedule():
+    """`max_steps` wins over the epochs in the Trainer; the report's settings line says what ran."""
+    by_epochs = _report().to_markdown()
+    assert f"; {SETTINGS['num_train_epochs']} epochs, lr" in by_epochs
+    report = _report()
+    report.settings["max_steps"] = 4690
+    by_steps = report.to_markdown()
+    assert "; 4,690 steps, lr" in by_steps and " epochs, lr" not in by_steps
