@@ -168,8 +168,10 @@ def merge(paths: list[str], output: Path) -> None:
                "teacher_test_accuracy": parts[0]["teacher_test_accuracy"],
                "results": results, "wall_time_s": wall, "note": "the commands ran in parallel"}  # fmt: skip
     output.with_suffix(".json").write_text(json.dumps(summary, indent=1))
-    text = markdown(results, summary["teacher_test_accuracy"], command, wall, parts[0].get("dataset", "ylecun/mnist"))
-    output.with_suffix(".md").write_text(text.replace("Command: `", "Commands (run in parallel): `"))
+    merged = shlex.join(["python", "studies/data_free.py", *sys.argv[1:]])  # the tables come from this merge
+    text = markdown(results, summary["teacher_test_accuracy"], merged, wall, parts[0].get("dataset", "ylecun/mnist"))
+    runs = "Runs merged (in parallel):\n\n" + "\n".join(f"    {line}" for line in command.splitlines()) + "\n\n"
+    output.with_suffix(".md").write_text(text.replace("\n\nTeacher (", "\n\n" + runs + "Teacher (", 1))
     plot_curves(results, output.with_suffix(".png"), summary["dataset"])
 
 
