@@ -51,7 +51,8 @@ def _curves(ax, report: Any) -> None:
             style = _CURVE_STYLES.get(key, "-")
             ax.plot(curve["step"], curve[key], style, color=color, marker=".", label=f"{label}: {key}")
     ax.set(xlabel="training step", ylabel="training loss", title="Training curves")
-    ax.legend(fontsize="small")
+    if ax.get_legend_handles_labels()[0]:  # a run whose log has no loss points draws no curve: no empty legend
+        ax.legend(fontsize="small")
     ax.grid(True, alpha=0.3)
 
 
