@@ -116,9 +116,13 @@ def selected(result: dict) -> str:
     return f"{100 * result['best_validation_test_accuracy']:.2f} ({result['best_validation_step']})"
 
 
-def markdown(results: list[dict], teacher_test: float, command: str, total_s: float, dataset_title="MNIST") -> str:
+def markdown(
+    results: list[dict], teacher_test: float, command: str, total_s: float, dataset_title="MNIST", runs: str = ""
+) -> str:
+    """The study's tables; `runs` (the commands of the runs a merge read) goes between the command and the tables."""
     lines = [
         f"# Data-free distillation on {dataset_title} (study)", "", f"Command: `{command}`", "",
+        *([runs] if runs else []),
         (f"Teacher (MLP 784-400-100-10, trained on {dataset_title}) test accuracy: {100 * teacher_test:.2f}%. "
          "Student: MLP 784-100-10, "
          "never shown a training image. Test accuracy of the final student; time = training wall time on this "
@@ -169,9 +173,9 @@ def merge(paths: list[str], output: Path) -> None:
                "results": results, "wall_time_s": wall, "note": "the commands ran in parallel"}  # fmt: skip
     output.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     merged = shlex.join(["python", "studies/data_free.py", *sys.argv[1:]])  # the tables come from this merge
-    text = markdown(results, summary["teacher_test_accuracy"], merged, wall, parts[0].get("dataset", "ylecun/mnist"))
-    runs = "Runs merged (in parallel):\n\n" + "\n".join(f"    {line}" for line in command.splitlines()) + "\n\n"
-    output.with_suffix(".md").write_text(text.replace("\n\nTeacher (", "\n\n" + runs + "Teacher (", 1))
+    runs = "Runs merged (in parallel):\n\n" + "\n".join(f"    {line}" for line in command.splitlines()) + "\n"
+    text = markdown(results, summary["teacher_test_accuracy"], merged, wall, summary["dataset"], runs)
+    output.with_suffix(".md").write_text(text)
     plot_curves(results, output.with_suffix(".png"), summary["dataset"])
 
 

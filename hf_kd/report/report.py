@@ -379,10 +379,6 @@ class DistillationReport:
         return output_dir / REPORT_JSON
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The plot
-# ---------------------------------------------------------------------------------------------------------------------
-
 def has_finished_report(output_dir: str | os.PathLike) -> bool:
     """True when `output_dir` holds the report of a finished run."""
     return (Path(output_dir) / REPORT_JSON).is_file()
