@@ -52,7 +52,7 @@ from hf_kd.runs.experiment import (
 from hf_kd.runs.image_data import check_on_the_fly_run, model_view, with_teacher_outputs
 from hf_kd.runs.input_checks import check_feature_outputs
 from hf_kd.runs.online import born_again, distil_from_ema, train_mutual
-from hf_kd.runs.preparation import prepare_run, user_errors_as_messages
+from hf_kd.runs.preparation import as_script, prepare_run
 from hf_kd.runs.recipes import (
     build_image_model,
     fill_value,
@@ -183,5 +183,5 @@ def online_or_self_distillation(data, label_names, data_args, experiment_args, c
 
 
 if __name__ == "__main__":
-    with user_errors_as_messages():
+    with as_script():
         main()

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))  # the generic script beside this one
 from distill_image_classification import main as distill_image_classification  # noqa: E402
 
-from hf_kd.runs.preparation import user_errors_as_messages
+from hf_kd.runs.preparation import as_script
 
 # Tuned on MNIST: see README.md, "The MNIST study", for how each choice moves the three accuracies.
 DEFAULTS = {
@@ -46,5 +46,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    with user_errors_as_messages():
+    with as_script():
         main()

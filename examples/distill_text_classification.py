@@ -35,7 +35,7 @@ from hf_kd.runs.experiment import (
     stage_args,
     train_baseline,
 )
-from hf_kd.runs.preparation import prepare_run, user_errors_as_messages
+from hf_kd.runs.preparation import as_script, prepare_run
 from hf_kd.runs.recipes import text_setup
 from hf_kd.runs.setups import prepare_teachers
 from hf_kd.teacher.ensemble import ensemble_for
@@ -127,5 +127,5 @@ def distil_text(data_args, experiment_args, text_args, config):
 
 
 if __name__ == "__main__":
-    with user_errors_as_messages():
+    with as_script():
         main()

@@ -82,6 +82,17 @@ def user_errors_as_messages():
         raise SystemExit(1) from None
 
 
+@contextmanager
+def as_script():
+    """An example's `__main__`: user errors as messages ([`user_errors_as_messages`]), and once `main` returns, the
+    process group ended, as accelerate asks of every script (`Accelerator.end_training`): left to the interpreter's
+    exit, a gloo thread can be destroyed still running and abort a finished process ("terminate called without an
+    active exception")."""
+    with user_errors_as_messages():
+        yield
+    PartialState().destroy_process_group()
+
+
 def prepare_run(config: DistillationConfig, experiment_args: ExperimentArguments) -> ExitStack:
     """Checks before anything is trained (sharding, the resume arguments, a finished run in `output_dir`), the torch
     thread count, and the run's guards: the output directory's lock (main process) and the SIGTERM / SIGINT handlers.
