@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from safetensors.torch import save_file
 
@@ -60,6 +61,7 @@ def main():
     if int(os.environ.get("RANK", "0")) == 0:
         Path(cli.output_dir).mkdir(parents=True, exist_ok=True)
         save_file(state, Path(cli.output_dir) / "end.safetensors")
+    PartialState().destroy_process_group()  # not left to the interpreter's exit (see runs.preparation.as_script)
 
 
 if __name__ == "__main__":
