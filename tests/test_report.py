@@ -13,7 +13,7 @@ from datasets import Dataset
 from hf_kd.data import InMemoryDataset
 from hf_kd.models import model_from_preset
 from hf_kd.report.measure import ModelResult, measure_model
-from hf_kd.report.report import REPORT_JSON, REPORT_MD, DistillationReport
+from hf_kd.report.report import REPORT_JSON, REPORT_MD, SETTING_LABELS, DistillationReport
 from hf_kd.runs.preparation import check_output_dir
 
 SETTINGS = {
@@ -367,3 +367,9 @@ def test_the_report_says_steps_when_max_steps_set_the_schedule():
     report.settings["max_steps"] = 4690
     by_steps = report.to_markdown()
     assert "; 4,690 steps, lr" in by_steps and " epochs, lr" not in by_steps
+    # The card's settings table says the same: the steps, not the epochs that did not run.
+    from hf_kd.report.modelcard import setting_rows
+
+    assert SETTING_LABELS["num_train_epochs"] in dict(setting_rows(SETTINGS))
+    rows = dict(setting_rows(report.settings))
+    assert rows[SETTING_LABELS["max_steps"]] == "4690" and SETTING_LABELS["num_train_epochs"] not in rows

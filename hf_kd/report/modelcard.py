@@ -39,7 +39,7 @@ from ..losses.logit import distillation_loss
 from ..teacher.ensemble import ENSEMBLE_CONFIG_NAME, TeacherEnsemble
 from ..utils import atomic_write
 from .measure import count_parameters, model_label
-from .report import SETTING_LABELS, DistillationReport, run_settings
+from .report import SETTING_LABELS, DistillationReport, run_settings, schedule_key
 
 MODEL_CARD_NAME = "README.md"
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
@@ -208,7 +208,7 @@ def setting_rows(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows = []
     for key in [*SETTING_LABELS, *(k for k in settings if k not in SETTING_LABELS)]:
         value = settings.get(key)
-        if value is None or (key == "num_train_epochs" and settings.get("max_steps")):  # max_steps wins
+        if value is None or (key == "num_train_epochs" and schedule_key(settings) == "max_steps"):
             continue
         rows.append((SETTING_LABELS.get(key, f"`{key}`"), _setting_words(key, value)))
     return rows

@@ -65,6 +65,12 @@ OPTIONAL_SETTINGS_KEYS = tuple(SETTING_LABELS)[8:]
 NOISE_Z = 2.0
 
 
+def schedule_key(settings: dict) -> str:
+    """The setting that said how long the students trained: `max_steps` when it is set, since it wins over
+    `num_train_epochs` in the Trainer; the epochs otherwise (both are recorded: the schema needs the epochs)."""
+    return "max_steps" if (settings.get("max_steps") or 0) > 0 else "num_train_epochs"
+
+
 def run_settings(args: Any, *, teacher_logits: str, world_size: int | None = None, teacher: nn.Module | None = None):
     """
     The `settings` of a run's report and card, the one place they are built.
@@ -259,9 +265,10 @@ class DistillationReport:
         return text
 
     def schedule_text(self) -> str:
-        """How long the students trained: `max_steps` wins over the epochs, as in the Trainer."""
-        steps = self.settings.get("max_steps")
-        return f"{steps:,} steps" if steps else f"{self.settings['num_train_epochs']} epochs"
+        """How long the students trained: the steps or the epochs, as [`schedule_key`] says."""
+        if schedule_key(self.settings) == "max_steps":
+            return f"{self.settings['max_steps']:,} steps"
+        return f"{self.settings['num_train_epochs']} epochs"
 
     def recipe_text(self) -> str | None:
         """How the teacher was trained, in one line, when the run trained it."""
