@@ -193,25 +193,20 @@ def test_distill_cifar10_on_generated_imagefolder(tmp_path):
 
 @pytest.mark.skipif(shared_path("data", "mnist") is None, reason="the real MNIST (../shared/data/mnist) is not here")
 def test_distill_mnist_on_real_mnist_subset(tmp_path):
+    """KD beats the same student trained on the labels alone, on real MNIST: 20,000 training images, 5 epochs (14 s).
+    Measured with seeds 42 / 0 / 1: KD ahead by +0.66 / +0.64 / +1.08 points of accuracy and +0.98 / +1.16 / +1.44
+    of agreement with the teacher on 5,000 test images. (On 10,000 images and 3 epochs the two tied in accuracy.) A
+    KD term that does nothing leaves the two students equal, seed for seed, and fails here."""
     output_dir = tmp_path / "run"
     run_example(
-        "distill_mnist.py",
-        "--dataset_name",
-        str(shared_path("data", "mnist")),
-        "--output_dir",
-        str(output_dir),
-        "--max_train_samples",
-        "10000",
-        "--max_eval_samples",
-        "2000",
-        "--num_train_epochs",
-        "3",
-        "--latency_examples",
-        "20",
+        "distill_mnist.py", "--dataset_name", str(shared_path("data", "mnist")), "--output_dir", str(output_dir),
+        "--max_train_samples", "20000", "--max_eval_samples", "5000", "--num_train_epochs", "5",
+        "--latency_examples", "20",
         env={"HF_DATASETS_CACHE": str(tmp_path / "cache")},
-    )
+    )  # fmt: skip
     report = check_report(output_dir, ["teacher", "student_ce", "student_kd"])
     accuracy = {model["name"]: model["accuracy"] for model in report["models"]}
-    # On this 10k-image, 3-epoch subset KD and CE-only tie (90.65 vs 90.80 measured): KD > CE is shown by the full
-    # headline run (docs/studies.md), not here.
-    assert accuracy["teacher"] > 0.94 and min(accuracy["student_kd"], accuracy["student_ce"]) > 0.9, accuracy
+    agreement = {model["name"]: model["agreement_with_teacher"] for model in report["models"]}
+    assert accuracy["teacher"] > 0.95 and accuracy["student_ce"] > 0.92, accuracy
+    assert accuracy["student_kd"] - accuracy["student_ce"] > 0.002, accuracy  # 10 of the 5,000 test images
+    assert agreement["student_kd"] - agreement["student_ce"] > 0.005, agreement
