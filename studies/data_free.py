@@ -17,6 +17,7 @@ Writes `<output>.json` (every curve) and `<output>.md` (the table), with the com
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shlex
 import sys
@@ -32,6 +33,7 @@ from hf_kd.models import image_processor_for_preset, model_from_preset
 from hf_kd.teacher.statistics import STATISTICS_FILE, record_activation_statistics
 from hf_kd.training.configuration_data_free import DataFreeConfig
 from hf_kd.training.data_free import DataFreeDistillationTrainer
+from hf_kd.training.ema import ema_update_
 
 VALIDATION_SIZE = 5000
 
@@ -51,21 +53,30 @@ def accuracy(model, dataset: InMemoryDataset, batch_size: int = 2000) -> float:
 
 class Curve(TrainerCallback):
     """Validation accuracy every `every` steps against training wall time (evaluation off the clock); stops the run
-    when the training time passes `budget_s`."""
+    when the training time passes `budget_s`. With `ema_decay`, also keeps an exponential moving average of the
+    student's weights (updated after every step, on the clock) and scores it beside the student: a fourth value of
+    each point."""
 
-    def __init__(self, validation: InMemoryDataset, every: int, budget_s: float):
-        self.validation, self.every, self.budget_s = validation, every, budget_s
+    def __init__(self, validation: InMemoryDataset, every: int, budget_s: float, ema_decay: float = 0.0):
+        self.validation, self.every, self.budget_s, self.ema_decay = validation, every, budget_s, ema_decay
         self.points, self.train_s, self._since = [], 0.0, None
         self.best = (-1.0, None, None)  # validation accuracy, step, student state: model selection on validation
+        self.ema = None  # the averaged student, a copy made at the first step
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._since = time.perf_counter()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.ema_decay:
+            if self.ema is None:
+                self.ema = copy.deepcopy(model).eval()
+            ema_update_(self.ema, model, self.ema_decay)
         self.train_s += time.perf_counter() - self._since
         if state.global_step % self.every == 0 or self.train_s >= self.budget_s:
             score = accuracy(model, self.validation)
             self.points.append([state.global_step, round(self.train_s, 1), score])
+            if self.ema is not None:
+                self.points[-1].append(accuracy(self.ema, self.validation))
             if score > self.best[0]:
                 self.best = (score, state.global_step, {k: v.detach().clone() for k, v in model.state_dict().items()})
         if self.train_s >= self.budget_s:
@@ -92,7 +103,7 @@ def run_one(method: str, seed: int, teacher, validation, test, cli, options: dic
         temperature=cli.temperature, lr_scheduler_type=cli.lr_scheduler_type, save_strategy="no", logging_steps=100,
         report_to="none", use_cpu=True, disable_tqdm=True, **options,
     )  # fmt: skip
-    curve = Curve(validation, cli.eval_every, cli.time_budget_s)
+    curve = Curve(validation, cli.eval_every, cli.time_budget_s, cli.student_ema)
     trainer = DataFreeDistillationTrainer(model=student, teacher_model=teacher, args=args, callbacks=[curve])
     start = time.perf_counter()
     trainer.train()
@@ -107,6 +118,8 @@ def run_one(method: str, seed: int, teacher, validation, test, cli, options: dic
         "test_accuracy": final_test, "best_validation_step": best_step, "best_validation_accuracy": best_validation,
         "best_validation_test_accuracy": accuracy(student, test), "curve": curve.points,
         "collapses": trainer.guard["collapses"], "last_log": logs[-1] if logs else None,
+        **({"ema_decay": cli.student_ema, "ema_validation_accuracy": accuracy(curve.ema, validation),
+            "ema_test_accuracy": accuracy(curve.ema, test)} if curve.ema is not None else {}),
     }  # fmt: skip
 
 
@@ -218,6 +231,8 @@ def main(argv=None):
     parser.add_argument("--eval_every", type=int, default=250)
     parser.add_argument("--options", default="{}", help="JSON: DataFreeConfig fields by method, e.g. "
                         "'{\"dafl\": {\"generator_learning_rate\": 0.01}}'.")  # fmt: skip
+    parser.add_argument("--student_ema", type=float, default=0.0, help="also keep (and score) an exponential moving "
+                        "average of the student's weights with this decay, e.g. 0.999 (0: none)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default="docs/data-free-study")
     parser.add_argument("--merge", nargs="+", help="Instead of running: merge these JSON outputs (runs made in "
