@@ -22,6 +22,7 @@ import time
 
 import torch
 from bench_distill import Messages, text_pair
+from transformers import AutoModelForSequenceClassification
 
 from hf_kd.teacher.precompute import add_teacher_logits
 
@@ -39,6 +40,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="time bf16 too (slow on a CPU without native bf16)")
+    parser.add_argument("--teacher_dir", default=None, help="a fine-tuned MiniLM classifier to time and compare "
+                        "instead of the pretrained encoder with a new, untrained head (whose logits are small and close)")  # fmt: skip
     cli = parser.parse_args()
     torch.set_num_threads(cli.threads)
     log = Messages()
@@ -46,13 +49,16 @@ def main():
     logging.getLogger("hf_kd.teacher.precompute").setLevel(logging.INFO)
     pair = text_pair(cli.max_train_samples)
     teacher, data = pair.make_teacher().eval(), pair.tensors
+    if cli.teacher_dir:  # the same tokenizer's inputs, a trained head
+        teacher = AutoModelForSequenceClassification.from_pretrained(cli.teacher_dir).eval()
     chosen = {}
 
     def hf_kd_run(precision=None):
         size = chosen.get("size", "auto") if precision else "auto"
         logits = add_teacher_logits(data, teacher, batch_size=size, precision=precision).columns["teacher_logits"]
-        if log.messages and "size" not in chosen:
-            chosen["size"] = int(log.messages[-1].rsplit("=", 1)[1].rstrip("."))
+        chosen_sizes = [m for m in log.messages if "using teacher_batch_size=" in m]  # not the "computed once" line
+        if chosen_sizes and "size" not in chosen:
+            chosen["size"] = int(chosen_sizes[-1].rsplit("=", 1)[1].rstrip("."))
         return logits
 
     variants = {
@@ -72,7 +78,8 @@ def main():
             print(f"repeat {repeat} {name}: {times[name][-1]:.2f} s", flush=True)
     real = data.columns["attention_mask"].sum().item()
     print(f"\ndata: {pair.source}; {real / len(data):.1f} real tokens per example of {data.columns['input_ids'].shape[1]}")
-    print(f"teacher: {pair.description}; threads {torch.get_num_threads()}; {cli.repeats} repeats interleaved, medians")
+    described = f"the fine-tuned classifier in {cli.teacher_dir}" if cli.teacher_dir else pair.description
+    print(f"teacher: {described}; threads {torch.get_num_threads()}; {cli.repeats} repeats interleaved, medians")
     for name, values in times.items():
         print(f"{name:<11} {statistics.median(values):7.2f} s  [{min(values):.2f}-{max(values):.2f}]")
     print(f"auto batch size: {log.messages[0] if log.messages else 'not logged'}")
