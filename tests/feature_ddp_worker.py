@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from datasets import Dataset
 from safetensors.torch import save_file
 
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.models import model_from_preset
+from hf_kd.runs.preparation import as_script
 
 GLOBAL_BATCH, EXAMPLES = 16, 64
 
@@ -61,8 +61,8 @@ def main():
     if int(os.environ.get("RANK", "0")) == 0:
         Path(cli.output_dir).mkdir(parents=True, exist_ok=True)
         save_file(state, Path(cli.output_dir) / "end.safetensors")
-    PartialState().destroy_process_group()  # not left to the interpreter's exit (see runs.preparation.as_script)
 
 
 if __name__ == "__main__":
-    main()
+    with as_script():  # the process group ended with both processes done, not left to the interpreter's exit
+        main()

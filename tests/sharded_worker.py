@@ -17,6 +17,7 @@ import torch
 from datasets import load_from_disk
 
 from hf_kd import DistillationConfig, DistillationTrainer, MLPForImageClassification
+from hf_kd.runs.preparation import as_script
 from hf_kd.teacher.ensemble import resolve_teacher
 from hf_kd.teacher.precompute import teacher_fingerprint
 
@@ -116,12 +117,8 @@ def main():
         report["student_optimizer_elements"] = optimizer_elements(trainer)
     trainer.save_model()  # on every process: ZeRO-3 gathers the shards for the main process to write
     (Path(cli.output_dir) / f"rank{rank}.json").write_text(json.dumps(report))
-    # Both processes tear the process group down together, as accelerate asks of every script: left to the
-    # interpreter's exit, a gloo thread was once destroyed still running ("terminate called without an active
-    # exception", rank 1 aborted after a finished run in CI).
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
-    main()
+    with as_script():  # the process group ended with both processes done (CI once saw rank 1 abort at exit)
+        main()

@@ -41,8 +41,8 @@ DRIVER = textwrap.dedent("""
     step, pause = DistillationTrainer.training_step, float(os.environ.get("STEP_SLEEP", "0"))
     DistillationTrainer.training_step = lambda self, *a, **k: (time.sleep(pause), step(self, *a, **k))[1]
     from distill_mnist import main
-    from hf_kd.runs.preparation import user_errors_as_messages
-    with user_errors_as_messages():
+    from hf_kd.runs.preparation import as_script
+    with as_script():
         main(sys.argv[1:])
 """)
 
@@ -249,6 +249,29 @@ ATOMIC_UNDER_LIMIT = textwrap.dedent("""
     except OSError as error:
         print(error)
 """)
+
+
+def test_a_script_ends_its_process_group_when_main_returns():
+    """`as_script` (every example's `__main__`) ends the process group itself once `main` returns, instead of leaving
+    gloo's threads to the interpreter's exit (CI once saw a finished process abort there); an error leaves it alone."""
+    script = textwrap.dedent("""
+        import torch.distributed as dist
+        from hf_kd.runs.preparation import as_script
+        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
+        try:
+            with as_script():
+                raise RuntimeError("main failed")
+        except RuntimeError:
+            print("after an error:", dist.is_initialized())
+        with as_script():
+            print("inside:", dist.is_initialized())
+        print("after main returned:", dist.is_initialized())
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines == ["after an error: True", "inside: True", "after main returned: False"], result.stdout
 
 
 def test_atomic_write_over_the_file_size_limit_keeps_the_old_file_and_names_the_new_one(tmp_path):

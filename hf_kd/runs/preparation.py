@@ -84,13 +84,16 @@ def user_errors_as_messages():
 
 @contextmanager
 def as_script():
-    """An example's `__main__`: user errors as messages ([`user_errors_as_messages`]), and once `main` returns, the
-    process group ended, as accelerate asks of every script (`Accelerator.end_training`): left to the interpreter's
-    exit, a gloo thread can be destroyed still running and abort a finished process ("terminate called without an
-    active exception")."""
+    """A script's `__main__` (the examples, the tests' launched workers): user errors as messages
+    ([`user_errors_as_messages`]), and once `main` returns, every process waits for the others and ends the process
+    group, as accelerate asks of every script (`Accelerator.end_training`): left to the interpreter's exit, a gloo
+    thread can be destroyed still running and abort a finished process ("terminate called without an active
+    exception")."""
     with user_errors_as_messages():
         yield
-    PartialState().destroy_process_group()
+    state = PartialState()
+    state.wait_for_everyone()
+    state.destroy_process_group()
 
 
 def prepare_run(config: DistillationConfig, experiment_args: ExperimentArguments) -> ExitStack:
